@@ -1,0 +1,1 @@
+"""podharness: prove a multi-host JAX training stack works before paying for pod hours."""

@@ -1,0 +1,126 @@
+"""Checkpoints: orbax `CheckpointManager` over a local directory or a `gs://` bucket.
+
+A checkpoint at step N holds everything an exact resume needs: the train state (params,
+optimizer moments, the rng, the step counter) and JSON metadata (the data position,
+which is the step itself since batches are a pure function of it, the settings a resume
+must match, and each host's hard-example tracker state).
+
+Restoring walks from the newest step down and skips steps that fail to restore (a
+truncated or corrupted save), saying so; orbax itself only lists steps whose save
+finished (it writes to a temporary name and finalizes at the end).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import orbax.checkpoint as ocp
+from etils import epath
+
+from harness.errors import UsageError
+
+logger = logging.getLogger("harness.checkpoint")
+
+STATE_ITEM, META_ITEM = "state", "meta"
+
+# Settings that must match between a checkpoint and the run resuming from it: anything
+# that changes the state's shapes or which batch a step reads.
+RESUME_MUST_MATCH = (
+    "batch_size", "seed", "hidden_dim", "num_layers", "vocab_size", "seq_len",
+    "num_cameras", "action_horizon", "image_size", "hard_fraction",
+)
+
+
+class CheckpointStore:
+    """Saves and restores train state + metadata; every host makes the same calls."""
+
+    def __init__(self, directory: str, *, keep: int, async_save: bool):
+        self.directory = directory
+        self._manager = ocp.CheckpointManager(
+            epath.Path(directory),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                enable_async_checkpointing=async_save,
+                create=True,
+            ),
+            item_names=(STATE_ITEM, META_ITEM),
+        )
+        self.saved_steps: list[int] = []
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        """Starts a save (async by default: returns once the arrays are copied off the
+        devices; the next save waits for this one)."""
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{STATE_ITEM: ocp.args.StandardSave(state), META_ITEM: ocp.args.JsonSave(meta)}
+            ),
+            force=True,
+        )
+        self.saved_steps.append(step)
+
+    def restore_latest(
+        self, abstract_state: Any, on_skip: Callable[[int, Exception], None] | None = None
+    ) -> tuple[Any, dict] | None:
+        """The newest checkpoint that restores cleanly, or None if there is none.
+
+        `abstract_state` carries the target shardings, so a checkpoint written on another
+        mesh or process count is resharded on the way in.
+        """
+        for step in reversed(self.steps()):
+            try:
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        **{
+                            STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                            META_ITEM: ocp.args.JsonRestore(),
+                        }
+                    ),
+                )
+            except Exception as err:  # orbax/tensorstore raise many types for bad data
+                if on_skip is not None:
+                    on_skip(step, err)
+                continue
+            return restored[STATE_ITEM], restored[META_ITEM]
+        return None
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def check_resume_compatible(saved: dict, current: dict, *, where: str) -> None:
+    """A resume with different shapes or data would not be a resume: refuse it."""
+    diffs = [
+        f"{name}: checkpoint {saved.get(name)!r} vs now {current[name]!r}"
+        for name in RESUME_MUST_MATCH
+        if saved.get(name) != current[name]
+    ]
+    if diffs:
+        raise UsageError(f"cannot resume from {where}: settings differ ({'; '.join(diffs)})")
+
+
+def existing_steps(directory: str) -> list[int]:
+    """Finalized step directories, read without creating anything (for input checks)."""
+    path = epath.Path(directory)
+    if not path.exists():
+        return []
+    return sorted(
+        int(child.name) for child in path.iterdir() if child.name.isdigit() and child.is_dir()
+    )
+
+
+def delete_all(directory: str) -> None:
+    """For `--overwrite` only: removes every step directory under `directory`."""
+    path = epath.Path(directory)
+    for child in path.iterdir() if path.exists() else ():
+        if child.is_dir() and (child.name.isdigit() or ".orbax-checkpoint-tmp" in child.name):
+            child.rmtree()

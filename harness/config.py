@@ -1,0 +1,150 @@
+"""The run's configuration: one flat dataclass, named TOML presets, CLI overrides.
+
+Presets live in `configs/NAME.toml`. A preset may start from another with
+`base = "other"` and then set only the fields that differ (flax's `configs/tpu.py`
+style). Unknown keys fail loudly, with the file and key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from harness.errors import UsageError
+
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # Loop and logging.
+    num_train_steps: int = 100
+    batch_size: int = 16
+    log_interval: int = 10
+    seed: int = 0
+    run_dir: str = "/tmp/mock_training_run"
+    max_steps_in_flight: int = 2
+    # Hard examples.
+    track_hard_examples: bool = True
+    hard_example_log_interval: int = 50
+    max_hard_examples_buffer: int = 50
+    hard_example_image_size: int = 64
+    high_loss_threshold: float = 4.0
+    # Checkpoints.
+    checkpoint_dir: str = "/tmp/mock_training_checkpoints"
+    save_interval: int = 50
+    keep: int = 3
+    resume: bool = False
+    overwrite: bool = False
+    async_checkpointing: bool = True
+    # Mesh and devices.
+    fsdp_devices: int = 1
+    cpu_devices: int = 0  # >0: run on that many (fake) CPU devices; 0: JAX decides
+    # Model and optimizer.
+    hidden_dim: int = 128
+    num_layers: int = 2
+    dropout_rate: float = 0.1
+    token_loss_weight: float = 0.05
+    learning_rate: float = 3e-3
+    warmup_steps: int = 10
+    grad_clip_norm: float = 1.0
+    weight_decay: float = 1e-4
+    # Mock data.
+    image_size: int = 128
+    num_cameras: int = 2
+    seq_len: int = 128
+    action_horizon: int = 4
+    vocab_size: int = 256
+    hard_fraction: float = 0.12
+    # Distributed start-up (see harness/distributed.py); empty means "not given".
+    distributed: str = "auto"
+    coordinator_address: str = ""
+    num_processes: int = 0
+    process_id: int = -1
+    initialization_timeout: int = 300
+    heartbeat_timeout: int = 60
+    # wandb.
+    use_wandb: bool = True
+    wandb_project: str = "podharness"
+    wandb_run_name: str = ""
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return apply_overrides(self, changes, source="overrides")
+
+
+FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+_PYTHON_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _PYTHON_TYPES[FIELD_TYPES[name]]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UsageError(f"{source}: '{name}' must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(config: TrainConfig, values: Mapping[str, Any], *, source: str) -> TrainConfig:
+    """Returns `config` with `values` applied; unknown keys and wrong types fail."""
+    unknown = sorted(set(values) - set(FIELD_TYPES))
+    if unknown:
+        raise UsageError(f"{source}: unknown config key(s): {', '.join(unknown)}")
+    coerced = {name: _coerce(name, value, source) for name, value in values.items()}
+    return dataclasses.replace(config, **coerced)
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in CONFIGS_DIR.glob("*.toml"))
+
+
+def _preset_path(name: str) -> Path:
+    candidate = Path(name)
+    if candidate.suffix == ".toml":
+        if not candidate.is_file():
+            raise UsageError(f"config file not found: {name}")
+        return candidate
+    path = CONFIGS_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise UsageError(
+            f"unknown preset '{name}' (available: {', '.join(available_presets()) or 'none'})"
+        )
+    return path
+
+
+def load_preset(name: str, _seen: tuple[str, ...] = ()) -> TrainConfig:
+    """The config a preset names: its `base` chain applied in order onto the defaults."""
+    path = _preset_path(name)
+    if str(path) in _seen:
+        raise UsageError(f"preset cycle: {' -> '.join(_seen + (str(path),))}")
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"{path}: not valid TOML: {err}") from None
+    base = values.pop("base", None)
+    config = load_preset(base, _seen + (str(path),)) if base else TrainConfig()
+    return apply_overrides(config, values, source=str(path))
+
+
+def validate(config: TrainConfig) -> None:
+    """Checks that need no devices; device-dependent checks live in harness/mesh.py."""
+    positive = ("num_train_steps", "batch_size", "log_interval", "hard_example_log_interval",
+                "max_hard_examples_buffer", "save_interval", "keep", "fsdp_devices",
+                "hidden_dim", "num_layers", "image_size", "seq_len", "action_horizon",
+                "max_steps_in_flight", "hard_example_image_size", "initialization_timeout",
+                "heartbeat_timeout")
+    for name in positive:
+        if getattr(config, name) <= 0:
+            raise UsageError(f"--{name} must be positive, got {getattr(config, name)}")
+    if config.image_size % 4:
+        raise UsageError(f"--image_size must be a multiple of 4, got {config.image_size}")
+    if not 0.0 <= config.hard_fraction <= 1.0:
+        raise UsageError(f"--hard_fraction must be in [0, 1], got {config.hard_fraction}")
+    if not 0.0 <= config.dropout_rate < 1.0:
+        raise UsageError(f"--dropout_rate must be in [0, 1), got {config.dropout_rate}")
+    if config.resume and config.overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: pick one")
+    if config.num_train_steps * config.batch_size >= 2**31:
+        raise UsageError("num_train_steps * batch_size must stay below 2**31 (int32 sample ids)")

@@ -1,0 +1,98 @@
+"""The one place that starts `jax.distributed`.
+
+Three ways a run starts (`--distributed`):
+- `auto` (default): explicit coordinates if given (flags `--coordinator_address
+  --num_processes --process_id`, or the environment variables `HARNESS_COORDINATOR_ADDRESS
+  HARNESS_NUM_PROCESSES HARNESS_PROCESS_ID` that `launch/local.py` sets); otherwise a
+  single process with no initialization at all.
+- `pod`: `jax.distributed.initialize()` without arguments, so JAX discovers the TPU pod
+  from its metadata (the TPU presets set this).
+- `off`: never initialize, even if the environment says otherwise.
+
+The initialization and heartbeat timeouts are passed on, so a peer that never starts
+or dies is detected within `heartbeat_timeout` seconds instead of JAX's default 100.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+
+from harness.errors import UsageError
+
+ENV_ADDRESS = "HARNESS_COORDINATOR_ADDRESS"
+ENV_NUM_PROCESSES = "HARNESS_NUM_PROCESSES"
+ENV_PROCESS_ID = "HARNESS_PROCESS_ID"
+MODES = ("auto", "pod", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class Coordinates:
+    coordinator_address: str
+    num_processes: int
+    process_id: int
+
+
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise UsageError(f"environment variable {name} must be an integer, got {raw!r}") from None
+
+
+def explicit_coordinates(address: str, num_processes: int, process_id: int) -> Coordinates | None:
+    """Flags win over the environment; all three must be known, or none."""
+    address = address or os.environ.get(ENV_ADDRESS, "").strip()
+    num = num_processes if num_processes > 0 else _env_int(ENV_NUM_PROCESSES)
+    pid = process_id if process_id >= 0 else _env_int(ENV_PROCESS_ID)
+    given = {"coordinator_address": address or None, "num_processes": num, "process_id": pid}
+    if all(v is None for v in given.values()):
+        return None
+    missing = [name for name, value in given.items() if value is None]
+    if missing:
+        raise UsageError(
+            f"distributed start needs coordinator_address, num_processes and process_id; "
+            f"missing: {', '.join(missing)} (flags or {ENV_ADDRESS}/{ENV_NUM_PROCESSES}/{ENV_PROCESS_ID})"
+        )
+    if num < 1 or not 0 <= pid < num:
+        raise UsageError(f"process_id must be in [0, {num}) and num_processes >= 1, got {pid} of {num}")
+    if ":" not in address:
+        raise UsageError(f"coordinator_address must be HOST:PORT, got {address!r}")
+    return Coordinates(address, num, pid)
+
+
+def initialize(
+    mode: str,
+    *,
+    coordinator_address: str = "",
+    num_processes: int = 0,
+    process_id: int = -1,
+    initialization_timeout: int = 300,
+    heartbeat_timeout: int = 60,
+) -> None:
+    """Starts the distributed runtime if this run spans several processes."""
+    if mode not in MODES:
+        raise UsageError(f"--distributed must be one of {', '.join(MODES)}, got {mode!r}")
+    timeouts = dict(
+        initialization_timeout=initialization_timeout,
+        heartbeat_timeout_seconds=heartbeat_timeout,
+    )
+    if mode == "off":
+        return
+    if mode == "pod":
+        jax.distributed.initialize(**timeouts)
+        return
+    coordinates = explicit_coordinates(coordinator_address, num_processes, process_id)
+    if coordinates is None or coordinates.num_processes == 1:
+        return
+    jax.distributed.initialize(
+        coordinator_address=coordinates.coordinator_address,
+        num_processes=coordinates.num_processes,
+        process_id=coordinates.process_id,
+        **timeouts,
+    )

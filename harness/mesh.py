@@ -1,0 +1,91 @@
+"""The device mesh and how every array is laid out on it.
+
+Mesh axes are (`data`, `fsdp`): `fsdp` devices share one copy of the parameters and
+optimizer state (each holds a slice, FSDP-style), `data` replicates that group. The
+batch is split over all devices. Global batches are built from host-local data with
+`jax.make_array_from_process_local_data`, so the same code is right on one host and on
+many.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from harness.errors import UsageError
+
+DATA_AXIS, FSDP_AXIS = "data", "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+
+
+def check_topology(batch_size: int, fsdp_devices: int) -> None:
+    """Device-dependent input checks, with messages that say how to fix them."""
+    num_devices, num_processes = jax.device_count(), jax.process_count()
+    if num_devices % fsdp_devices:
+        raise UsageError(
+            f"--fsdp_devices={fsdp_devices} does not divide the {num_devices} devices"
+        )
+    if batch_size % num_devices:
+        raise UsageError(
+            f"--batch_size={batch_size} is not divisible by the {num_devices} devices"
+        )
+    if batch_size % num_processes:
+        raise UsageError(
+            f"--batch_size={batch_size} is not divisible by the {num_processes} processes"
+        )
+
+
+def make_mesh(fsdp_devices: int) -> Mesh:
+    """A (data, fsdp) mesh; each fsdp group is consecutive devices, so on a pod it stays
+    within a host when `fsdp_devices` <= devices per host."""
+    devices = np.asarray(jax.devices())
+    return Mesh(devices.reshape(devices.size // fsdp_devices, fsdp_devices), BATCH_AXES)
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
+    """Shard the largest axis that `fsdp` divides; replicate what cannot be split."""
+    if fsdp_size == 1 or not shape:
+        return P()
+    for axis in sorted(range(len(shape)), key=lambda a: -shape[a]):
+        if shape[axis] % fsdp_size == 0:
+            spec: list[str | None] = [None] * len(shape)
+            spec[axis] = FSDP_AXIS
+            return P(*spec)
+    return P()
+
+
+def fsdp_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
+    """NamedShardings for a tree of ShapeDtypeStructs (params or optimizer state)."""
+    size = mesh.shape[FSDP_AXIS]
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(x.shape, size)), abstract_tree)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis over every device; trailing axes whole."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def make_global_batch(local_tree: Any, mesh: Mesh) -> Any:
+    """Assemble each host's rows into global arrays sharded over the batch axis."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_tree
+    )
+
+
+def host_local_rows(array: jax.Array) -> np.ndarray:
+    """This host's rows of a batch-sharded array, in global row order.
+
+    Reads only addressable shards (no cross-host traffic); each row is read once even if
+    a shard is replicated.
+    """
+    shards = [s for s in array.addressable_shards if s.replica_id == 0]
+    shards.sort(key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])

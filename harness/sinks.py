@@ -1,0 +1,89 @@
+"""Where metrics go: the console and `<run_dir>/metrics.jsonl`.
+
+Every host calls every sink; the host-0 check lives inside (big_vision's metric writer
+style), so the training loop never branches on the process index.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Mapping, TextIO
+
+SCALAR_METRICS = ("loss", "grad_norm", "param_norm", "token_acc", "max_per_sample_loss")
+
+
+def itstime(step: int, every: int, last_step: int | None = None) -> bool:
+    """The one place that decides 'is it time': every `every` steps counting from 0,
+    and on the last step if given."""
+    return step % every == 0 or step == last_step
+
+
+def format_metrics_line(step: int, metrics: Mapping[str, float]) -> str:
+    """`Step    0: loss=2.1234, grad_norm=...` in the seed's style."""
+    fields = ", ".join(f"{name}={metrics[name]:.4f}" for name in SCALAR_METRICS)
+    return f"Step {step:4d}: {fields}"
+
+
+class Console:
+    """Prints on process 0 only."""
+
+    def __init__(self, is_primary: bool, stream: TextIO | None = None):
+        self.is_primary = is_primary
+        self._stream = stream
+
+    def print(self, text: str = "") -> None:
+        if self.is_primary:
+            print(text, file=self._stream or sys.stdout, flush=True)
+
+
+class MetricsFile:
+    """One JSON object per logged step, full float precision, written on process 0.
+
+    On resume from step N the file keeps only rows with step < N (and drops a torn
+    last line from a killed run), so steps are never duplicated.
+    """
+
+    def __init__(self, path: Path, *, is_primary: bool, start_step: int):
+        self.path = path
+        self.is_primary = is_primary
+        if not is_primary:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        kept = _rows_before(path, start_step) if start_step > 0 else []
+        with path.open("w") as f:
+            for row in kept:
+                f.write(json.dumps(row) + "\n")
+
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.is_primary:
+            return
+        row = {"step": step, **{k: _json_float(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _json_float(value: float) -> float | str:
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def _rows_before(path: Path, step: int) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn line from a killed run
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] < step:
+            rows.append(row)
+    return rows
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl (used by tests, benchmarks and the loss curve)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,176 @@
+"""The mock training loop: data -> jitted FSDP step -> metrics, checkpoints.
+
+Run it:  python -m harness.train --config cpu-8-devices --num_train_steps 100
+(`harness-train` is the same entry point; flags are in harness/cli.py.)
+
+At most `max_steps_in_flight` steps are dispatched ahead of the host: each finished
+step's metrics are read back before more work is queued. This keeps host memory flat
+and avoids the all-gather rendezvous abort seen with 8 fake CPU devices on 2 cores when
+many steps are queued (../shared/ENVIRONMENT.md).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from harness.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
+from harness.config import TrainConfig
+from harness.data import Batch, DataSpec, MockDataset
+from harness.mesh import host_local_rows, make_global_batch, make_mesh
+from harness.sinks import SCALAR_METRICS, Console, MetricsFile, format_metrics_line, itstime
+from harness.train_step import TrainState, abstract_state, init_state, make_train_step
+
+BANNER_RULE = "=" * 80
+
+
+@dataclasses.dataclass
+class RunSummary:
+    start_step: int
+    end_step: int
+    wall_time_s: float
+    checkpoints: list[int]
+    run_dir: str
+    checkpoint_dir: str
+    final_metrics: dict[str, float]
+
+    @property
+    def steps_run(self) -> int:
+        return self.end_step - self.start_step
+
+
+class _InFlight(NamedTuple):
+    step: int
+    metrics: dict[str, jax.Array]
+    local_batch: Batch
+
+
+def data_spec(config: TrainConfig) -> DataSpec:
+    return DataSpec(
+        global_batch_size=config.batch_size, image_size=config.image_size,
+        num_cameras=config.num_cameras, seq_len=config.seq_len,
+        action_horizon=config.action_horizon, vocab_size=config.vocab_size,
+        hard_fraction=config.hard_fraction,
+    )
+
+
+def resume_fingerprint(config: TrainConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in RESUME_MUST_MATCH}
+
+
+def print_banner(console: Console, config: TrainConfig, mesh: jax.sharding.Mesh) -> None:
+    console.print(BANNER_RULE)
+    console.print("MOCK TRAINING")
+    console.print(BANNER_RULE)
+    console.print("Configuration:")
+    rows = [
+        ("Steps", config.num_train_steps),
+        ("Batch size", config.batch_size),
+        ("Log interval", config.log_interval),
+        ("Track hard examples", config.track_hard_examples),
+        ("Checkpoint dir", config.checkpoint_dir),
+        ("Run dir", config.run_dir),
+        ("Processes", f"{jax.process_count()} x {jax.local_device_count()} {jax.default_backend()} devices"),
+        ("Mesh", ", ".join(f"{k}={v}" for k, v in mesh.shape.items())),
+    ]
+    for label, value in rows:
+        console.print(f"  {label}: {value}")
+    console.print(BANNER_RULE)
+
+
+class Trainer:
+    """Owns one run's objects; `run()` trains from the start or latest checkpoint."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.console = Console(jax.process_index() == 0)
+        self.mesh = make_mesh(config.fsdp_devices)
+        self.dataset = MockDataset(
+            data_spec(config), config.seed, jax.process_index(), jax.process_count()
+        )
+        self.store = CheckpointStore(
+            config.checkpoint_dir, keep=config.keep, async_save=config.async_checkpointing
+        )
+        self.run_dir = Path(config.run_dir)
+
+    def _initial_state(self) -> tuple[TrainState, int]:
+        if self.config.resume:
+            restored = self.store.restore_latest(
+                abstract_state(self.config, self.mesh), on_skip=self._report_skipped
+            )
+            if restored is not None:
+                state, meta = restored
+                check_resume_compatible(
+                    meta.get("resume", {}), resume_fingerprint(self.config),
+                    where=f"{self.config.checkpoint_dir} step {meta.get('step')}",
+                )
+                step = int(jax.device_get(state.step))
+                self.console.print(f"Resumed from checkpoint at step {step}")
+                return state, step
+            self.console.print("No checkpoint to resume from: starting at step 0")
+        return init_state(self.config, self.mesh), 0
+
+    def _report_skipped(self, step: int, err: Exception) -> None:
+        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        self.console.print(f"WARNING: checkpoint step {step} could not be restored ({first_line}); trying an older one")
+
+    def _checkpoint_meta(self, step: int) -> dict[str, Any]:
+        return {"step": step, "resume": resume_fingerprint(self.config)}
+
+    def _finish_step(self, pending: _InFlight, metrics_file: MetricsFile) -> dict[str, float]:
+        scalars = {name: float(pending.metrics[name]) for name in SCALAR_METRICS}
+        if itstime(pending.step, self.config.log_interval, self.config.num_train_steps - 1):
+            self.console.print(format_metrics_line(pending.step, scalars))
+            metrics_file.write(pending.step, scalars)
+        return scalars
+
+    def run(self) -> RunSummary:
+        config = self.config
+        started = time.perf_counter()
+        print_banner(self.console, config, self.mesh)
+        state, start_step = self._initial_state()
+        metrics_file = MetricsFile(self.run_dir / "metrics.jsonl", is_primary=self.console.is_primary,
+                                   start_step=start_step)
+        train_step = make_train_step(config, self.mesh)
+        in_flight: collections.deque[_InFlight] = collections.deque()
+        last: dict[str, float] = {}
+        self.console.print("Starting training loop...")
+        for step in range(start_step, config.num_train_steps):
+            local_batch = self.dataset.batch_at(step)
+            state, metrics = train_step(state, make_global_batch(local_batch, self.mesh))
+            in_flight.append(_InFlight(step, metrics, local_batch))
+            if len(in_flight) >= config.max_steps_in_flight:
+                last = self._finish_step(in_flight.popleft(), metrics_file)
+            if (step + 1) % config.save_interval == 0:
+                self.store.save(step + 1, state, self._checkpoint_meta(step + 1))
+        while in_flight:
+            last = self._finish_step(in_flight.popleft(), metrics_file)
+        end_step = max(start_step, config.num_train_steps)
+        if end_step not in self.store.saved_steps and end_step > start_step:
+            self.store.save(end_step, state, self._checkpoint_meta(end_step))
+        self.store.close()
+        self.console.print(BANNER_RULE)
+        self.console.print("Training complete!")
+        self.console.print(BANNER_RULE)
+        return RunSummary(
+            start_step=start_step, end_step=end_step,
+            wall_time_s=time.perf_counter() - started, checkpoints=list(self.store.saved_steps),
+            run_dir=str(self.run_dir), checkpoint_dir=config.checkpoint_dir, final_metrics=last,
+        )
+
+
+def train(config: TrainConfig) -> RunSummary:
+    return Trainer(config).run()
+
+
+if __name__ == "__main__":
+    from harness.cli import main
+
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Training state, optimizer and the one jitted train step.
+
+The step is compiled once with explicit in/out shardings and donates the state, so the
+params and optimizer state are updated in place on every device (big_vision style).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from harness.config import TrainConfig
+from harness.data import Batch
+from harness.mesh import batch_sharding, fsdp_shardings, replicated
+from harness.model import ModelSpec, init_params, per_sample_outputs
+
+
+class TrainState(NamedTuple):
+    step: jax.Array        # int32 scalar: steps completed
+    params: Any
+    opt_state: Any
+    rng: jax.Array         # uint32[2]: advanced every step (dropout)
+
+
+def model_spec(config: TrainConfig) -> ModelSpec:
+    return ModelSpec(
+        hidden_dim=config.hidden_dim, num_layers=config.num_layers,
+        vocab_size=config.vocab_size, seq_len=config.seq_len,
+        num_cameras=config.num_cameras, action_horizon=config.action_horizon,
+        dropout_rate=config.dropout_rate, token_loss_weight=config.token_loss_weight,
+    )
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """AdamW with linear warmup, behind global-norm clipping (0 disables clipping)."""
+    schedule = optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1))
+    adamw = optax.adamw(schedule, weight_decay=config.weight_decay)
+    if config.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+    return adamw
+
+
+def _init_fn(config: TrainConfig, optimizer: optax.GradientTransformation) -> Callable[[], TrainState]:
+    def init() -> TrainState:
+        init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+        params = init_params(model_spec(config), init_key)
+        return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
+
+    return init
+
+
+def state_shardings(config: TrainConfig, mesh: Mesh) -> TrainState:
+    """FSDP shardings for every leaf of the state (scalars and the rng replicated)."""
+    abstract = jax.eval_shape(_init_fn(config, make_optimizer(config)))
+    return fsdp_shardings(abstract, mesh)
+
+
+def abstract_state(config: TrainConfig, mesh: Mesh) -> TrainState:
+    """ShapeDtypeStructs with target shardings: what a checkpoint restores into."""
+    abstract = jax.eval_shape(_init_fn(config, make_optimizer(config)))
+    shardings = fsdp_shardings(abstract, mesh)
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+
+
+def init_state(config: TrainConfig, mesh: Mesh) -> TrainState:
+    """A fresh state, created directly in its sharded layout (optimizer moments too)."""
+    init = _init_fn(config, make_optimizer(config))
+    return jax.jit(init, out_shardings=state_shardings(config, mesh))()
+
+
+def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """The jitted step: (state, global batch) -> (new state, metrics).
+
+    Metrics are replicated scalars plus the batch-sharded `per_sample_loss` and
+    `sample_id`, which each host reads from its own shards to pair losses with samples.
+    """
+    spec = model_spec(config)
+    optimizer = make_optimizer(config)
+
+    def loss_fn(params, batch: Batch, dropout_key):
+        per_sample_loss, token_hits, token_count = per_sample_outputs(params, batch, spec, dropout_key)
+        valid = batch.sample_mask.astype(jnp.float32)
+        loss = (per_sample_loss * valid).sum() / jnp.maximum(valid.sum(), 1.0)
+        return loss, (per_sample_loss, token_hits, token_count)
+
+    def step(state: TrainState, batch: Batch):
+        rng, dropout_key = jax.random.split(state.rng)
+        (loss, (per_sample_loss, token_hits, token_count)), grads = jax.value_and_grad(
+            loss_fn, has_aux=True
+        )(state.params, batch, dropout_key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        valid = batch.sample_mask
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "param_norm": optax.global_norm(params),
+            "token_acc": (token_hits * valid).sum() / jnp.maximum((token_count * valid).sum(), 1.0),
+            "max_per_sample_loss": jnp.max(jnp.where(valid, per_sample_loss, -jnp.inf)),
+            "per_sample_loss": per_sample_loss,
+            "sample_id": batch.sample_id,
+        }
+        return TrainState(state.step + 1, params, opt_state, rng), metrics
+
+    state_sh = state_shardings(config, mesh)
+    rows, scalar = batch_sharding(mesh), replicated(mesh)
+    metric_sh = {name: scalar for name in ("loss", "grad_norm", "param_norm", "token_acc", "max_per_sample_loss")}
+    metric_sh |= {"per_sample_loss": rows, "sample_id": rows}
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, rows),
+        out_shardings=(state_sh, metric_sh),
+        donate_argnums=0,
+    )
