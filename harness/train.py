@@ -24,6 +24,8 @@ import numpy as np
 from harness.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
 from harness.config import TrainConfig
 from harness.data import Batch, DataSpec, MockDataset
+from harness.hard_examples.reporter import HardExampleReporter
+from harness.hard_examples.tracker import HardExampleTracker
 from harness.mesh import host_local_rows, make_global_batch, make_mesh
 from harness.sinks import SCALAR_METRICS, Console, MetricsFile, format_metrics_line, itstime
 from harness.train_step import TrainState, abstract_state, init_state, make_train_step
@@ -99,6 +101,19 @@ class Trainer:
             config.checkpoint_dir, keep=config.keep, async_save=config.async_checkpointing
         )
         self.run_dir = Path(config.run_dir)
+        self.reporter = self._make_reporter() if config.track_hard_examples else None
+
+    def _make_reporter(self) -> HardExampleReporter:
+        config = self.config
+        tracker = HardExampleTracker(
+            config.max_hard_examples_buffer, self.dataset.tokenizer, host=jax.process_index(),
+            resize_hw=(config.hard_example_image_size, config.hard_example_image_size),
+            high_loss_threshold=config.high_loss_threshold,
+        )
+        return HardExampleReporter(
+            tracker, interval=config.hard_example_log_interval, k=config.max_hard_examples_buffer,
+            run_dir=self.run_dir, console=self.console,
+        )
 
     def _initial_state(self) -> tuple[TrainState, int]:
         if self.config.resume:
@@ -126,9 +141,17 @@ class Trainer:
 
     def _finish_step(self, pending: _InFlight, metrics_file: MetricsFile) -> dict[str, float]:
         scalars = {name: float(pending.metrics[name]) for name in SCALAR_METRICS}
-        if itstime(pending.step, self.config.log_interval, self.config.num_train_steps - 1):
+        last_step = self.config.num_train_steps - 1
+        if itstime(pending.step, self.config.log_interval, last_step):
             self.console.print(format_metrics_line(pending.step, scalars))
             metrics_file.write(pending.step, scalars)
+        if self.reporter is not None:
+            self.reporter.observe(
+                pending.step, pending.local_batch,
+                host_local_rows(pending.metrics["per_sample_loss"]),
+                host_local_rows(pending.metrics["sample_id"]),
+            )
+            self.reporter.end_of_step(pending.step, last_step)
         return scalars
 
     def run(self) -> RunSummary:

@@ -1,0 +1,140 @@
+"""Cross-host hard-example gathering: two allgathers, every host in the same order.
+
+Phase 1 moves metadata only: each host's interval stats and its top-K candidates (no
+pixels). Every host decodes all of them and runs the same deterministic round-robin
+merge, so all hosts agree on the global winners without another message. Phase 2
+moves pixels only for winners: each host materializes (resize, decode text) just its own
+winners. A host therefore sends about K metadata rows plus at most K thumbnails,
+whatever the number of hosts.
+
+Each allgather first shares the byte lengths, then pads every payload to the longest
+(`process_allgather` needs equal shapes). A payload longer than `max_payload_bytes`, or
+one that does not decode, is reported by host index and skipped; the other hosts'
+entries are still merged and logged. Since every host sees the same bytes, they all make
+the same skip decisions, so the next collective still lines up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from harness.hard_examples.codec import (
+    CandidatePayload,
+    ExamplePayload,
+    PayloadError,
+    decode_payload,
+    encode_payload,
+    pad_to,
+    unpad,
+)
+from harness.hard_examples.entry import Candidate, HardExample
+from harness.hard_examples.merge import GlobalStats, merge_round_robin, merge_stats
+from harness.hard_examples.tracker import HardExampleTracker
+
+DEFAULT_MAX_PAYLOAD_BYTES = 64 << 20
+
+AllGather = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class GatherResult:
+    """What process 0 logs for one interval (other hosts get the same minus examples)."""
+
+    step: int
+    examples: list[HardExample]          # merged winners with images, loss descending
+    stats: GlobalStats
+    bad_hosts: dict[int, str]            # host -> why its payload was skipped
+    bytes_sent: dict[str, int]           # this host's padded bytes per phase
+
+
+def jax_allgather(rows: np.ndarray) -> np.ndarray:
+    """`process_allgather` of one equal-length row per host -> (num_hosts, len) array.
+
+    On one process JAX returns shape (1, n) or (n,): both become (1, n) here.
+    """
+    gathered = np.asarray(multihost_utils.process_allgather(rows))
+    return gathered.reshape(jax.process_count(), -1)
+
+
+def allgather_bytes(
+    data: bytes, *, max_payload_bytes: int, allgather: AllGather = jax_allgather
+) -> tuple[list[bytes | None], int]:
+    """Every host's bytes (None where a host's payload was over the limit), and the
+    padded length this host sent. Two collectives, whatever the payloads."""
+    lengths = allgather(np.asarray([len(data)], dtype=np.int64)).reshape(-1)
+    fits = lengths <= max_payload_bytes
+    width = int(max(lengths[fits].max(initial=0), 1))
+    own = data if len(data) <= max_payload_bytes else b""
+    rows = allgather(pad_to(own, width))
+    received = [
+        unpad(rows[host], int(lengths[host])) if fits[host] else None
+        for host in range(len(lengths))
+    ]
+    return received, width
+
+
+def _decode_all(
+    blobs: Sequence[bytes | None], kind: type, step: int, max_payload_bytes: int, max_entries: int,
+) -> tuple[list, dict[int, str]]:
+    """Decoded payloads (None for skipped hosts) and why each skipped host was skipped."""
+    decoded, bad = [], {}
+    for host, blob in enumerate(blobs):
+        source = f"payload from host {host}"
+        try:
+            if blob is None:
+                raise PayloadError(f"{source}: larger than the {max_payload_bytes}-byte limit")
+            payload = decode_payload(blob, kind, max_bytes=max_payload_bytes, max_entries=max_entries,
+                                     source=source)
+            if payload.host != host or payload.step != step:
+                raise PayloadError(
+                    f"{source}: claims host {payload.host} step {payload.step}, expected host {host} step {step}"
+                )
+        except PayloadError as err:
+            decoded.append(None)
+            bad[host] = str(err)
+            continue
+        decoded.append(payload)
+    return decoded, bad
+
+
+def gather_hard_examples(
+    tracker: HardExampleTracker,
+    *,
+    step: int,
+    k: int,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    allgather: AllGather = jax_allgather,
+    encode_candidates: Callable[[CandidatePayload], bytes] = encode_payload,
+) -> GatherResult:
+    """Runs both phases; call it on every host at the same step.
+
+    `encode_candidates` exists so tests can make one host send damaged bytes.
+    """
+    host = tracker.host
+    own = CandidatePayload(host=host, step=step, stats=tracker.stats(), candidates=tracker.candidates()[:k])
+    blobs, width_1 = allgather_bytes(encode_candidates(own), max_payload_bytes=max_payload_bytes,
+                                     allgather=allgather)
+    payloads, bad = _decode_all(blobs, CandidatePayload, step, max_payload_bytes, max_entries=max(k, 1))
+    winners: list[Candidate] = merge_round_robin([p.candidates if p else () for p in payloads], k)
+    stats = merge_stats([p.stats for p in payloads if p is not None], winners)
+
+    mine = [c.sample_id for c in winners if c.host == host]
+    examples_payload = ExamplePayload(host=host, step=step, examples=tracker.materialize(mine))
+    blobs_2, width_2 = allgather_bytes(encode_payload(examples_payload),
+                                       max_payload_bytes=max_payload_bytes, allgather=allgather)
+    examples: list[HardExample] = []
+    if jax.process_index() == 0:
+        decoded_2, bad_2 = _decode_all(blobs_2, ExamplePayload, step, max_payload_bytes,
+                                       max_entries=max(k, 1))
+        bad.update({h: why for h, why in bad_2.items() if h not in bad})
+        by_key = {
+            (e.host, e.sample_id): e for p in decoded_2 if p is not None for e in p.examples
+        }
+        examples = [by_key[(c.host, c.sample_id)] for c in winners if (c.host, c.sample_id) in by_key]
+    return GatherResult(step=step, examples=examples, stats=stats, bad_hosts=bad,
+                        bytes_sent={"candidates": width_1, "examples": width_2})

@@ -1,0 +1,106 @@
+"""Hard examples in the training loop: feed the tracker, gather at each interval, log.
+
+Every host calls `observe` for each finished step and `end_of_step` after it; at an
+interval boundary every host takes part in the gather (`gather.py`) and process 0 prints
+the seed-style block, writes `<run_dir>/hard_examples/step_<N>.json` (entries without
+pixels) and hands the result to any extra sinks (pictures, wandb). `N` is the number of
+steps completed, as for checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from harness.data import Batch
+from harness.hard_examples.gather import GatherResult, gather_hard_examples
+from harness.hard_examples.tracker import HardExampleTracker
+from harness.sinks import Console
+
+PRINTED_ENTRIES = 5
+
+HardExampleSink = Callable[[GatherResult], None]
+
+
+def format_block(result: GatherResult, *, printed: int = PRINTED_ENTRIES) -> list[str]:
+    """The console block, seed style, with the host of each entry."""
+    stats = result.stats
+    threshold = "n/a" if stats.threshold is None else f"{stats.threshold:.4f}"
+    lines = [
+        f"  Hard examples: {len(result.examples)} entries, threshold={threshold}, "
+        f"total_samples={stats.num_samples}"
+    ]
+    for rank, entry in enumerate(result.examples[:printed], start=1):
+        lines.append(
+            f"    #{rank}: loss={entry.loss:.4f}, step={entry.step}, host={entry.host}, "
+            f"lang_action={entry.lang_action} (len={entry.token_len})..."
+        )
+    if len(result.examples) > printed:
+        lines.append(f"    ... {len(result.examples) - printed} more")
+    for host, why in sorted(result.bad_hosts.items()):
+        lines.append(f"  WARNING: skipped host {host}: {why}")
+    return lines
+
+
+def result_to_json(result: GatherResult) -> dict:
+    """Everything about an interval except pixels (the image shape stays)."""
+    return {
+        "step": result.step,
+        "stats": dataclasses.asdict(result.stats),
+        "bad_hosts": {str(h): why for h, why in sorted(result.bad_hosts.items())},
+        "entries": [
+            {
+                "rank": rank, "sample_id": e.sample_id, "loss": e.loss, "step": e.step,
+                "host": e.host, "lang_action": e.lang_action, "prompt": e.prompt,
+                "token_len": e.token_len, "image_shape": list(e.image.shape),
+            }
+            for rank, e in enumerate(result.examples, start=1)
+        ],
+    }
+
+
+class HardExampleReporter:
+    """Owns this host's tracker and decides, identically on every host, when to gather."""
+
+    def __init__(
+        self,
+        tracker: HardExampleTracker,
+        *,
+        interval: int,
+        k: int,
+        run_dir: Path,
+        console: Console,
+        sinks: Sequence[HardExampleSink] = (),
+    ):
+        self.tracker = tracker
+        self.interval = interval
+        self.k = k
+        self.out_dir = run_dir / "hard_examples"
+        self.console = console
+        self.sinks = list(sinks)
+        self.results: list[GatherResult] = []
+
+    def observe(self, step: int, batch: Batch, per_sample_loss: np.ndarray, sample_id: np.ndarray) -> None:
+        self.tracker.update(step, batch, per_sample_loss, sample_id)
+
+    def end_of_step(self, step: int, last_step: int) -> GatherResult | None:
+        """Gathers after every `interval` completed steps and after the last step."""
+        completed = step + 1
+        if completed % self.interval and step != last_step:
+            return None
+        result = gather_hard_examples(self.tracker, step=completed, k=self.k)
+        self.tracker.reset()
+        self.results.append(result)
+        if self.console.is_primary:
+            for line in format_block(result):
+                self.console.print(line)
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = self.out_dir / f"step_{completed}.json"
+            path.write_text(json.dumps(result_to_json(result), indent=1) + "\n")
+            for sink in self.sinks:
+                sink(result)
+        return result

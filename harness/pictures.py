@@ -1,0 +1,273 @@
+"""Pictures of a run for people: a contact sheet of hard examples and a loss curve.
+
+Pure functions of their inputs (no wandb, no JAX); the wandb sink and the end-of-run
+report both call them. A contact sheet puts the hard examples in the order given
+(highest loss first), one thumbnail per cell, captioned with rank, loss, host, step
+and the language action. Its layout (which entry is in which cell) is returned and
+also stored in the PNG's text metadata, so a test can match a sheet on disk against
+the hard-example JSON written beside it:
+
+    sheet = save_contact_sheet(entries, run_dir / "hard_examples_000100.png", step=100)
+    read_contact_sheet_layout(run_dir / "hard_examples_000100.png") == sheet.cells
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+
+from harness.hard_examples.entry import HardExample
+
+_LAYOUT_KEY = "podharness.layout"
+_MIN_THUMB_HEIGHT = 128     # small images are upscaled by an integer factor to at least this
+_MAX_THUMB_WIDTH = 512      # wide, large images are downscaled to at most this
+_MAX_SHEET_WIDTH = 2000     # wide thumbnails get fewer columns
+_PAD = 12                   # between cells, and around the sheet
+_GAP = 6                    # between a thumbnail and its caption
+_TEXT_SIZE = 14
+_TITLE_SIZE = 20
+_MAX_ACTION_LINES = 3
+_MAX_PROMPT_LINES = 2
+_INK = (20, 20, 20)
+_MUTED = (105, 105, 105)
+_BORDER = (170, 170, 170)
+_PAPER = (255, 255, 255)
+
+
+@dataclasses.dataclass(frozen=True)
+class SheetCell:
+    """One entry's place on a sheet: `box` is its thumbnail, (left, top, right, bottom)."""
+
+    rank: int
+    sample_id: int
+    host: int
+    step: int
+    loss: float
+    box: tuple[int, int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class ContactSheet:
+    image: Image.Image
+    cells: list[SheetCell]  # in the entries' order: cells[i] shows entries[i]
+
+
+@functools.cache
+def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans ships inside matplotlib, so it exists wherever this module imports."""
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name), size)
+
+
+def _line_height(font: ImageFont.FreeTypeFont) -> int:
+    ascent, descent = font.getmetrics()
+    return ascent + descent + 2
+
+
+def _fit(text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
+    """`text`, cut and ended with '…' if it is wider than `width` pixels."""
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont, width: int, max_lines: int) -> list[str]:
+    """Greedy word wrap to `width` pixels; the last line ends in '…' if text was cut."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] += " …"
+    return [_fit(line, font, width) for line in lines]
+
+
+def _thumb_scale(height: int, width: int) -> float:
+    if height < _MIN_THUMB_HEIGHT:
+        return float(math.ceil(_MIN_THUMB_HEIGHT / height))
+    return min(1.0, _MAX_THUMB_WIDTH / width)
+
+
+def _thumbnail(image: np.ndarray, scale: float) -> Image.Image:
+    """Scaled without distortion: the same factor on both axes; integer upscales use
+    NEAREST so pixels stay crisp, other factors use LANCZOS."""
+    picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    if scale == 1.0:
+        return picture
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    integer_upscale = scale > 1.0 and scale == int(scale)
+    return picture.resize(size, Image.Resampling.NEAREST if integer_upscale else Image.Resampling.LANCZOS)
+
+
+def _title(step: int, count: int, threshold: float | None) -> str:
+    noun = "entry" if count == 1 else "entries"
+    kept = f"loss threshold {threshold:.4f}" if threshold is not None else "no loss threshold yet"
+    return f"Hard examples at step {step}: {count} {noun}, {kept}"
+
+
+def render_contact_sheet(
+    entries: Sequence[HardExample],
+    *,
+    step: int,
+    threshold: float | None = None,
+    columns: int = 5,
+    thumb_scale: float | None = None,
+) -> ContactSheet:
+    """A grid of `entries` in the given order (rank 1 first), read row by row, with at
+    most `columns` columns (fewer if the sheet would be wider than 2000 pixels).
+
+    `thumb_scale` multiplies both image axes; by default small images are enlarged by
+    the smallest integer factor that makes them at least 128 pixels tall, and large
+    ones shrunk to at most 512 pixels wide.
+    """
+    if columns < 1:
+        raise ValueError(f"columns must be >= 1, got {columns}")
+    title_font, bold, regular = _font(_TITLE_SIZE, bold=True), _font(_TEXT_SIZE, bold=True), _font(_TEXT_SIZE)
+    title = _title(step, len(entries), threshold)
+    title_height = _line_height(title_font)
+    title_width = math.ceil(title_font.getlength(title))
+
+    if not entries:
+        message = "no hard examples"
+        width = max(title_width, 360) + 2 * _PAD
+        sheet = Image.new("RGB", (width, 2 * _PAD + title_height + 3 * _line_height(regular)), _PAPER)
+        draw = ImageDraw.Draw(sheet)
+        draw.text((_PAD, _PAD), title, font=title_font, fill=_INK)
+        draw.text((width // 2, _PAD + title_height + 2 * _line_height(regular)), message,
+                  font=regular, fill=_MUTED, anchor="ms")
+        return ContactSheet(sheet, [])
+
+    thumbs = []
+    for entry in entries:
+        image = np.asarray(entry.image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"sample {entry.sample_id}: image must be (h, w, 3), got {image.shape}")
+        scale = thumb_scale if thumb_scale is not None else _thumb_scale(*image.shape[:2])
+        thumbs.append(_thumbnail(image, scale))
+    cell_width = max(max(t.width for t in thumbs), 220)
+    thumb_height = max(t.height for t in thumbs)
+
+    captions = []
+    for rank, entry in enumerate(entries, start=1):
+        captions.append((
+            _fit(f"#{rank}   loss {entry.loss:.4f}", bold, cell_width),
+            _fit(f"host {entry.host} · step {entry.step} · id {entry.sample_id}", regular, cell_width),
+            _wrap(entry.lang_action, bold, cell_width, _MAX_ACTION_LINES),
+            _wrap(entry.prompt, regular, cell_width, _MAX_PROMPT_LINES),
+        ))
+    line = _line_height(regular)
+    action_lines = max(len(c[2]) for c in captions)
+    prompt_lines = max(len(c[3]) for c in captions)
+    caption_height = (2 + action_lines + prompt_lines) * line + line // 2
+    cell_height = thumb_height + _GAP + caption_height
+
+    columns = max(1, min(columns, len(entries), (_MAX_SHEET_WIDTH - _PAD) // (cell_width + _PAD)))
+    rows = math.ceil(len(entries) / columns)
+    grid_top = _PAD + title_height + _PAD
+    width = max(columns * cell_width + (columns + 1) * _PAD, title_width + 2 * _PAD)
+    height = grid_top + rows * cell_height + rows * _PAD
+    sheet = Image.new("RGB", (width, height), _PAPER)
+    draw = ImageDraw.Draw(sheet)
+    draw.text((_PAD, _PAD), title, font=title_font, fill=_INK)
+
+    cells = []
+    for index, (entry, thumb, caption) in enumerate(zip(entries, thumbs, captions)):
+        row, column = divmod(index, columns)
+        left = _PAD + column * (cell_width + _PAD)
+        top = grid_top + row * (cell_height + _PAD)
+        x = left + (cell_width - thumb.width) // 2
+        sheet.paste(thumb, (x, top))
+        box = (x, top, x + thumb.width, top + thumb.height)
+        draw.rectangle((box[0] - 1, box[1] - 1, box[2], box[3]), outline=_BORDER)
+        headline, details, action, prompt = caption
+        y = top + thumb_height + _GAP
+        draw.text((left, y), headline, font=bold, fill=_INK)
+        draw.text((left, y + line), details, font=regular, fill=_MUTED)
+        y += 2 * line + line // 4
+        for text in action:
+            draw.text((left, y), text, font=bold, fill=_INK)
+            y += line
+        y = top + thumb_height + _GAP + (2 + action_lines) * line + line // 2
+        for text in prompt:
+            draw.text((left, y), text, font=regular, fill=_MUTED)
+            y += line
+        cells.append(SheetCell(rank=index + 1, sample_id=int(entry.sample_id), host=int(entry.host),
+                               step=int(entry.step), loss=float(entry.loss), box=box))
+    return ContactSheet(sheet, cells)
+
+
+def save_contact_sheet(
+    entries: Sequence[HardExample],
+    path: str | os.PathLike,
+    *,
+    step: int,
+    threshold: float | None = None,
+    columns: int = 5,
+) -> ContactSheet:
+    """Render and write a PNG whose text metadata holds the layout (`read_contact_sheet_layout`)."""
+    sheet = render_contact_sheet(entries, step=step, threshold=threshold, columns=columns)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(_LAYOUT_KEY, json.dumps([dataclasses.asdict(cell) for cell in sheet.cells]))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sheet.image.save(path, format="PNG", pnginfo=info)
+    return sheet
+
+
+def read_contact_sheet_layout(path: str | os.PathLike) -> list[SheetCell]:
+    with Image.open(path) as picture:
+        raw = picture.text[_LAYOUT_KEY]
+    return [SheetCell(**{**cell, "box": tuple(cell["box"])}) for cell in json.loads(raw)]
+
+
+def save_loss_curve(
+    rows: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    hard_example_steps: Sequence[int],
+) -> None:
+    """Mean loss and max per-sample loss against step, 1000x500 pixels.
+
+    `rows` are logged metrics with a "step" key; rows without "loss" or
+    "max_per_sample_loss" are skipped for that line. Dashed lines mark the steps at
+    which hard examples were collected.
+    """
+    figure = Figure(figsize=(10, 5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for key, label, color in (("loss", "mean loss", "tab:blue"),
+                              ("max_per_sample_loss", "max per-sample loss", "tab:red")):
+        points = [(row["step"], row[key]) for row in rows if key in row]
+        if points:
+            steps, values = zip(*sorted(points))
+            axes.plot(steps, values, label=label, color=color, linewidth=1.5)
+    for i, step in enumerate(hard_example_steps):
+        axes.axvline(step, color="tab:gray", linestyle="--", linewidth=0.8, alpha=0.7,
+                     label="hard examples collected" if i == 0 else None)
+    axes.set_xlabel("training step")
+    axes.set_ylabel("loss")
+    axes.set_title("Training loss")
+    axes.grid(True, alpha=0.3)
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="upper right")
+    else:
+        axes.text(0.5, 0.5, "no metrics logged", transform=axes.transAxes, ha="center", color="gray")
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, format="png")

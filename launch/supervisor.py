@@ -1,0 +1,369 @@
+"""Start, watch and stop the processes that together make up one pod job.
+
+Both launchers build on this: `launch.local` runs one child per simulated host,
+`launch.tpu_pod` runs one `gcloud ... ssh --worker=i` per TPU worker. A pod is only as
+healthy as its sickest process (a dead peer leaves the others hanging in a collective
+until a heartbeat timeout aborts them), so the rules here are:
+
+- every process runs in its own session, so its whole process group, grandchildren
+  included, can be signalled and nothing outlives the supervisor;
+- every output line is relayed as it arrives, prefixed with the process's label;
+- the first failure stops everything: a graceful stop (SIGTERM by default), then
+  SIGKILL once the grace period is over;
+- no wait is unbounded: everything polls against a deadline.
+"""
+
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, TextIO
+
+POLL_S = 0.05
+# After SIGKILL the kernel reaps within milliseconds; this only bounds a pathological
+# case (a process stuck in uninterruptible sleep).
+KILL_WAIT_S = 5.0
+# How long to wait for the output relays to drain after all processes are gone.
+RELAY_DRAIN_S = 2.0
+EXIT_TIMED_OUT = 124
+
+
+def describe_returncode(returncode: int) -> str:
+    """Render a Popen return code the way a person reads it: exit code or signal name."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        return f"killed by {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
+
+
+def shell_status(returncode: int) -> int:
+    """Map a Popen return code to a process exit status, using the shell's 128+N for signals."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+@dataclasses.dataclass(frozen=True)
+class PodResult:
+    """How a supervised pod ended.
+
+    `returncodes` follow Popen: -N means killed by signal N. `first_failure` is the index
+    of the process whose failure ended the run (None if none failed).
+    """
+
+    returncodes: tuple[int, ...]
+    first_failure: int | None
+    timed_out: bool = False
+    running_at_timeout: tuple[int, ...] = ()
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.timed_out and all(rc == 0 for rc in self.returncodes)
+
+    @property
+    def exit_status(self) -> int:
+        """0 if every process exited 0; 124 on timeout; else the first failure's status."""
+        if self.timed_out:
+            return EXIT_TIMED_OUT
+        if self.first_failure is not None:
+            return shell_status(self.returncodes[self.first_failure])
+        return 0
+
+
+class _LineSink:
+    """Writes whole prefixed lines to one stream, and optionally unprefixed to a log file.
+
+    One lock is shared by every sink of a supervisor so lines from different processes
+    never interleave mid-line.
+    """
+
+    def __init__(self, prefix: str, stream: TextIO, lock: threading.Lock, log: TextIO | None):
+        self._prefix = prefix
+        self._stream = stream
+        self._lock = lock
+        self._log = log
+
+    def write_line(self, line: str) -> None:
+        if not line.endswith("\n"):
+            line += "\n"
+        with self._lock:
+            # A broken stdout (e.g. piped into `head`) must not stop the relay: the
+            # child would block on a full pipe.
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.write(self._prefix + line)
+                self._stream.flush()
+            if self._log is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._log.write(line)
+                    self._log.flush()
+
+
+def _relay_lines(pipe: IO[bytes], sink: _LineSink) -> None:
+    """Copy lines from a child's pipe to the sink until EOF, keeping a final partial line."""
+    with pipe:
+        for raw in iter(pipe.readline, b""):
+            sink.write_line(raw.decode("utf-8", errors="replace"))
+
+
+def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    """Signal the process group the process leads (it was started in its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+@dataclasses.dataclass
+class _Member:
+    label: str
+    process: subprocess.Popen
+    relays: list[threading.Thread]
+    log: TextIO | None
+    swept: bool = False
+
+
+class Supervisor:
+    """Owns a set of started processes: relays their output, stops them, never leaks them.
+
+    Use as a context manager; leaving the block (normally or by an exception) kills every
+    process group that is still alive.
+    """
+
+    def __init__(self, program: str, stdout: TextIO, stderr: TextIO):
+        self._program = program
+        self._stdout = stdout
+        self._stderr = stderr
+        self._lock = threading.Lock()
+        self._members: list[_Member] = []
+
+    def __enter__(self) -> "Supervisor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def say(self, message: str) -> None:
+        """Print one line of the supervisor's own to stderr, not interleaved with relays."""
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            self._stderr.write(f"{self._program}: {message}\n")
+            self._stderr.flush()
+
+    def start(
+        self,
+        label: str,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        stdin_data: bytes | None = None,
+        log_path: Path | None = None,
+    ) -> subprocess.Popen:
+        """Start one process in its own session, relaying its output as `[label] line`.
+
+        `stdin_data` is written to its stdin, which is then closed (stdin is /dev/null
+        otherwise); `log_path` receives its stdout and stderr lines without the prefix.
+        """
+        process = subprocess.Popen(
+            list(argv),
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        log = open(log_path, "w", encoding="utf-8") if log_path is not None else None
+        prefix = f"[{label}] "
+        relays = [
+            threading.Thread(
+                target=_relay_lines,
+                args=(pipe, _LineSink(prefix, stream, self._lock, log)),
+                name=f"relay {label}",
+                daemon=True,
+            )
+            for pipe, stream in ((process.stdout, self._stdout), (process.stderr, self._stderr))
+        ]
+        self._members.append(_Member(label, process, relays, log))
+        for relay in relays:
+            relay.start()
+        if stdin_data is not None:
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.write(stdin_data)
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.close()
+        return process
+
+    def wait(
+        self,
+        *,
+        timeout: float | None,
+        kill_grace: float,
+        stop_event: threading.Event | None = None,
+        graceful_stop: Callable[[], None] | None = None,
+    ) -> PodResult:
+        """Wait until all processes exit 0, one fails, `timeout` passes or a stop is requested.
+
+        On failure, timeout or stop, `graceful_stop` runs (default: SIGTERM to every
+        running process group) and processes still running `kill_grace` seconds later
+        get SIGKILL. Processes that exit 0 after a stop request count as success: that is
+        how a preempted host that saved its state looks.
+        """
+        stop_event = stop_event or threading.Event()
+        started = time.monotonic()
+        while True:
+            codes = self._poll()
+            failed = [i for i, rc in enumerate(codes) if rc not in (None, 0)]
+            if failed:
+                self._report_failure(failed[0], codes[failed[0]])
+                self._shut_down(kill_grace, graceful_stop)
+                return self._result(first_failure=failed[0])
+            if all(rc == 0 for rc in codes):
+                return self._result(first_failure=None)
+            if timeout is not None and time.monotonic() - started >= timeout:
+                running = tuple(i for i, rc in enumerate(codes) if rc is None)
+                self.say(f"timed out after {timeout:g}s; still running: {self._labels(running)}")
+                self._shut_down(kill_grace, graceful_stop)
+                return self._result(first_failure=None, timed_out=True, running_at_timeout=running)
+            if stop_event.is_set():
+                return self._stop_on_request(kill_grace, graceful_stop)
+            stop_event.wait(POLL_S)
+
+    def close(self) -> None:
+        """Kill whatever is left, then let the output relays drain (bounded)."""
+        for member in self._members:
+            if not member.swept:
+                _signal_group(member.process, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    member.process.wait(timeout=KILL_WAIT_S)
+                member.swept = True
+        deadline = time.monotonic() + RELAY_DRAIN_S
+        for member in self._members:
+            for relay in member.relays:
+                relay.join(timeout=max(0.0, deadline - time.monotonic()))
+            if member.log is not None:
+                member.log.close()
+
+    def _poll(self) -> list[int | None]:
+        """Return codes so far; kill the group of every newly exited leader right away.
+
+        Sweeping right after reaping matters: a leftover grandchild would hold the output
+        pipe open, and killing its group later risks hitting a recycled pid.
+        """
+        codes = []
+        for member in self._members:
+            rc = member.process.poll()
+            if rc is not None and not member.swept:
+                _signal_group(member.process, signal.SIGKILL)
+                member.swept = True
+            codes.append(rc)
+        return codes
+
+    def _signal_running(self, sig: signal.Signals) -> None:
+        for member in self._members:
+            if member.process.poll() is None:
+                _signal_group(member.process, sig)
+
+    def _running(self) -> list[int]:
+        return [i for i, rc in enumerate(self._poll()) if rc is None]
+
+    def _wait_until_exited(self, deadline: float) -> None:
+        while self._running() and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+
+    def _shut_down(self, grace: float, graceful_stop: Callable[[], None] | None) -> None:
+        """Graceful stop, then SIGKILL for whatever is still running after `grace` seconds."""
+        stopper = threading.Thread(
+            target=graceful_stop or (lambda: self._signal_running(signal.SIGTERM)),
+            name="graceful stop",
+            daemon=True,
+        )
+        started = time.monotonic()
+        stopper.start()
+        self._wait_until_exited(started + grace)
+        running = self._running()
+        if running:
+            self.say(f"{self._labels(running)} still running after {grace:g}s; sending SIGKILL")
+            self._signal_running(signal.SIGKILL)
+            self._wait_until_exited(time.monotonic() + KILL_WAIT_S)
+        # The graceful stop may still be cleaning up elsewhere (a remote pkill); it is
+        # bounded by the caller, and this join by the same budget.
+        stopper.join(timeout=max(0.0, started + grace + KILL_WAIT_S - time.monotonic()))
+
+    def _stop_on_request(self, kill_grace: float, graceful_stop: Callable[[], None] | None) -> PodResult:
+        self.say(f"stop requested; stopping {self._labels(self._running())}")
+        self._shut_down(kill_grace, graceful_stop)
+        codes = self._final_codes()
+        failed = [i for i, rc in enumerate(codes) if rc != 0]
+        for i in failed:
+            self.say(f"{self._members[i].label} ended with {describe_returncode(codes[i])} after the stop request")
+        return PodResult(codes, first_failure=failed[0] if failed else None, interrupted=True)
+
+    def _report_failure(self, index: int, returncode: int) -> None:
+        self.say(f"{self._members[index].label} failed ({describe_returncode(returncode)})")
+
+    def _labels(self, indices: Sequence[int]) -> str:
+        return ", ".join(self._members[i].label for i in indices) or "none"
+
+    def _final_codes(self) -> tuple[int, ...]:
+        """Return codes after shutdown; one not reaped yet has had SIGKILL, so report that."""
+        return tuple(-signal.SIGKILL if rc is None else rc for rc in self._poll())
+
+    def _result(self, **fields: object) -> PodResult:
+        return PodResult(self._final_codes(), **fields)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
+    """Turn SIGTERM and SIGINT into a stop request, so the pod is shut down in order.
+
+    Only the main thread may install signal handlers; the previous handlers come back
+    when the block ends.
+    """
+    handled = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop_event.set()) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_bounded(
+    argv: Sequence[str],
+    *,
+    timeout: float,
+    stop_event: threading.Event | None = None,
+    capture_stdout: bool = False,
+) -> tuple[int, str]:
+    """Run one short command to completion in its own session; kill its group on timeout.
+
+    Returns (returncode, captured stdout or ""); 124 on timeout, and the command's group
+    is killed also when a stop is requested or the caller is interrupted.
+    """
+    process = subprocess.Popen(
+        list(argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if capture_stdout else None,
+        start_new_session=True,
+    )
+    output = ""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                out, _ = process.communicate(timeout=POLL_S)
+                output = out.decode("utf-8", errors="replace") if out is not None else ""
+                return process.returncode, output
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline:
+                    return EXIT_TIMED_OUT, output
+                if stop_event is not None and stop_event.is_set():
+                    return shell_status(-signal.SIGTERM), output
+    finally:
+        _signal_group(process, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=KILL_WAIT_S)

@@ -1,0 +1,437 @@
+"""Ship this repository's HEAD to a Cloud TPU VM pod and run the harness on every worker.
+
+    bash launch/tpu_pod.sh --tpu my-v4-32 --zone us-central2-b --project my-project \\
+        --preset base -- --extra_harness_flag=1
+
+1. Pack `git archive HEAD`. A working tree with uncommitted changes to tracked files is
+   refused (exit 2) unless --allow_dirty, which ships the tracked files as they are on
+   disk; untracked files are never shipped.
+2. `gcloud compute tpus tpu-vm scp` the archive to every worker (`--worker=all`).
+3. One `gcloud compute tpus tpu-vm ssh --worker=i` per worker, all in parallel, each
+   running the same remote script: stop a harness left over from an earlier launch,
+   unpack into ~/podharness/<commit>, set up the venv (~/podharness/venv, kept between
+   launches so jax[tpu] is not reinstalled each time; or --python), then exec
+   `python -m harness.train --config <preset> <extra flags>`. On a TPU VM jax finds its
+   peers through the TPU metadata, so no HARNESS_* variables are passed.
+
+Why one ssh per worker instead of `--worker=all`: the latter interleaves every worker's
+output into one stream and reports only one exit status at the end. Separate processes
+give one log per worker (<log_dir>/worker-<i>.log, plus a merged `[worker i] ` view on
+the terminal), say which worker failed, and let the launcher stop the others at once.
+
+Stopping: when a worker fails, --timeout passes, or the launcher gets SIGTERM/SIGINT, it
+runs a stop script on all workers (`--worker=all`): SIGTERM to the harness (which saves
+a checkpoint and exits), SIGKILL after --kill_grace seconds. Killing the local ssh alone
+would not do: without a terminal the remote process outlives its ssh session. The
+remote harness pid is kept in ~/podharness/harness.pid rather than found with
+`pkill -f harness.train`, because that pattern also matches the remote shell running
+the script (its own command line contains it). A per-launch stop marker covers workers
+that have not started the harness yet when the stop arrives.
+
+WANDB_API_KEY, when set here, is written to each worker's ssh stdin and exported only
+into the harness process. On the ssh command line it would be saved in gcloud's own log
+files (~/.config/gcloud/logs records every command's arguments) and be visible in `ps`.
+
+Exit status: 0 if every worker's harness exits 0 (also after a stop request); 2 for
+usage errors and a dirty tree; 1 if packing, copying or describing fails; otherwise the
+first failing worker's ssh status (the remote exit code, 255 for ssh errors, 128+N for a
+signal); 124 when --timeout fires.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+from launch.supervisor import PodResult, Supervisor, describe_returncode, run_bounded, stop_on_signals
+
+PROGRAM = "launch.tpu_pod"
+GCLOUD_TPU_VM = ("gcloud", "compute", "tpus", "tpu-vm")
+GIT_TIMEOUT_S = 120.0
+DESCRIBE_TIMEOUT_S = 120.0
+SCP_TIMEOUT_S = 1800.0
+# Time to open ssh sessions to every worker, on top of the harness's own grace period.
+REMOTE_STOP_MARGIN_S = 60.0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+# What the remote script exits with when a stop arrived before the harness started.
+EXIT_STOPPED_BEFORE_START = 143
+
+
+class LaunchError(Exception):
+    """A step before the workers start failed; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TpuVm:
+    """The TPU VM (pod slice) that gcloud commands address."""
+
+    name: str
+    zone: str
+    project: str
+
+    def location_flags(self) -> list[str]:
+        return ["--zone", self.zone, "--project", self.project]
+
+
+def describe_argv(tpu: TpuVm) -> list[str]:
+    return [*GCLOUD_TPU_VM, "describe", tpu.name, *tpu.location_flags(), "--format=json"]
+
+
+def scp_argv(tpu: TpuVm, archive: Path, remote_path: str) -> list[str]:
+    return [*GCLOUD_TPU_VM, "scp", str(archive), f"{tpu.name}:{remote_path}", *tpu.location_flags(), "--worker=all"]
+
+
+def ssh_argv(tpu: TpuVm, worker: int | str, remote_command: str) -> list[str]:
+    return [*GCLOUD_TPU_VM, "ssh", tpu.name, *tpu.location_flags(), f"--worker={worker}", "--command", remote_command]
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The code to ship: a commit, and which tracked files differ from it on disk."""
+
+    repo: Path
+    commit: str
+    dirty_files: tuple[str, ...]
+
+    @property
+    def deploy_id(self) -> str:
+        """Names the remote directory; a dirty tree must not pass for its commit."""
+        return f"{self.commit}-dirty" if self.dirty_files else self.commit
+
+
+def _git(repo: Path, *args: str) -> bytes:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, timeout=GIT_TIMEOUT_S
+    ).stdout
+
+
+def _porcelain_paths(status: bytes) -> list[str]:
+    """Paths named by `git status --porcelain -z` (a rename's source entry is skipped)."""
+    entries = status.split(b"\0")
+    paths, i = [], 0
+    while i < len(entries):
+        entry = entries[i]
+        if entry:
+            paths.append(entry[3:].decode("utf-8", errors="replace"))
+        i += 2 if entry[:1] in (b"R", b"C") else 1
+    return paths
+
+
+def take_snapshot(path: Path) -> Snapshot:
+    """The HEAD commit of the git repository containing `path`, and its dirty tracked files."""
+    try:
+        repo = Path(_git(path, "rev-parse", "--show-toplevel").decode().strip())
+        commit = _git(repo, "rev-parse", "--verify", "HEAD").decode().strip()
+        status = _git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=no")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        stderr = getattr(error, "stderr", b"") or b""
+        raise LaunchError(f"cannot read the git repository at {path}: {stderr.decode().strip() or error}") from error
+    return Snapshot(repo, commit, tuple(_porcelain_paths(status)))
+
+
+def write_archive(snapshot: Snapshot, dest: Path) -> None:
+    """Write the code to ship as a .tar.gz: the commit, or the tracked files on disk if dirty."""
+    if not snapshot.dirty_files:
+        _git(snapshot.repo, "archive", "--format=tar.gz", "-o", str(dest), snapshot.commit)
+        return
+    tracked = _git(snapshot.repo, "ls-files", "-z").decode("utf-8").split("\0")
+    with tarfile.open(dest, "w:gz") as archive:
+        for name in filter(None, tracked):
+            path = snapshot.repo / name
+            # Deleted files are gone from the tree being shipped; submodules are not shipped.
+            if path.is_symlink() or path.is_file():
+                archive.add(path, arcname=name, recursive=False)
+
+
+def remote_archive_name(deploy_id: str) -> str:
+    """Relative to the remote home: scp puts it there, and each fake-pod worker has its own."""
+    return f"podharness-{deploy_id}.tar.gz"
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteRun:
+    """Everything the remote scripts need to know about one launch."""
+
+    deploy_id: str
+    run_id: str
+    harness_args: tuple[str, ...]
+    python: str | None
+    wandb_key_on_stdin: bool
+    kill_grace: float
+
+
+_ROOT = '"$HOME/podharness"'
+_PIDFILE = '"$HOME/podharness/harness.pid"'
+
+
+def _stop_marker(run_id: str) -> str:
+    return f'"$HOME/podharness/stop-"{shlex.quote(run_id)}'
+
+
+def _stop_harness_statements(kill_grace: float) -> list[str]:
+    """Bash that stops the harness recorded in the pidfile: SIGTERM, then SIGKILL after the grace.
+
+    The pid is only trusted if its command line still mentions harness.train, so a
+    recycled pid is left alone.
+    """
+    ticks = max(1, round(kill_grace * 10))
+    return [
+        "alive() { [ -d \"/proc/$1\" ] && ! grep -qs '^State:[[:space:]]*Z' \"/proc/$1/status\"; }",
+        f'if [ -f {_PIDFILE} ]; then pid="$(cat {_PIDFILE})";'
+        """ if grep -qas 'harness[.]train' "/proc/$pid/cmdline"; then"""
+        ' echo "podharness: stopping harness process $pid" >&2;'
+        ' kill -TERM "$pid" 2>/dev/null || true;'
+        f' for _ in $(seq {ticks}); do alive "$pid" || break; sleep 0.1; done;'
+        ' if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi;'
+        f" fi; rm -f {_PIDFILE}; fi",
+    ]
+
+
+def stop_script(run: RemoteRun) -> str:
+    """Bash for every worker that stops this launch's harness, started or not."""
+    statements = [
+        "set -u",
+        f"mkdir -p {_ROOT}",
+        f"touch {_stop_marker(run.run_id)}",
+        *_stop_harness_statements(run.kill_grace),
+    ]
+    return "; ".join(statements)
+
+
+def _python_setup_statements(python: str | None) -> list[str]:
+    if python is not None:
+        return [f"python={shlex.quote(python)}"]
+    return [
+        f"[ -x {_ROOT}/venv/bin/python ] || python3 -m venv {_ROOT}/venv",
+        f"{_ROOT}/venv/bin/pip install -q -e {shlex.quote('.[tpu]')}",
+        f"python={_ROOT}/venv/bin/python",
+    ]
+
+
+def launch_script(run: RemoteRun) -> str:
+    """Bash for each worker: stop a stale harness, unpack, set up python, exec the harness.
+
+    One line (statements joined by '; ') so a dry run prints one command per line.
+    """
+    archive = f'"$HOME"/{shlex.quote(remote_archive_name(run.deploy_id))}'
+    code_dir = f"{_ROOT}/{shlex.quote(run.deploy_id)}"
+    read_key = [
+        'IFS= read -r wandb_key || { echo "podharness: WANDB_API_KEY expected on stdin" >&2; exit 2; }'
+    ]
+    statements = [
+        "set -euo pipefail",
+        *(read_key if run.wandb_key_on_stdin else []),
+        f"mkdir -p {_ROOT}",
+        f"find {_ROOT} -maxdepth 1 -name 'stop-*' ! -name {shlex.quote('stop-' + run.run_id)} -delete",
+        *_stop_harness_statements(run.kill_grace),
+        f"rm -rf {code_dir}",
+        f"mkdir -p {code_dir}",
+        f"tar -xzf {archive} -C {code_dir}",
+        f"rm -f {archive}",
+        f"cd {code_dir}",
+        *_python_setup_statements(run.python),
+        f"echo $$ > {_PIDFILE}",
+        f"if [ -e {_stop_marker(run.run_id)} ]; then"
+        f' echo "podharness: stop requested before the harness started" >&2; exit {EXIT_STOPPED_BEFORE_START}; fi',
+        "export PYTHONUNBUFFERED=1",
+        *(['export WANDB_API_KEY="$wandb_key"'] if run.wandb_key_on_stdin else []),
+        f'exec "$python" -m harness.train {shlex.join(run.harness_args)}'.rstrip(),
+    ]
+    return "; ".join(statements)
+
+
+def remote_command(script: str) -> str:
+    """The --command value: the script run by bash, whatever the remote login shell is."""
+    return shlex.join(["bash", "-c", script])
+
+
+def count_workers(tpu: TpuVm, stop_event: threading.Event | None = None) -> int:
+    """Number of workers (hosts) of the TPU VM, from `gcloud ... describe`."""
+    returncode, output = run_bounded(
+        describe_argv(tpu), timeout=DESCRIBE_TIMEOUT_S, stop_event=stop_event, capture_stdout=True
+    )
+    if returncode != 0:
+        raise LaunchError(f"describing {tpu.name} failed ({describe_returncode(returncode)})")
+    try:
+        endpoints = json.loads(output)["networkEndpoints"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise LaunchError(f"unexpected `describe` output for {tpu.name}: {error}") from error
+    if not endpoints:
+        raise LaunchError(f"{tpu.name} has no network endpoints (is it still being created?)")
+    return len(endpoints)
+
+
+def stop_remote(tpu: TpuVm, run: RemoteRun, stderr: TextIO) -> None:
+    """Best effort: run the stop script on all workers; report, never raise, on failure."""
+    print(f"{PROGRAM}: stopping the harness on all workers", file=stderr, flush=True)
+    argv = ssh_argv(tpu, "all", remote_command(stop_script(run)))
+    returncode, _ = run_bounded(argv, timeout=run.kill_grace + REMOTE_STOP_MARGIN_S)
+    if returncode != 0:
+        print(f"{PROGRAM}: remote stop failed ({describe_returncode(returncode)})", file=stderr, flush=True)
+
+
+def run_workers(
+    tpu: TpuVm,
+    num_workers: int,
+    run: RemoteRun,
+    log_dir: Path,
+    *,
+    wandb_key: str | None,
+    timeout: float | None,
+    stop_event: threading.Event | None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+) -> PodResult:
+    """One ssh per worker running the launch script; the first failure stops them all."""
+    stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = remote_command(launch_script(run))
+    stdin_data = None if wandb_key is None else f"{wandb_key}\n".encode()
+    with Supervisor(PROGRAM, stdout, stderr) as supervisor:
+        for worker in range(num_workers):
+            supervisor.start(
+                f"worker {worker}",
+                ssh_argv(tpu, worker, command),
+                stdin_data=stdin_data,
+                log_path=log_dir / f"worker-{worker}.log",
+            )
+        return supervisor.wait(
+            timeout=timeout,
+            kill_grace=run.kill_grace + REMOTE_STOP_MARGIN_S,
+            stop_event=stop_event,
+            graceful_stop=lambda: stop_remote(tpu, run, stderr),
+        )
+
+
+def dry_run_lines(tpu: TpuVm, snapshot: Snapshot, run: RemoteRun, num_workers: int | None) -> list[str]:
+    """The gcloud commands a launch would run, shell-quoted, one per line; notes as comments."""
+    archive = remote_archive_name(snapshot.deploy_id)
+    dirty = f" plus uncommitted changes to {len(snapshot.dirty_files)} files" if snapshot.dirty_files else ""
+    lines = [f"# commit {snapshot.commit}{dirty}; the archive is built in a temporary directory"]
+    lines.append(shlex.join(scp_argv(tpu, Path(archive), archive)))
+    workers: Sequence[int | str] = range(num_workers) if num_workers else ["WORKER"]
+    if not num_workers:
+        lines.append(shlex.join(describe_argv(tpu)))
+        lines.append("# then one ssh per worker, WORKER = 0 .. len(networkEndpoints) - 1")
+    stdin = ""
+    if run.wandb_key_on_stdin:
+        lines.append("# WANDB_API_KEY=*** is written to each ssh's stdin, never onto a command line")
+        stdin = ' <<< "$WANDB_API_KEY"'
+    command = remote_command(launch_script(run))
+    lines.extend(shlex.join(ssh_argv(tpu, worker, command)) + stdin for worker in workers)
+    lines.append("# on a worker failure, --timeout or a stop request:")
+    lines.append("# " + shlex.join(ssh_argv(tpu, "all", remote_command(stop_script(run)))))
+    return lines
+
+
+def deploy_and_run(
+    tpu: TpuVm,
+    snapshot: Snapshot,
+    run: RemoteRun,
+    args: argparse.Namespace,
+    wandb_key: str | None,
+    stop_event: threading.Event,
+) -> int:
+    """Pack, copy, count the workers, run them; the exit status of the whole launch."""
+    dirty = f" with uncommitted changes to: {', '.join(snapshot.dirty_files)}" if snapshot.dirty_files else ""
+    print(f"{PROGRAM}: shipping commit {snapshot.commit}{dirty}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="podharness-") as tmp:
+        archive = Path(tmp) / remote_archive_name(snapshot.deploy_id)
+        write_archive(snapshot, archive)
+        returncode, _ = run_bounded(
+            scp_argv(tpu, archive, archive.name), timeout=SCP_TIMEOUT_S, stop_event=stop_event
+        )
+    if returncode != 0:
+        raise LaunchError(f"copying the archive to {tpu.name} failed ({describe_returncode(returncode)})")
+    num_workers = args.num_workers or count_workers(tpu, stop_event)
+    log_dir = args.log_dir or Path("runs", "tpu_pod", tpu.name, run.run_id)
+    print(f"{PROGRAM}: running on {num_workers} workers of {tpu.name}; logs in {log_dir}", flush=True)
+    result = run_workers(
+        tpu, num_workers, run, log_dir, wandb_key=wandb_key, timeout=args.timeout, stop_event=stop_event
+    )
+    return result.exit_status
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Parse launcher flags; everything after `--` goes to the harness unchanged."""
+    parser = argparse.ArgumentParser(
+        prog="launch/tpu_pod.sh",
+        usage="%(prog)s --tpu NAME --zone ZONE --project PROJECT [options] [-- HARNESS_FLAGS...]",
+        description="Run the harness at this repository's HEAD on every worker of a Cloud TPU VM.",
+    )
+    parser.add_argument("--tpu", required=True, help="TPU VM name")
+    parser.add_argument("--zone", required=True)
+    parser.add_argument("--project", required=True)
+    parser.add_argument("--preset", help="passed as `--config PRESET` (default: the harness's own default)")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the gcloud commands, run nothing")
+    parser.add_argument("--log_dir", type=Path, help="per-worker logs (default: runs/tpu_pod/<tpu>/<run id>)")
+    parser.add_argument("--num_workers", type=int, help="workers in the pod (default: ask `gcloud ... describe`)")
+    parser.add_argument("--allow_dirty", action="store_true", help="ship tracked files with uncommitted changes")
+    parser.add_argument("--python", help="remote python to run the harness with; skips the venv and pip install")
+    parser.add_argument("--kill_grace", type=float, default=60.0, help="seconds the harness gets to exit after SIGTERM (default: 60)")
+    parser.add_argument("--timeout", type=float, help="seconds before the launch is stopped (default: none)")
+    parser.add_argument("--repo", type=Path, default=Path("."), help="repository to ship (default: the current one)")
+    argv = list(argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    if args.num_workers is not None and args.num_workers < 1:
+        parser.error("--num_workers must be at least 1")
+    return args, argv[split + 1 :]
+
+
+def new_run_id() -> str:
+    """Sortable and unique: names the log directory and this launch's remote stop marker."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, harness_flags = parse_args(sys.argv[1:] if argv is None else argv)
+    tpu = TpuVm(args.tpu, args.zone, args.project)
+    try:
+        snapshot = take_snapshot(args.repo)
+    except LaunchError as error:
+        print(f"{PROGRAM}: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if snapshot.dirty_files and not args.allow_dirty:
+        print(
+            f"{PROGRAM}: refusing to ship {snapshot.commit}: uncommitted changes to tracked files"
+            f" ({', '.join(snapshot.dirty_files)}); commit them, or pass --allow_dirty to ship them as they are",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    wandb_key = os.environ.get("WANDB_API_KEY") or None
+    config = ["--config", args.preset] if args.preset else []
+    run = RemoteRun(
+        deploy_id=snapshot.deploy_id,
+        run_id=new_run_id(),
+        harness_args=(*config, *harness_flags),
+        python=args.python,
+        wandb_key_on_stdin=wandb_key is not None,
+        kill_grace=args.kill_grace,
+    )
+    if args.dry_run:
+        print("\n".join(dry_run_lines(tpu, snapshot, run, args.num_workers)))
+        return 0
+    stop_event = threading.Event()
+    with stop_on_signals(stop_event):
+        try:
+            return deploy_and_run(tpu, snapshot, run, args, wandb_key, stop_event)
+        except LaunchError as error:
+            print(f"{PROGRAM}: {error}", file=sys.stderr)
+            return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

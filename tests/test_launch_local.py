@@ -1,0 +1,225 @@
+"""Tests for launch.local: the simulated pod's environment, output relay and failure handling.
+
+The children are small Python programs, not jax: what is tested is the supervision.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from launch.local import run_local_pod, with_device_count
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_TIMEOUT_S = 30
+
+
+def launch(*args: str, timeout: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "launch.local", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def python_child(source: str) -> list[str]:
+    """A child command: python running `source`."""
+    return [sys.executable, "-c", textwrap.dedent(source)]
+
+
+def pid_running(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def wait_for_files(paths: list[Path], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(path.exists() for path in paths):
+        assert time.monotonic() < deadline, f"missing after {timeout}s: {[p for p in paths if not p.exists()]}"
+        time.sleep(0.05)
+
+
+def read_pids(directory: Path) -> list[int]:
+    return [int(path.read_text()) for path in sorted(directory.glob("*.pid"))]
+
+
+@pytest.fixture
+def reap_pids(tmp_path: Path):
+    """Kill any child whose pid file is left in tmp_path, so a failing test leaks nothing."""
+    yield tmp_path
+    for pid in read_pids(tmp_path):
+        if pid_running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_with_device_count_replaces_only_the_device_flag() -> None:
+    flags = "--xla_foo=1 --xla_force_host_platform_device_count=8 --xla_bar"
+    assert with_device_count(flags, 2) == "--xla_foo=1 --xla_bar --xla_force_host_platform_device_count=2"
+    assert with_device_count("", 4) == "--xla_force_host_platform_device_count=4"
+
+
+def test_each_host_gets_its_id_and_the_shared_coordinator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XLA_FLAGS", "--xla_keep_me=1 --xla_force_host_platform_device_count=8")
+    child = python_child(
+        """
+        import json, os
+        names = ["HARNESS_COORDINATOR_ADDRESS", "HARNESS_NUM_PROCESSES", "HARNESS_PROCESS_ID",
+                 "JAX_PLATFORMS", "XLA_FLAGS", "PYTHONUNBUFFERED"]
+        print(json.dumps({name: os.environ.get(name) for name in names}))
+        """
+    )
+    result = launch("--num_processes", "3", "--devices_per_process", "4", "--", *child)
+    assert result.returncode == 0, result.stderr
+    envs = {}
+    for line in result.stdout.splitlines():
+        prefix, _, payload = line.partition("] ")
+        envs[prefix] = json.loads(payload)
+    assert sorted(envs) == ["[host 0", "[host 1", "[host 2"]
+    assert [envs[f"[host {i}"]["HARNESS_PROCESS_ID"] for i in range(3)] == ["0", "1", "2"]
+    addresses = {env["HARNESS_COORDINATOR_ADDRESS"] for env in envs.values()}
+    assert len(addresses) == 1
+    host, port = addresses.pop().split(":")
+    assert host == "127.0.0.1" and 0 < int(port) < 65536
+    for env in envs.values():
+        assert env["HARNESS_NUM_PROCESSES"] == "3"
+        assert env["JAX_PLATFORMS"] == "cpu"
+        assert env["XLA_FLAGS"] == "--xla_keep_me=1 --xla_force_host_platform_device_count=4"
+        assert env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_every_line_is_prefixed_on_its_own_stream_including_a_final_partial_line() -> None:
+    child = python_child(
+        """
+        import os, sys
+        i = os.environ["HARNESS_PROCESS_ID"]
+        sys.stderr.write(f"err {i}\\n")
+        sys.stdout.write(f"one {i}\\ntwo {i}")
+        """
+    )
+    result = launch("--num_processes", "2", "--devices_per_process", "1", "--", *child)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == ["[host 0] one 0", "[host 0] two 0", "[host 1] one 1", "[host 1] two 1"]
+    assert sorted(result.stderr.splitlines()) == ["[host 0] err 0", "[host 1] err 1"]
+
+
+def test_a_failing_host_stops_the_others_quickly(reap_pids: Path) -> None:
+    child = python_child(
+        f"""
+        import os, sys, time
+        i = os.environ["HARNESS_PROCESS_ID"]
+        if i == "1":
+            sys.exit(3)
+        open(os.path.join({str(reap_pids)!r}, i + ".pid"), "w").write(str(os.getpid()))
+        time.sleep(600)
+        """
+    )
+    started = time.monotonic()
+    result = launch("--num_processes", "3", "--devices_per_process", "1", "--kill_grace", "2", "--", *child)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 3
+    assert "launch.local: host 1 failed (exit code 3)" in result.stderr
+    assert not [pid for pid in read_pids(reap_pids) if pid_running(pid)]
+
+
+def test_a_host_killed_by_a_signal_is_reported_as_such() -> None:
+    child = python_child(
+        """
+        import os, signal, time
+        if os.environ["HARNESS_PROCESS_ID"] == "0":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(600)
+        """
+    )
+    result = launch("--num_processes", "2", "--devices_per_process", "1", "--kill_grace", "2", "--", *child)
+    assert result.returncode == 128 + signal.SIGKILL
+    assert "launch.local: host 0 failed (killed by SIGKILL)" in result.stderr
+
+
+def test_sigterm_is_forwarded_and_hosts_that_exit_cleanly_mean_success(tmp_path: Path) -> None:
+    child = python_child(
+        f"""
+        import os, signal, sys, time
+        i = os.environ["HARNESS_PROCESS_ID"]
+        def save_and_exit(signum, frame):
+            print(f"host {{i}} saved on SIGTERM", flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, save_and_exit)
+        open(os.path.join({str(tmp_path)!r}, i + ".ready"), "w").close()
+        time.sleep(600)
+        """
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "launch.local", "--num_processes", "2", "--devices_per_process", "1", "--", *child],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_files([tmp_path / "0.ready", tmp_path / "1.ready"])
+        launcher.send_signal(signal.SIGTERM)
+        stdout, stderr = launcher.communicate(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        launcher.kill()
+        launcher.wait(timeout=LAUNCH_TIMEOUT_S)
+    assert launcher.returncode == 0, stderr
+    assert "[host 0] host 0 saved on SIGTERM" in stdout
+    assert "[host 1] host 1 saved on SIGTERM" in stdout
+
+
+def test_a_host_ignoring_sigterm_is_killed_after_the_grace_period(reap_pids: Path) -> None:
+    """In-process API: host 0 fails once host 1 ignores SIGTERM; host 1 must get SIGKILL."""
+    child = python_child(
+        f"""
+        import os, signal, sys, time
+        directory = {str(reap_pids)!r}
+        if os.environ["HARNESS_PROCESS_ID"] == "1":
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            open(os.path.join(directory, "1.pid"), "w").write(str(os.getpid()))
+            time.sleep(600)
+        deadline = time.monotonic() + 20
+        while not os.path.exists(os.path.join(directory, "1.pid")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sys.exit(4)
+        """
+    )
+    started = time.monotonic()
+    result = run_local_pod(child, 2, 1, kill_grace=1.0, timeout=LAUNCH_TIMEOUT_S)
+    elapsed = time.monotonic() - started
+    assert result.returncodes == (4, -signal.SIGKILL)
+    assert result.first_failure == 0 and result.exit_status == 4
+    assert 1.0 <= elapsed < 10
+    assert not [pid for pid in read_pids(reap_pids) if pid_running(pid)]
+
+
+def test_timeout_kills_everything_and_names_the_hosts_still_running() -> None:
+    child = python_child(
+        """
+        import os, time
+        if os.environ["HARNESS_PROCESS_ID"] != "0":
+            time.sleep(600)
+        """
+    )
+    started = time.monotonic()
+    result = launch("--num_processes", "3", "--devices_per_process", "1", "--timeout", "2", "--kill_grace", "1", "--", *child)
+    assert time.monotonic() - started < 10
+    assert result.returncode == 124
+    assert "launch.local: timed out after 2s; still running: host 1, host 2" in result.stderr
+
+
+def test_a_missing_command_is_a_clear_error() -> None:
+    result = launch("--num_processes", "2", "--devices_per_process", "1", "--", "/nonexistent/command")
+    assert result.returncode == 127
+    assert "cannot start '/nonexistent/command'" in result.stderr
