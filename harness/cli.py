@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 from harness.config import FIELD_TYPES, TrainConfig, apply_overrides, load_preset, validate
-from harness.errors import UsageError
+from harness.errors import HostLostError, UsageError
 
 PROG = "harness-train"
 
@@ -122,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except HostLostError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(err.exit_code)
     return 0
 
 

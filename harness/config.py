@@ -32,6 +32,7 @@ class TrainConfig:
     max_hard_examples_buffer: int = 50
     hard_example_image_size: int = 64
     high_loss_threshold: float = 4.0
+    record_per_sample_losses: bool = False  # debug/tests: <run_dir>/per_sample_losses.jsonl
     # Checkpoints.
     checkpoint_dir: str = "/tmp/mock_training_checkpoints"
     save_interval: int = 50

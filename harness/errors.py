@@ -8,3 +8,10 @@ class UsageError(Exception):
     """
 
     exit_code = 2
+
+
+class HostLostError(Exception):
+    """Another host died or stopped answering. The CLI prints this and exits 3 at once
+    (`os._exit`), since JAX's shutdown would otherwise wait for the dead peer."""
+
+    exit_code = 3

@@ -192,9 +192,8 @@ def render_contact_sheet(
         row, column = divmod(index, columns)
         left = _PAD + column * (cell_width + _PAD)
         top = grid_top + row * (cell_height + _PAD)
-        x = left + (cell_width - thumb.width) // 2
-        sheet.paste(thumb, (x, top))
-        box = (x, top, x + thumb.width, top + thumb.height)
+        sheet.paste(thumb, (left, top))
+        box = (left, top, left + thumb.width, top + thumb.height)
         draw.rectangle((box[0] - 1, box[1] - 1, box[2], box[3]), outline=_BORDER)
         headline, details, action, prompt = caption
         y = top + thumb_height + _GAP

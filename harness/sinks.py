@@ -84,6 +84,32 @@ def _rows_before(path: Path, step: int) -> list[dict]:
     return rows
 
 
+class PerSampleLossFile:
+    """Debug/test record: every step's (sample_id, loss) for the whole global batch.
+
+    Gathered with `process_allgather` straight from the global arrays, a path that does
+    not use the host-local pairing the hard-example tracker relies on, so tests can check
+    that pairing against it. Every host must call `write` (it is a collective).
+    """
+
+    def __init__(self, path: Path, *, is_primary: bool):
+        self.path = path
+        self.is_primary = is_primary
+        if is_primary:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+
+    def write(self, step: int, sample_id, per_sample_loss) -> None:
+        from jax.experimental import multihost_utils
+
+        ids = multihost_utils.process_allgather(sample_id, tiled=True)
+        losses = multihost_utils.process_allgather(per_sample_loss, tiled=True)
+        if self.is_primary:
+            row = {"step": step, "sample_id": ids.tolist(), "loss": [float(x) for x in losses]}
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The rows of a metrics.jsonl (used by tests, benchmarks and the loss curve)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -214,9 +214,9 @@ def retry_transient(
 def checkpoint_path_writable(path: str) -> str | None:
     """Why checkpoints can't be written under `path`, or None if they can.
 
-    Writes and deletes one small probe file and creates no directories, so a
-    successful check leaves nothing behind. Meant for a one-line CLI error
-    before training starts rather than a traceback at the first save.
+    The reason is short and leaves out `path`, for the caller's one-line
+    error. Writes and deletes one empty probe file and creates no
+    directories, so a successful check leaves nothing behind.
     """
     if is_gcs_path(path):
         return _gcs_path_problem(path)
@@ -224,21 +224,20 @@ def checkpoint_path_writable(path: str) -> str | None:
 
 
 def _local_path_problem(path: str) -> str | None:
-    target = pathlib.Path(path).expanduser().absolute()
-    existing = target
+    existing = pathlib.Path(path).expanduser().absolute()
     try:
         while not existing.exists():  # Checkpointing creates missing parents.
             existing = existing.parent
     except OSError as error:
-        return f"checkpoint dir {path} is not usable: {error.strerror or error} ({existing})"
+        return f"cannot look at {existing}: {error.strerror or error}"
     if not existing.is_dir():
-        return f"checkpoint dir {path} is not usable: {existing} is not a directory"
+        return f"{existing} is not a directory"
     try:
         fd, probe = tempfile.mkstemp(prefix=_WRITE_PROBE_PREFIX, dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as error:
-        return f"checkpoint dir {path} is not writable: {error.strerror or error} ({existing})"
+        return f"cannot write in {existing}: {error.strerror or error}"
     return None
 
 
@@ -247,15 +246,15 @@ def _gcs_path_problem(path: str) -> str | None:
 
     bucket = urllib.parse.urlsplit(path).netloc
     if not bucket:
-        return f"checkpoint dir {path} is not usable: no bucket in the gs:// path"
+        return "no bucket in the gs:// path"
     probe = epath.Path(path) / f"{_WRITE_PROBE_PREFIX}{uuid.uuid4().hex}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except FileNotFoundError:
-        return f"checkpoint dir {path} is not writable: bucket gs://{bucket} does not exist"
+        return f"bucket gs://{bucket} does not exist"
     # Storage clients raise many unrelated types (HttpError, aiohttp and auth
     # errors); any of them means "not writable" and is reported, not raised.
     except Exception as error:
-        return f"checkpoint dir {path} is not writable: {type(error).__name__}: {error}"
+        return f"cannot write in {path}: {type(error).__name__}: {error}"
     return None

@@ -26,8 +26,12 @@ from harness.config import TrainConfig
 from harness.data import Batch, DataSpec, MockDataset
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
+from harness.errors import HostLostError
 from harness.mesh import host_local_rows, make_global_batch, make_mesh
-from harness.sinks import SCALAR_METRICS, Console, MetricsFile, format_metrics_line, itstime
+from harness.preemption import PreemptionWatch, lost_hosts
+from harness.sinks import (
+    SCALAR_METRICS, Console, MetricsFile, PerSampleLossFile, format_metrics_line, itstime,
+)
 from harness.train_step import TrainState, abstract_state, init_state, make_train_step
 
 BANNER_RULE = "=" * 80
@@ -42,6 +46,7 @@ class RunSummary:
     run_dir: str
     checkpoint_dir: str
     final_metrics: dict[str, float]
+    preempted: bool = False
 
     @property
     def steps_run(self) -> int:
@@ -102,6 +107,10 @@ class Trainer:
         )
         self.run_dir = Path(config.run_dir)
         self.reporter = self._make_reporter() if config.track_hard_examples else None
+        self.loss_recorder = (
+            PerSampleLossFile(self.run_dir / "per_sample_losses.jsonl", is_primary=self.console.is_primary)
+            if config.record_per_sample_losses else None
+        )
 
     def _make_reporter(self) -> HardExampleReporter:
         config = self.config
@@ -145,6 +154,8 @@ class Trainer:
         if itstime(pending.step, self.config.log_interval, last_step):
             self.console.print(format_metrics_line(pending.step, scalars))
             metrics_file.write(pending.step, scalars)
+        if self.loss_recorder is not None:
+            self.loss_recorder.write(pending.step, pending.metrics["sample_id"], pending.metrics["per_sample_loss"])
         if self.reporter is not None:
             self.reporter.observe(
                 pending.step, pending.local_batch,
@@ -161,32 +172,65 @@ class Trainer:
         state, start_step = self._initial_state()
         metrics_file = MetricsFile(self.run_dir / "metrics.jsonl", is_primary=self.console.is_primary,
                                    start_step=start_step)
+        watch = PreemptionWatch()
+        try:
+            state, end_step, last, preempted = self._loop(state, start_step, metrics_file, watch)
+        except jax.errors.JaxRuntimeError as err:
+            raise self._host_lost(err) from err
+        finally:
+            watch.close()
+        if end_step > start_step and end_step not in self.store.saved_steps:
+            self.store.save(end_step, state, self._checkpoint_meta(end_step))
+        self.store.close()
+        self.console.print(BANNER_RULE)
+        if preempted:
+            self.console.print(
+                f"Preempted (SIGTERM): all hosts stopped at step {end_step} and saved a "
+                f"checkpoint there; rerun with --resume to continue."
+            )
+        else:
+            self.console.print("Training complete!")
+        self.console.print(BANNER_RULE)
+        return RunSummary(
+            start_step=start_step, end_step=end_step,
+            wall_time_s=time.perf_counter() - started, checkpoints=list(self.store.saved_steps),
+            run_dir=str(self.run_dir), checkpoint_dir=config.checkpoint_dir, final_metrics=last,
+            preempted=preempted,
+        )
+
+    def _loop(self, state: TrainState, start_step: int, metrics_file: MetricsFile, watch: PreemptionWatch):
+        """Runs steps until the end or an agreed preemption; returns the state, the step
+        count reached, the last metrics and whether it stopped early."""
+        config = self.config
         train_step = make_train_step(config, self.mesh)
         in_flight: collections.deque[_InFlight] = collections.deque()
         last: dict[str, float] = {}
         self.console.print("Starting training loop...")
+        step = start_step
         for step in range(start_step, config.num_train_steps):
             local_batch = self.dataset.batch_at(step)
             state, metrics = train_step(state, make_global_batch(local_batch, self.mesh))
             in_flight.append(_InFlight(step, metrics, local_batch))
             if len(in_flight) >= config.max_steps_in_flight:
                 last = self._finish_step(in_flight.popleft(), metrics_file)
-            if (step + 1) % config.save_interval == 0:
+            stop = watch.should_stop(step)
+            if stop or (step + 1) % config.save_interval == 0:
                 self.store.save(step + 1, state, self._checkpoint_meta(step + 1))
+            if stop:
+                while in_flight:
+                    last = self._finish_step(in_flight.popleft(), metrics_file)
+                return state, step + 1, last, True
         while in_flight:
             last = self._finish_step(in_flight.popleft(), metrics_file)
-        end_step = max(start_step, config.num_train_steps)
-        if end_step not in self.store.saved_steps and end_step > start_step:
-            self.store.save(end_step, state, self._checkpoint_meta(end_step))
-        self.store.close()
-        self.console.print(BANNER_RULE)
-        self.console.print("Training complete!")
-        self.console.print(BANNER_RULE)
-        return RunSummary(
-            start_step=start_step, end_step=end_step,
-            wall_time_s=time.perf_counter() - started, checkpoints=list(self.store.saved_steps),
-            run_dir=str(self.run_dir), checkpoint_dir=config.checkpoint_dir, final_metrics=last,
-        )
+        return state, max(start_step, config.num_train_steps), last, False
+
+    def _host_lost(self, err: Exception) -> HostLostError:
+        """A collective failed: name the hosts that stopped answering, if we can tell."""
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        missing = lost_hosts(timeout_s=self.config.heartbeat_timeout + 5)
+        who = (f"host(s) {', '.join(map(str, missing))} stopped responding" if missing
+               else "a collective failed (no host reported missing)")
+        return HostLostError(f"host {jax.process_index()}: {who}: {first_line}")
 
 
 def train(config: TrainConfig) -> RunSummary:

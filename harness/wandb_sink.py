@@ -74,6 +74,7 @@ class WandbSink:
         resume: bool,
     ):
         self._run: Any = None
+        self._broken = False  # after the first error: log nothing more, finish at the end
         self._run_id: str | None = None
         self._url: str | None = None
         self._run_path: Path | None = None
@@ -136,15 +137,15 @@ class WandbSink:
     def _guarded(self, what: str, action: Callable[..., None], *args: Any) -> None:
         """Run `action`; on any error warn once and turn the sink off.
 
-        The broken run is not finished here, where an unreachable server could hold
-        training for the finish timeout; wandb's exit hook closes it.
+        The run stays open until `finish`, so what was logged before the error is kept,
+        and an unreachable server can't hold training here for the finish timeout.
         """
         try:
             action(*args)
         except Exception as error:  # logging must never stop training
             logger.warning("wandb %s failed (%s); wandb logging is off for the rest of this run",
                            what, _describe(error))
-            self._run = None
+            self._broken = True
 
     def _log(self, step: int, data: Mapping[str, Any]) -> None:
         self._run.log(dict(data), step=step)
@@ -152,7 +153,7 @@ class WandbSink:
 
     def _accepts(self, step: int) -> bool:
         """Whether `step` can still be logged; a resumed run re-logging old steps is not an error."""
-        if self._run is None:
+        if self._run is None or self._broken:
             return False
         if step < self._min_step:
             if not self._warned_old_step:
@@ -190,7 +191,7 @@ class WandbSink:
         self._log(step, data)
 
     def log_summary(self, summary: Mapping[str, Any]) -> None:
-        if self._run is not None:
+        if self._run is not None and not self._broken:
             self._guarded("summary update", self._run.summary.update, dict(summary))
 
     def finish(self) -> None:
@@ -204,7 +205,8 @@ class WandbSink:
 
             wandb.teardown()  # stops wandb's service process now rather than at exit
         except Exception as error:  # logging must never stop training
-            logger.warning("wandb finish failed (%s)", _describe(error))
+            if not self._broken:
+                logger.warning("wandb finish failed (%s)", _describe(error))
             return
         if self._offline:
             logger.info("wandb offline run saved; upload it with: wandb sync %s", self._run_path)

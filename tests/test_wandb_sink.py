@@ -10,6 +10,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -121,11 +122,16 @@ def test_resume_continues_the_same_run_and_skips_old_steps(wandb_env, caplog):
     resumed = make_sink(run_dir, resume=True)
     resumed.log_metrics(5, {"loss": 1.4})
     resumed.log_metrics(6, {"loss": 1.3})
+    resumed.log_hard_examples(6, [], SimpleNamespace(**{**STATS, "threshold": None, "num_entries": 0}))
     resumed.finish()
     assert not sink_warnings(caplog)
     assert resumed.run_id == first.run_id and resumed.run_path != first.run_path
-    assert read_offline_run(resumed.run_path).run_id == first.run_id
-    assert sorted(read_offline_run(resumed.run_path).history_by_step) == [5, 6]
+    second = read_offline_run(resumed.run_path)
+    assert second.run_id == first.run_id
+    assert sorted(second.history_by_step) == [5, 6]
+    row = second.history_by_step[6]
+    assert row["hard_examples/num_entries"] == 0 and row["hard_examples/table"]["nrows"] == 0
+    assert "hard_examples/threshold" not in row
 
     fresh = make_sink(run_dir, resume=False)
     fresh.finish()

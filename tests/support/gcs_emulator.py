@@ -21,7 +21,6 @@ import http.server
 import json
 import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -34,6 +33,13 @@ from harness.storage import gcs_emulator_env
 
 DEFAULT_BUCKET = "podharness-test"
 _HTTP_TIMEOUT_S = 10.0
+
+
+class _TimedRequestHandler(RequestHandler):
+    """The emulator's handler with a socket timeout: its server is
+    single-threaded, so one silent client would otherwise stall every other."""
+
+    timeout = 30
 
 
 class _EmulatorHTTPServer(http.server.HTTPServer):
@@ -60,13 +66,13 @@ class GcsEmulator:
             body={"name": name},
         )
 
-    def object_names(self, prefix: str = "", *, bucket: str | None = None) -> list[str]:
+    def object_names(self, prefix: str = "") -> list[str]:
         """Lists object names under `prefix`, straight from the emulator."""
         query = urllib.parse.urlencode({"prefix": prefix})
         names: list[str] = []
         page_token = ""
         while True:
-            url = f"{self.url}/storage/v1/b/{bucket or self.bucket}/o?{query}"
+            url = f"{self.url}/storage/v1/b/{self.bucket}/o?{query}"
             if page_token:
                 url += "&pageToken=" + urllib.parse.quote(page_token)
             listing = _request_json("GET", url)
@@ -94,8 +100,8 @@ def _wait_until_serving(url: str, timeout_s: float) -> None:
         try:
             _request_json("GET", f"{url}/storage/v1/b?project=test")
             return
-        except (OSError, urllib.error.URLError) as e:
-            last_error = e
+        except OSError as error:  # URLError and refused connections included.
+            last_error = error
             time.sleep(0.05)
     raise TimeoutError(
         f"GCS emulator at {url} did not answer within {timeout_s:.0f}s: {last_error!r}"
@@ -111,10 +117,8 @@ def running_gcs_emulator(
     The socket is bound to port 0 before the thread starts, so there is no race
     for a "free" port with other tests.
     """
-    storage = Storage(use_memory_fs=True)
-    httpd = _EmulatorHTTPServer(
-        ("127.0.0.1", 0), functools.partial(RequestHandler, storage)
-    )
+    handler = functools.partial(_TimedRequestHandler, Storage(use_memory_fs=True))
+    httpd = _EmulatorHTTPServer(("127.0.0.1", 0), handler)
     url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(
         target=httpd.serve_forever,

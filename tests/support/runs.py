@@ -31,3 +31,34 @@ def run_harness(args: list[str], *, timeout: float = DEFAULT_TIMEOUT_S, env: dic
         [sys.executable, "-m", "harness.train", *args],
         cwd=REPO_ROOT, env=env or harness_env(), capture_output=True, text=True, timeout=timeout,
     )
+
+
+def start_harness(args: list[str], *, log_path: Path, env: dict[str, str] | None = None,
+                  ) -> subprocess.Popen[bytes]:
+    """`python -m harness.train ARGS` in the background, stdout+stderr to `log_path`.
+
+    The caller must wait on it with a timeout (or kill it); a file, not a pipe, so a
+    chatty run can never block on a full pipe buffer.
+    """
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "harness.train", *args],
+            cwd=REPO_ROOT, env=env or harness_env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def tree_snapshot(root: Path) -> dict[str, str]:
+    """Every path under `root` (itself included) -> sha256 of its bytes, or 'dir'.
+
+    Equal snapshots before and after a command mean it changed nothing there; a missing
+    root gives {}.
+    """
+    import hashlib
+
+    if not root.exists():
+        return {}
+    paths = [root, *sorted(root.rglob("*"))]
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in paths
+    }

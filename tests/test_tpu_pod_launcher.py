@@ -1,0 +1,407 @@
+"""Tests for launch.tpu_pod, end to end against a fake gcloud that emulates a pod here.
+
+tests/support/fake_gcloud.py plays the pod: every worker is a directory (its HOME) and
+`ssh --worker=i` runs the remote script there, with the HARNESS_* environment a local
+pod uses. The shipped repository is a temporary git repo holding a stand-in
+harness/train.py; `real_harness_checkout()` ships /work/main with the real harness.
+"""
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from launch.local import free_port
+from launch.tpu_pod import take_snapshot, write_archive
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FAKE_GCLOUD_BIN = REPO_ROOT / "tests" / "support" / "bin"
+LAUNCH_TIMEOUT_S = 60
+SECRET = "wandb-secret-7f3a9c0e"
+TPU_FLAGS = ("--tpu", "pod-a", "--zone", "zone-z", "--project", "proj-p")
+GCLOUD_TPU_VM = ["gcloud", "compute", "tpus", "tpu-vm"]
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+
+STANDIN_TRAIN = '''\
+"""Stand-in for harness.train on the fake pod: reports what the launcher gave it."""
+import argparse, hashlib, json, os, signal, sys, time
+from pathlib import Path
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--config")
+parser.add_argument("--fail_worker", type=int, default=-1)
+parser.add_argument("--hold", action="store_true", help="run until SIGTERM")
+args, extra = parser.parse_known_args()
+worker = int(os.environ["HARNESS_PROCESS_ID"])
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+Path(os.environ["HOME"], "standin.pid").write_text(str(os.getpid()))
+key = os.environ.get("WANDB_API_KEY")
+report = {
+    "worker": worker,
+    "num_workers": int(os.environ["HARNESS_NUM_PROCESSES"]),
+    "coordinator": os.environ["HARNESS_COORDINATOR_ADDRESS"],
+    "config": args.config,
+    "extra": extra,
+    "key_sha": hashlib.sha256(key.encode()).hexdigest()[:12] if key else None,
+    "cwd": os.getcwd(),
+}
+print("stand-in " + json.dumps(report), flush=True)
+print(f"stand-in worker {worker} on stderr", file=sys.stderr, flush=True)
+if worker == args.fail_worker:
+    sys.exit(3)
+deadline = time.monotonic() + 120
+while args.hold and time.monotonic() < deadline:
+    time.sleep(0.05)
+'''
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_IDENTITY}
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env, timeout=30
+    ).stdout.strip()
+
+
+def make_repo(path: Path, files: dict[str, str]) -> Path:
+    """A git repository at `path` with `files` committed."""
+    for name, content in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(content)
+    git(path, "init", "-q")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "test commit")
+    return path
+
+
+def archive_files(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive) as tar:
+        return {member.name: tar.extractfile(member).read() for member in tar.getmembers() if member.isfile()}
+
+
+def pid_running(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting to be reaped."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def processes_under(root: Path) -> list[int]:
+    """Live processes whose working directory is inside `root`: what still runs on the fake pod."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if Path(cwd).is_relative_to(root) and pid_running(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+@dataclasses.dataclass
+class FakePod:
+    """A fake pod's directory, the environment that makes the launcher use it, and its record."""
+
+    root: Path
+    env: dict[str, str]
+    num_workers: int
+    coordinator_port: int
+
+    def calls(self) -> list[list[str]]:
+        path = self.root / "calls.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line)["argv"] for line in path.read_text().splitlines()]
+
+    def ssh_calls(self) -> list[list[str]]:
+        return [argv for argv in self.calls() if argv[3] == "ssh"]
+
+
+@pytest.fixture
+def make_fake_pod(tmp_path: Path) -> Iterator[Callable[..., FakePod]]:
+    """Factory for fake pods under tmp_path; afterwards, nothing may still run on them."""
+    pods: list[FakePod] = []
+
+    def make(num_workers: int = 3, devices_per_worker: int = 2) -> FakePod:
+        root = tmp_path / f"pod-{len(pods)}"
+        root.mkdir()
+        port = free_port()
+        env = {name: value for name, value in os.environ.items() if name != "WANDB_API_KEY"}
+        env.update(
+            PATH=f"{FAKE_GCLOUD_BIN}{os.pathsep}{env.get('PATH', '')}",
+            FAKE_GCLOUD_PYTHON=sys.executable,
+            FAKE_GCLOUD_ROOT=str(root),
+            FAKE_GCLOUD_NUM_WORKERS=str(num_workers),
+            FAKE_GCLOUD_COORDINATOR_PORT=str(port),
+            FAKE_GCLOUD_DEVICES_PER_WORKER=str(devices_per_worker),
+            FAKE_GCLOUD_SSH_TIMEOUT_S="120",
+            WANDB_MODE="disabled",
+        )
+        pods.append(FakePod(root, env, num_workers, port))
+        return pods[-1]
+
+    yield make
+    leftovers = [pid for pod in pods for pid in processes_under(pod.root)]
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"processes left running on the fake pod: {leftovers}"
+
+
+def launcher_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "launch.tpu_pod", *TPU_FLAGS, *args]
+
+
+def run_launcher(pod: FakePod, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        launcher_argv(*args),
+        cwd=REPO_ROOT,
+        env=env or pod.env,
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT_S,
+    )
+
+
+def assert_secret_not_on_disk(*roots: Path) -> None:
+    for root in roots:
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                assert SECRET.encode() not in path.read_bytes(), f"WANDB_API_KEY written to {path}"
+
+
+def standin_report(text: str) -> dict:
+    """The stand-in's JSON line from a worker's log."""
+    [line] = [line for line in text.splitlines() if line.startswith("stand-in {")]
+    return json.loads(line.removeprefix("stand-in "))
+
+
+@dataclasses.dataclass(frozen=True)
+class PodCheckout:
+    """A repository to ship to the fake pod, how to launch it, and what a good worker log holds."""
+
+    repo: Path
+    launcher_flags: tuple[str, ...]
+    check_worker_log: Callable[[FakePod, int, str], None]
+
+
+def standin_checkout(tmp_path: Path) -> PodCheckout:
+    repo = make_repo(
+        tmp_path / "standin-repo",
+        {"harness/__init__.py": "", "harness/train.py": STANDIN_TRAIN, "README.md": "stand-in\n"},
+    )
+    commit = git(repo, "rev-parse", "HEAD")
+
+    def check(pod: FakePod, worker: int, log: str) -> None:
+        report = standin_report(log)
+        assert report == {
+            "worker": worker,
+            "num_workers": pod.num_workers,
+            "coordinator": f"127.0.0.1:{pod.coordinator_port}",
+            "config": "smoke",
+            "extra": ["--steps=3", "--note=it's a test"],
+            "key_sha": hashlib.sha256(SECRET.encode()).hexdigest()[:12],
+            "cwd": str(pod.root / f"worker-{worker}" / "podharness" / commit),
+        }
+        assert f"stand-in worker {worker} on stderr" in log
+
+    return PodCheckout(repo, ("--preset", "smoke", "--", "--steps=3", "--note=it's a test"), check)
+
+
+def real_harness_checkout(tmp_path: Path) -> PodCheckout:
+    """This repository with the real harness, as it is on disk (tracked files only).
+
+    The fake pod's workers share this machine's disk, so one checkpoint directory plays
+    the shared bucket. Meant for a pod of 2 workers with 4 devices each.
+    """
+
+    def check(pod: FakePod, worker: int, log: str) -> None:
+        assert log.strip(), f"worker {worker} wrote nothing"
+        if worker == 0:
+            assert f"Processes: {pod.num_workers} x 4 cpu devices" in log
+
+    flags = ("--checkpoint_dir", str(tmp_path / "checkpoints"), "--run_dir", str(tmp_path / "run"))
+    return PodCheckout(REPO_ROOT, ("--allow_dirty", "--preset", "local-2x4", "--", *flags), check)
+
+
+def run_pod_and_check(checkout: PodCheckout, pod: FakePod, tmp_path: Path) -> None:
+    """Launch `checkout` on `pod` (workers counted by describe); every worker must succeed."""
+    log_dir = tmp_path / "logs"
+    env = {**pod.env, "WANDB_API_KEY": SECRET}
+    flags = ("--repo", str(checkout.repo), "--log_dir", str(log_dir), "--python", sys.executable, "--kill_grace", "5")
+    result = run_launcher(pod, *flags, *checkout.launcher_flags, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"shipping commit {git(checkout.repo, 'rev-parse', 'HEAD')}" in result.stdout
+    verbs = [argv[3] for argv in pod.calls()]
+    assert verbs == ["scp", "describe"] + ["ssh"] * pod.num_workers
+    assert sorted(argv[9] for argv in pod.ssh_calls()) == [f"--worker={i}" for i in range(pod.num_workers)]
+    for worker in range(pod.num_workers):
+        log = (log_dir / f"worker-{worker}.log").read_text()
+        checkout.check_worker_log(pod, worker, log)
+        merged = [line.removeprefix(f"[worker {worker}] ") for line in result.stdout.splitlines() + result.stderr.splitlines() if line.startswith(f"[worker {worker}] ")]
+        assert sorted(merged) == sorted(log.splitlines())
+    assert_secret_not_on_disk(pod.root, log_dir)
+
+
+def test_all_workers_succeed_with_per_worker_logs(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+    run_pod_and_check(standin_checkout(tmp_path), make_fake_pod(), tmp_path)
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("harness.train"), reason="harness/train.py does not exist yet")
+def test_real_harness_runs_on_the_fake_pod(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+    run_pod_and_check(real_harness_checkout(tmp_path), make_fake_pod(num_workers=2, devices_per_worker=4), tmp_path)
+
+
+def test_a_failing_worker_stops_the_others(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+    pod = make_fake_pod()
+    checkout = standin_checkout(tmp_path)
+    started = time.monotonic()
+    result = run_launcher(
+        pod, "--repo", str(checkout.repo), "--log_dir", str(tmp_path / "logs"), "--python", sys.executable,
+        "--num_workers", "3", "--kill_grace", "5", "--preset", "smoke", "--", "--hold", "--fail_worker=1",
+    )
+    assert time.monotonic() - started < 30
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "launch.tpu_pod: worker 1 failed (exit code 3)" in result.stderr
+    stop_calls = [argv for argv in pod.ssh_calls() if "--worker=all" in argv]
+    assert len(stop_calls) == 1
+    assert processes_under(pod.root) == []
+
+
+def test_sigterm_stops_the_harness_on_every_worker_gracefully(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+    """Preemption through the pod launcher: the harness gets SIGTERM remotely and exits 0."""
+    pod = make_fake_pod(num_workers=2)
+    checkout = standin_checkout(tmp_path)
+    launcher = subprocess.Popen(
+        launcher_argv("--repo", str(checkout.repo), "--log_dir", str(tmp_path / "logs"), "--python", sys.executable,
+                      "--num_workers", "2", "--kill_grace", "5", "--", "--hold"),
+        cwd=REPO_ROOT, env=pod.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        pid_files = [pod.root / f"worker-{i}" / "standin.pid" for i in range(2)]
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while not all(path.exists() for path in pid_files):
+            assert time.monotonic() < deadline and launcher.poll() is None, "the stand-ins never started"
+            time.sleep(0.05)
+        launcher.send_signal(signal.SIGTERM)
+        stdout, stderr = launcher.communicate(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        launcher.kill()
+        launcher.wait(timeout=LAUNCH_TIMEOUT_S)
+    assert launcher.returncode == 0, stdout + stderr
+    assert "launch.tpu_pod: stop requested" in stderr
+    assert processes_under(pod.root) == []
+
+
+def test_a_stale_harness_from_an_earlier_launch_is_stopped(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+    pod = make_fake_pod(num_workers=1)
+    checkout = standin_checkout(tmp_path)
+    deploy_root = pod.root / "worker-0" / "podharness"
+    deploy_root.mkdir(parents=True)
+    stale = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "harness.train"], cwd=deploy_root, start_new_session=True
+    )
+    try:
+        (deploy_root / "harness.pid").write_text(str(stale.pid))
+        result = run_launcher(
+            pod, "--repo", str(checkout.repo), "--log_dir", str(tmp_path / "logs"), "--python", sys.executable,
+            "--num_workers", "1", "--kill_grace", "5",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert stale.wait(timeout=10) == -signal.SIGTERM
+        assert f"stopping harness process {stale.pid}" in result.stderr
+    finally:
+        stale.kill()
+        stale.wait(timeout=10)
+
+
+def test_dry_run_prints_scp_then_one_ssh_per_worker_with_the_key_masked(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+    pod = make_fake_pod()
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    commit = git(repo, "rev-parse", "HEAD")
+    env = {**pod.env, "WANDB_API_KEY": SECRET}
+    result = run_launcher(
+        pod, "--repo", str(repo), "--num_workers", "2", "--preset", "smoke", "--dry-run", "--", "--steps=3", "--note=a b",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout + result.stderr
+    assert "WANDB_API_KEY=***" in result.stdout
+    commands = [shlex.split(line) for line in result.stdout.splitlines() if not line.startswith("#")]
+    archive = f"podharness-{commit}.tar.gz"
+    location = ["--zone", "zone-z", "--project", "proj-p"]
+    assert commands[0] == [*GCLOUD_TPU_VM, "scp", archive, f"pod-a:{archive}", *location, "--worker=all"]
+    assert len(commands) == 3
+    for worker, argv in enumerate(commands[1:]):
+        assert argv[:12] == [*GCLOUD_TPU_VM, "ssh", "pod-a", *location, f"--worker={worker}", "--command"]
+        assert argv[13:] == ["<<<", "$WANDB_API_KEY"]
+        bash, dash_c, script = shlex.split(argv[12])
+        assert (bash, dash_c) == ("bash", "-c")
+        assert "read -r wandb_key" in script
+        assert script.endswith("""exec "$python" -m harness.train --config smoke --steps=3 '--note=a b'""")
+    assert pod.calls() == []
+
+
+def test_dry_run_without_num_workers_shows_the_describe_command(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+    pod = make_fake_pod()
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    result = run_launcher(pod, "--repo", str(repo), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    commands = [shlex.split(line) for line in result.stdout.splitlines() if not line.startswith("#")]
+    assert [argv[4] for argv in commands] == ["scp", "describe", "ssh"]
+    assert commands[1][5:] == ["pod-a", "--zone", "zone-z", "--project", "proj-p", "--format=json"]
+    assert "WANDB_API_KEY" not in result.stdout
+    assert pod.calls() == []
+
+
+def test_archive_contains_exactly_the_committed_files(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n", "pkg/mod.py": "x = 1\n"})
+    (repo / "untracked.txt").write_text("never shipped\n")
+    snapshot = take_snapshot(repo / "pkg")
+    assert snapshot.repo == repo and snapshot.dirty_files == ()
+    assert snapshot.commit == snapshot.deploy_id == git(repo, "rev-parse", "HEAD")
+    write_archive(snapshot, tmp_path / "code.tar.gz")
+    assert archive_files(tmp_path / "code.tar.gz") == {"README.md": b"hi\n", "pkg/mod.py": b"x = 1\n"}
+
+
+def test_allow_dirty_ships_the_tracked_files_as_they_are_on_disk(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n", "pkg/mod.py": "x = 1\n", "old.txt": "old\n"})
+    (repo / "README.md").write_text("changed\n")
+    (repo / "old.txt").unlink()
+    (repo / "untracked.txt").write_text("never shipped\n")
+    snapshot = take_snapshot(repo)
+    assert sorted(snapshot.dirty_files) == ["README.md", "old.txt"]
+    assert snapshot.deploy_id == f"{snapshot.commit}-dirty"
+    write_archive(snapshot, tmp_path / "code.tar.gz")
+    assert archive_files(tmp_path / "code.tar.gz") == {"README.md": b"changed\n", "pkg/mod.py": b"x = 1\n"}
+
+
+def test_a_dirty_tree_is_refused_with_exit_2(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+    pod = make_fake_pod()
+    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
+    (repo / "README.md").write_text("changed\n")
+    result = run_launcher(pod, "--repo", str(repo), "--num_workers", "3")
+    assert result.returncode == 2
+    assert "uncommitted changes to tracked files (README.md)" in result.stderr
+    assert "--allow_dirty" in result.stderr
+    assert pod.calls() == []
