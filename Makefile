@@ -1,0 +1,36 @@
+# One command each; every target creates/updates the virtual environment it needs.
+#   make train   the main job: mock training on CPU with 8 fake devices, local checkpoints, wandb offline
+#   make test    the test suite (what CI runs)
+#   make pod     2 simulated hosts x 4 fake devices on 127.0.0.1
+#   make bench   benchmarks (ratios measured side by side)
+#   make soak    long kill/resume soak tests
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: train test pod bench soak
+
+$(INSTALLED): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+train: $(INSTALLED)
+	$(BIN)/harness-train --config cpu-8-devices --overwrite
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -q
+
+pod: $(INSTALLED)
+	$(BIN)/python -m launch.local --num_processes 2 --devices_per_process 4 -- \
+		$(BIN)/harness-train --config local-2x4 --overwrite
+
+bench: $(INSTALLED)
+	$(BIN)/python -m bench.run_all
+
+soak: $(INSTALLED)
+	$(BIN)/python -m pytest -q -m soak
