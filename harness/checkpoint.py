@@ -13,8 +13,11 @@ finished (it writes to a temporary name and finalizes at the end).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -23,6 +26,7 @@ from harness.errors import UsageError
 logger = logging.getLogger("harness.checkpoint")
 
 STATE_ITEM, META_ITEM = "state", "meta"
+COMMIT_MARKER = "commit_success.txt"
 
 # Settings that must match between a checkpoint and the run resuming from it: anything
 # that changes the state's shapes or which batch a step reads.
@@ -47,6 +51,7 @@ class CheckpointStore:
             item_names=(STATE_ITEM, META_ITEM),
         )
         self.saved_steps: list[int] = []
+        self.damaged_steps: list[int] = []
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -64,30 +69,62 @@ class CheckpointStore:
         self.saved_steps.append(step)
 
     def restore_latest(
-        self, abstract_state: Any, on_skip: Callable[[int, Exception], None] | None = None
+        self, abstract_state: Any, on_skip: Callable[[int, str], None] | None = None
     ) -> tuple[Any, dict] | None:
-        """The newest checkpoint that restores cleanly, or None if there is none.
+        """The newest checkpoint that restores cleanly on every host, or None.
 
-        `abstract_state` carries the target shardings, so a checkpoint written on another
-        mesh or process count is resharded on the way in.
+        A step counts only with its commit marker (orbax writes `commit_success.txt`
+        last) and when all hosts restore it without error; steps that fail are
+        reported through `on_skip` and remembered in `damaged_steps`. `abstract_state`
+        carries the target shardings, so a checkpoint written on another mesh or
+        process count is resharded on the way in.
         """
+        self.damaged_steps = []
         for step in reversed(self.steps()):
-            try:
-                restored = self._manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        **{
-                            STATE_ITEM: ocp.args.StandardRestore(abstract_state),
-                            META_ITEM: ocp.args.JsonRestore(),
-                        }
-                    ),
-                )
-            except Exception as err:  # orbax/tensorstore raise many types for bad data
-                if on_skip is not None:
-                    on_skip(step, err)
-                continue
-            return restored[STATE_ITEM], restored[META_ITEM]
+            problem = self._missing_parts(step)
+            restored = None
+            if problem is None:
+                try:
+                    restored = self._manager.restore(
+                        step,
+                        args=ocp.args.Composite(
+                            **{
+                                STATE_ITEM: ocp.args.StandardRestore(abstract_state),
+                                META_ITEM: ocp.args.JsonRestore(),
+                            }
+                        ),
+                    )
+                except Exception as err:  # orbax/tensorstore raise many types for bad data
+                    problem = _first_line(err)
+            if all_hosts_agree(problem is None):
+                return restored[STATE_ITEM], restored[META_ITEM]
+            problem = problem or "failed to restore on another host"
+            self.damaged_steps.append(step)
+            if on_skip is not None:
+                on_skip(step, problem)
         return None
+
+    def _missing_parts(self, step: int) -> str | None:
+        path = epath.Path(self.directory) / str(step)
+        for name in (COMMIT_MARKER, STATE_ITEM, META_ITEM):
+            if not (path / name).exists():
+                return f"incomplete: no {name}"
+        return None
+
+    def set_aside_damaged(self) -> list[str]:
+        """Renames damaged steps to `damaged-<step>-<time>` (never deletes them), so new
+        saves can reuse their step numbers. Primary host only; returns the new names."""
+        moved = []
+        if jax.process_index() == 0:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            for step in self.damaged_steps:
+                source = epath.Path(self.directory) / str(step)
+                target = epath.Path(self.directory) / f"damaged-{step}-{stamp}"
+                source.rename(target)
+                moved.append(str(target))
+        self._manager.reload()
+        self.damaged_steps = []
+        return moved
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -95,6 +132,21 @@ class CheckpointStore:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else type(err).__name__
+
+
+def all_hosts_agree(ok: bool) -> bool:
+    """True only if `ok` on every host (one tiny allgather when there are several)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray([int(ok)], dtype=np.int32))
+    return bool(np.all(np.asarray(flags)))
 
 
 def check_resume_compatible(saved: dict, current: dict, *, where: str) -> None:

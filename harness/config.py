@@ -39,6 +39,7 @@ class TrainConfig:
     keep: int = 3
     resume: bool = False
     overwrite: bool = False
+    allow_fresh_start: bool = False  # --resume with only damaged checkpoints: start at 0
     async_checkpointing: bool = True
     # Mesh and devices.
     fsdp_devices: int = 1

@@ -26,7 +26,7 @@ from harness.config import TrainConfig
 from harness.data import Batch, DataSpec, MockDataset
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
-from harness.errors import HostLostError
+from harness.errors import HostLostError, UsageError
 from harness.mesh import host_local_rows, make_global_batch, make_mesh
 from harness.preemption import PreemptionWatch, lost_hosts
 from harness.sinks import (
@@ -125,25 +125,33 @@ class Trainer:
         )
 
     def _initial_state(self) -> tuple[TrainState, int]:
-        if self.config.resume:
-            restored = self.store.restore_latest(
-                abstract_state(self.config, self.mesh), on_skip=self._report_skipped
+        config = self.config
+        if not config.resume:
+            return init_state(config, self.mesh), 0
+        restored = self.store.restore_latest(abstract_state(config, self.mesh), on_skip=self._report_skipped)
+        damaged = list(self.store.damaged_steps)
+        if restored is None and damaged and not config.allow_fresh_start:
+            raise UsageError(
+                f"no valid checkpoint in {config.checkpoint_dir} (damaged: steps "
+                f"{', '.join(map(str, damaged))}); nothing was changed. Pass --allow_fresh_start "
+                f"to start from step 0 (damaged steps are kept, renamed to damaged-<step>-<time>)"
             )
-            if restored is not None:
-                state, meta = restored
-                check_resume_compatible(
-                    meta.get("resume", {}), resume_fingerprint(self.config),
-                    where=f"{self.config.checkpoint_dir} step {meta.get('step')}",
-                )
-                step = int(jax.device_get(state.step))
-                self.console.print(f"Resumed from checkpoint at step {step}")
-                return state, step
-            self.console.print("No checkpoint to resume from: starting at step 0")
-        return init_state(self.config, self.mesh), 0
+        if damaged:
+            for moved in self.store.set_aside_damaged():
+                self.console.print(f"WARNING: moved damaged checkpoint aside: {moved}")
+        if restored is None:
+            self.console.print("No valid checkpoint to resume from: starting at step 0")
+            return init_state(config, self.mesh), 0
+        state, meta = restored
+        check_resume_compatible(meta.get("resume", {}), resume_fingerprint(config),
+                                where=f"{config.checkpoint_dir} step {meta.get('step')}")
+        step = int(jax.device_get(state.step))
+        self.console.print(f"Resumed from checkpoint at step {step}"
+                           + (f" (newer damaged steps skipped: {', '.join(map(str, damaged))})" if damaged else ""))
+        return state, step
 
-    def _report_skipped(self, step: int, err: Exception) -> None:
-        first_line = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        self.console.print(f"WARNING: checkpoint step {step} could not be restored ({first_line}); trying an older one")
+    def _report_skipped(self, step: int, problem: str) -> None:
+        self.console.print(f"WARNING: checkpoint step {step} is damaged ({problem}); trying an older one")
 
     def _checkpoint_meta(self, step: int) -> dict[str, Any]:
         return {"step": step, "resume": resume_fingerprint(self.config)}

@@ -110,9 +110,15 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         description="Run COMMAND as N hosts of a pod simulated on 127.0.0.1.",
     )
     parser.add_argument("--num_processes", type=int, required=True, help="hosts to simulate")
-    parser.add_argument("--devices_per_process", type=int, required=True, help="fake CPU devices per host")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds before everything is killed (default: none)")
-    parser.add_argument("--kill_grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL (default: 5)")
+    parser.add_argument(
+        "--devices_per_process", type=int, required=True, help="fake CPU devices per host"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds before everything is killed (default: none)"
+    )
+    parser.add_argument(
+        "--kill_grace", type=float, default=5.0, help="seconds between SIGTERM and SIGKILL (default: 5)"
+    )
     argv = list(argv)
     if "--" not in argv:
         parser.error("missing '--' before the command to run")

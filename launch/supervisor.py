@@ -299,7 +299,9 @@ class Supervisor:
         codes = self._final_codes()
         failed = [i for i, rc in enumerate(codes) if rc != 0]
         for i in failed:
-            self.say(f"{self._members[i].label} ended with {describe_returncode(codes[i])} after the stop request")
+            self.say(
+                f"{self._members[i].label} ended with {describe_returncode(codes[i])} after the stop request"
+            )
         return PodResult(codes, first_failure=failed[0] if failed else None, interrupted=True)
 
     def _report_failure(self, index: int, returncode: int) -> None:

@@ -11,8 +11,10 @@
    running the same remote script: stop a harness left over from an earlier launch,
    unpack into ~/podharness/<commit>, set up the venv (~/podharness/venv, kept between
    launches so jax[tpu] is not reinstalled each time; or --python), then exec
-   `python -m harness.train --config <preset> <extra flags>`. On a TPU VM jax finds its
-   peers through the TPU metadata, so no HARNESS_* variables are passed.
+   `python -m harness.train --config <preset> <extra flags>`. No HARNESS_* variables are
+   passed: on a TPU VM the harness finds its peers from the TPU metadata
+   (`jax.distributed.initialize()` with no arguments: `distributed = "pod"` in the
+   preset, or `-- --distributed pod`).
 
 Why one ssh per worker instead of `--worker=all`: the latter interleaves every worker's
 output into one stream and reports only one exit status at the end. Separate processes
@@ -90,11 +92,26 @@ def describe_argv(tpu: TpuVm) -> list[str]:
 
 
 def scp_argv(tpu: TpuVm, archive: Path, remote_path: str) -> list[str]:
-    return [*GCLOUD_TPU_VM, "scp", str(archive), f"{tpu.name}:{remote_path}", *tpu.location_flags(), "--worker=all"]
+    return [
+        *GCLOUD_TPU_VM,
+        "scp",
+        str(archive),
+        f"{tpu.name}:{remote_path}",
+        *tpu.location_flags(),
+        "--worker=all",
+    ]
 
 
 def ssh_argv(tpu: TpuVm, worker: int | str, remote_command: str) -> list[str]:
-    return [*GCLOUD_TPU_VM, "ssh", tpu.name, *tpu.location_flags(), f"--worker={worker}", "--command", remote_command]
+    return [
+        *GCLOUD_TPU_VM,
+        "ssh",
+        tpu.name,
+        *tpu.location_flags(),
+        f"--worker={worker}",
+        "--command",
+        remote_command,
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +154,9 @@ def take_snapshot(path: Path) -> Snapshot:
         status = _git(repo, "status", "--porcelain=v1", "-z", "--untracked-files=no")
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
         stderr = getattr(error, "stderr", b"") or b""
-        raise LaunchError(f"cannot read the git repository at {path}: {stderr.decode().strip() or error}") from error
+        raise LaunchError(
+            f"cannot read the git repository at {path}: {stderr.decode().strip() or error}"
+        ) from error
     return Snapshot(repo, commit, tuple(_porcelain_paths(status)))
 
 
@@ -188,7 +207,7 @@ def _stop_harness_statements(kill_grace: float) -> list[str]:
     """
     ticks = max(1, round(kill_grace * 10))
     return [
-        "alive() { [ -d \"/proc/$1\" ] && ! grep -qs '^State:[[:space:]]*Z' \"/proc/$1/status\"; }",
+        'alive() { [ -d "/proc/$1" ] && ! grep -qs \'^State:[[:space:]]*Z\' "/proc/$1/status"; }',
         f'if [ -f {_PIDFILE} ]; then pid="$(cat {_PIDFILE})";'
         """ if grep -qas 'harness[.]train' "/proc/$pid/cmdline"; then"""
         ' echo "podharness: stopping harness process $pid" >&2;'
@@ -244,7 +263,8 @@ def launch_script(run: RemoteRun) -> str:
         *_python_setup_statements(run.python),
         f"echo $$ > {_PIDFILE}",
         f"if [ -e {_stop_marker(run.run_id)} ]; then"
-        f' echo "podharness: stop requested before the harness started" >&2; exit {EXIT_STOPPED_BEFORE_START}; fi',
+        ' echo "podharness: stop requested before the harness started" >&2;'
+        f" exit {EXIT_STOPPED_BEFORE_START}; fi",
         "export PYTHONUNBUFFERED=1",
         *(['export WANDB_API_KEY="$wandb_key"'] if run.wandb_key_on_stdin else []),
         f'exec "$python" -m harness.train {shlex.join(run.harness_args)}'.rstrip(),
@@ -279,7 +299,9 @@ def stop_remote(tpu: TpuVm, run: RemoteRun, stderr: TextIO) -> None:
     argv = ssh_argv(tpu, "all", remote_command(stop_script(run)))
     returncode, _ = run_bounded(argv, timeout=run.kill_grace + REMOTE_STOP_MARGIN_S)
     if returncode != 0:
-        print(f"{PROGRAM}: remote stop failed ({describe_returncode(returncode)})", file=stderr, flush=True)
+        print(
+            f"{PROGRAM}: remote stop failed ({describe_returncode(returncode)})", file=stderr, flush=True
+        )
 
 
 def run_workers(
@@ -318,7 +340,9 @@ def run_workers(
 def dry_run_lines(tpu: TpuVm, snapshot: Snapshot, run: RemoteRun, num_workers: int | None) -> list[str]:
     """The gcloud commands a launch would run, shell-quoted, one per line; notes as comments."""
     archive = remote_archive_name(snapshot.deploy_id)
-    dirty = f" plus uncommitted changes to {len(snapshot.dirty_files)} files" if snapshot.dirty_files else ""
+    dirty = (
+        f" plus uncommitted changes to {len(snapshot.dirty_files)} files" if snapshot.dirty_files else ""
+    )
     lines = [f"# commit {snapshot.commit}{dirty}; the archive is built in a temporary directory"]
     lines.append(shlex.join(scp_argv(tpu, Path(archive), archive)))
     workers: Sequence[int | str] = range(num_workers) if num_workers else ["WORKER"]
@@ -345,7 +369,11 @@ def deploy_and_run(
     stop_event: threading.Event,
 ) -> int:
     """Pack, copy, count the workers, run them; the exit status of the whole launch."""
-    dirty = f" with uncommitted changes to: {', '.join(snapshot.dirty_files)}" if snapshot.dirty_files else ""
+    dirty = (
+        f" with uncommitted changes to: {', '.join(snapshot.dirty_files)}"
+        if snapshot.dirty_files
+        else ""
+    )
     print(f"{PROGRAM}: shipping commit {snapshot.commit}{dirty}", flush=True)
     with tempfile.TemporaryDirectory(prefix="podharness-") as tmp:
         archive = Path(tmp) / remote_archive_name(snapshot.deploy_id)
@@ -354,7 +382,9 @@ def deploy_and_run(
             scp_argv(tpu, archive, archive.name), timeout=SCP_TIMEOUT_S, stop_event=stop_event
         )
     if returncode != 0:
-        raise LaunchError(f"copying the archive to {tpu.name} failed ({describe_returncode(returncode)})")
+        raise LaunchError(
+            f"copying the archive to {tpu.name} failed ({describe_returncode(returncode)})"
+        )
     num_workers = args.num_workers or count_workers(tpu, stop_event)
     log_dir = args.log_dir or Path("runs", "tpu_pod", tpu.name, run.run_id)
     print(f"{PROGRAM}: running on {num_workers} workers of {tpu.name}; logs in {log_dir}", flush=True)
@@ -374,15 +404,40 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--tpu", required=True, help="TPU VM name")
     parser.add_argument("--zone", required=True)
     parser.add_argument("--project", required=True)
-    parser.add_argument("--preset", help="passed as `--config PRESET` (default: the harness's own default)")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the gcloud commands, run nothing")
-    parser.add_argument("--log_dir", type=Path, help="per-worker logs (default: runs/tpu_pod/<tpu>/<run id>)")
-    parser.add_argument("--num_workers", type=int, help="workers in the pod (default: ask `gcloud ... describe`)")
-    parser.add_argument("--allow_dirty", action="store_true", help="ship tracked files with uncommitted changes")
-    parser.add_argument("--python", help="remote python to run the harness with; skips the venv and pip install")
-    parser.add_argument("--kill_grace", type=float, default=60.0, help="seconds the harness gets to exit after SIGTERM (default: 60)")
-    parser.add_argument("--timeout", type=float, help="seconds before the launch is stopped (default: none)")
-    parser.add_argument("--repo", type=Path, default=Path("."), help="repository to ship (default: the current one)")
+    parser.add_argument(
+        "--preset", help="passed as `--config PRESET` (default: the harness's own default)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="print the gcloud commands, run nothing",
+    )
+    parser.add_argument(
+        "--log_dir", type=Path, help="per-worker logs (default: runs/tpu_pod/<tpu>/<run id>)"
+    )
+    parser.add_argument(
+        "--num_workers", type=int, help="workers in the pod (default: ask `gcloud ... describe`)"
+    )
+    parser.add_argument(
+        "--allow_dirty", action="store_true", help="ship tracked files with uncommitted changes"
+    )
+    parser.add_argument(
+        "--python", help="remote python to run the harness with; skips the venv and pip install"
+    )
+    parser.add_argument(
+        "--kill_grace",
+        type=float,
+        default=60.0,
+        help="seconds the harness gets to exit after SIGTERM (default: 60)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, help="seconds before the launch is stopped (default: none)"
+    )
+    parser.add_argument(
+        "--repo", type=Path, default=Path("."), help="repository to ship (default: the current one)"
+    )
     argv = list(argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -407,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if snapshot.dirty_files and not args.allow_dirty:
         print(
             f"{PROGRAM}: refusing to ship {snapshot.commit}: uncommitted changes to tracked files"
-            f" ({', '.join(snapshot.dirty_files)}); commit them, or pass --allow_dirty to ship them as they are",
+            f" ({', '.join(snapshot.dirty_files)}); commit them, or pass --allow_dirty"
+            " to ship them as they are",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -47,7 +47,9 @@ def pid_running(pid: int) -> bool:
 def wait_for_files(paths: list[Path], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not all(path.exists() for path in paths):
-        assert time.monotonic() < deadline, f"missing after {timeout}s: {[p for p in paths if not p.exists()]}"
+        assert time.monotonic() < deadline, (
+            f"missing after {timeout}s: {[p for p in paths if not p.exists()]}"
+        )
         time.sleep(0.05)
 
 
@@ -66,7 +68,9 @@ def reap_pids(tmp_path: Path):
 
 def test_with_device_count_replaces_only_the_device_flag() -> None:
     flags = "--xla_foo=1 --xla_force_host_platform_device_count=8 --xla_bar"
-    assert with_device_count(flags, 2) == "--xla_foo=1 --xla_bar --xla_force_host_platform_device_count=2"
+    assert (
+        with_device_count(flags, 2) == "--xla_foo=1 --xla_bar --xla_force_host_platform_device_count=2"
+    )
     assert with_device_count("", 4) == "--xla_force_host_platform_device_count=4"
 
 
@@ -110,7 +114,12 @@ def test_every_line_is_prefixed_on_its_own_stream_including_a_final_partial_line
     )
     result = launch("--num_processes", "2", "--devices_per_process", "1", "--", *child)
     assert result.returncode == 0, result.stderr
-    assert sorted(result.stdout.splitlines()) == ["[host 0] one 0", "[host 0] two 0", "[host 1] one 1", "[host 1] two 1"]
+    assert sorted(result.stdout.splitlines()) == [
+        "[host 0] one 0",
+        "[host 0] two 0",
+        "[host 1] one 1",
+        "[host 1] two 1",
+    ]
     assert sorted(result.stderr.splitlines()) == ["[host 0] err 0", "[host 1] err 1"]
 
 
@@ -126,7 +135,9 @@ def test_a_failing_host_stops_the_others_quickly(reap_pids: Path) -> None:
         """
     )
     started = time.monotonic()
-    result = launch("--num_processes", "3", "--devices_per_process", "1", "--kill_grace", "2", "--", *child)
+    result = launch(
+        "--num_processes", "3", "--devices_per_process", "1", "--kill_grace", "2", "--", *child
+    )
     assert time.monotonic() - started < 10
     assert result.returncode == 3
     assert "launch.local: host 1 failed (exit code 3)" in result.stderr
@@ -142,7 +153,9 @@ def test_a_host_killed_by_a_signal_is_reported_as_such() -> None:
         time.sleep(600)
         """
     )
-    result = launch("--num_processes", "2", "--devices_per_process", "1", "--kill_grace", "2", "--", *child)
+    result = launch(
+        "--num_processes", "2", "--devices_per_process", "1", "--kill_grace", "2", "--", *child
+    )
     assert result.returncode == 128 + signal.SIGKILL
     assert "launch.local: host 0 failed (killed by SIGKILL)" in result.stderr
 
@@ -161,7 +174,17 @@ def test_sigterm_is_forwarded_and_hosts_that_exit_cleanly_mean_success(tmp_path:
         """
     )
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "launch.local", "--num_processes", "2", "--devices_per_process", "1", "--", *child],
+        [
+            sys.executable,
+            "-m",
+            "launch.local",
+            "--num_processes",
+            "2",
+            "--devices_per_process",
+            "1",
+            "--",
+            *child,
+        ],
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -213,7 +236,18 @@ def test_timeout_kills_everything_and_names_the_hosts_still_running() -> None:
         """
     )
     started = time.monotonic()
-    result = launch("--num_processes", "3", "--devices_per_process", "1", "--timeout", "2", "--kill_grace", "1", "--", *child)
+    result = launch(
+        "--num_processes",
+        "3",
+        "--devices_per_process",
+        "1",
+        "--timeout",
+        "2",
+        "--kill_grace",
+        "1",
+        "--",
+        *child,
+    )
     assert time.monotonic() - started < 10
     assert result.returncode == 124
     assert "launch.local: timed out after 2s; still running: host 1, host 2" in result.stderr

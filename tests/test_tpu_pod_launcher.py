@@ -16,8 +16,8 @@ import signal
 import subprocess
 import sys
 import tarfile
-import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,7 +29,8 @@ from launch.tpu_pod import take_snapshot, write_archive
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_GCLOUD_BIN = REPO_ROOT / "tests" / "support" / "bin"
 LAUNCH_TIMEOUT_S = 60
-SECRET = "wandb-secret-7f3a9c0e"
+# Made up at run time: this file is itself shipped to the fake pod, a literal would be found there.
+SECRET = f"wandb-secret-{uuid.uuid4().hex}"
 TPU_FLAGS = ("--tpu", "pod-a", "--zone", "zone-z", "--project", "proj-p")
 GCLOUD_TPU_VM = ["gcloud", "compute", "tpus", "tpu-vm"]
 GIT_IDENTITY = {
@@ -92,7 +93,9 @@ def make_repo(path: Path, files: dict[str, str]) -> Path:
 
 def archive_files(archive: Path) -> dict[str, bytes]:
     with tarfile.open(archive) as tar:
-        return {member.name: tar.extractfile(member).read() for member in tar.getmembers() if member.isfile()}
+        return {
+            member.name: tar.extractfile(member).read() for member in tar.getmembers() if member.isfile()
+        }
 
 
 def pid_running(pid: int) -> bool:
@@ -138,8 +141,11 @@ class FakePod:
         return [argv for argv in self.calls() if argv[3] == "ssh"]
 
 
+MakePod = Callable[..., FakePod]
+
+
 @pytest.fixture
-def make_fake_pod(tmp_path: Path) -> Iterator[Callable[..., FakePod]]:
+def make_fake_pod(tmp_path: Path) -> Iterator[MakePod]:
     """Factory for fake pods under tmp_path; afterwards, nothing may still run on them."""
     pods: list[FakePod] = []
 
@@ -172,7 +178,9 @@ def launcher_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "launch.tpu_pod", *TPU_FLAGS, *args]
 
 
-def run_launcher(pod: FakePod, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_launcher(
+    pod: FakePod, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         launcher_argv(*args),
         cwd=REPO_ROOT,
@@ -248,37 +256,70 @@ def run_pod_and_check(checkout: PodCheckout, pod: FakePod, tmp_path: Path) -> No
     """Launch `checkout` on `pod` (workers counted by describe); every worker must succeed."""
     log_dir = tmp_path / "logs"
     env = {**pod.env, "WANDB_API_KEY": SECRET}
-    flags = ("--repo", str(checkout.repo), "--log_dir", str(log_dir), "--python", sys.executable, "--kill_grace", "5")
+    flags = (
+        "--repo",
+        str(checkout.repo),
+        "--log_dir",
+        str(log_dir),
+        "--python",
+        sys.executable,
+        "--kill_grace",
+        "5",
+    )
     result = run_launcher(pod, *flags, *checkout.launcher_flags, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"shipping commit {git(checkout.repo, 'rev-parse', 'HEAD')}" in result.stdout
     verbs = [argv[3] for argv in pod.calls()]
     assert verbs == ["scp", "describe"] + ["ssh"] * pod.num_workers
-    assert sorted(argv[9] for argv in pod.ssh_calls()) == [f"--worker={i}" for i in range(pod.num_workers)]
+    assert sorted(argv[9] for argv in pod.ssh_calls()) == [
+        f"--worker={i}" for i in range(pod.num_workers)
+    ]
     for worker in range(pod.num_workers):
         log = (log_dir / f"worker-{worker}.log").read_text()
         checkout.check_worker_log(pod, worker, log)
-        merged = [line.removeprefix(f"[worker {worker}] ") for line in result.stdout.splitlines() + result.stderr.splitlines() if line.startswith(f"[worker {worker}] ")]
+        merged = [
+            line.removeprefix(f"[worker {worker}] ")
+            for line in result.stdout.splitlines() + result.stderr.splitlines()
+            if line.startswith(f"[worker {worker}] ")
+        ]
         assert sorted(merged) == sorted(log.splitlines())
     assert_secret_not_on_disk(pod.root, log_dir)
 
 
-def test_all_workers_succeed_with_per_worker_logs(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+def test_all_workers_succeed_with_per_worker_logs(make_fake_pod: MakePod, tmp_path: Path) -> None:
     run_pod_and_check(standin_checkout(tmp_path), make_fake_pod(), tmp_path)
 
 
-@pytest.mark.skipif(not importlib.util.find_spec("harness.train"), reason="harness/train.py does not exist yet")
-def test_real_harness_runs_on_the_fake_pod(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
-    run_pod_and_check(real_harness_checkout(tmp_path), make_fake_pod(num_workers=2, devices_per_worker=4), tmp_path)
+@pytest.mark.skipif(
+    not importlib.util.find_spec("harness.train"), reason="harness/train.py does not exist yet"
+)
+def test_real_harness_runs_on_the_fake_pod(make_fake_pod: MakePod, tmp_path: Path) -> None:
+    run_pod_and_check(
+        real_harness_checkout(tmp_path), make_fake_pod(num_workers=2, devices_per_worker=4), tmp_path
+    )
 
 
-def test_a_failing_worker_stops_the_others(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+def test_a_failing_worker_stops_the_others(make_fake_pod: MakePod, tmp_path: Path) -> None:
     pod = make_fake_pod()
     checkout = standin_checkout(tmp_path)
     started = time.monotonic()
     result = run_launcher(
-        pod, "--repo", str(checkout.repo), "--log_dir", str(tmp_path / "logs"), "--python", sys.executable,
-        "--num_workers", "3", "--kill_grace", "5", "--preset", "smoke", "--", "--hold", "--fail_worker=1",
+        pod,
+        "--repo",
+        str(checkout.repo),
+        "--log_dir",
+        str(tmp_path / "logs"),
+        "--python",
+        sys.executable,
+        "--num_workers",
+        "3",
+        "--kill_grace",
+        "5",
+        "--preset",
+        "smoke",
+        "--",
+        "--hold",
+        "--fail_worker=1",
     )
     assert time.monotonic() - started < 30
     assert result.returncode == 3, result.stdout + result.stderr
@@ -288,14 +329,32 @@ def test_a_failing_worker_stops_the_others(make_fake_pod: Callable[..., FakePod]
     assert processes_under(pod.root) == []
 
 
-def test_sigterm_stops_the_harness_on_every_worker_gracefully(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+def test_sigterm_stops_the_harness_on_every_worker_gracefully(
+    make_fake_pod: MakePod, tmp_path: Path
+) -> None:
     """Preemption through the pod launcher: the harness gets SIGTERM remotely and exits 0."""
     pod = make_fake_pod(num_workers=2)
     checkout = standin_checkout(tmp_path)
     launcher = subprocess.Popen(
-        launcher_argv("--repo", str(checkout.repo), "--log_dir", str(tmp_path / "logs"), "--python", sys.executable,
-                      "--num_workers", "2", "--kill_grace", "5", "--", "--hold"),
-        cwd=REPO_ROOT, env=pod.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        launcher_argv(
+            "--repo",
+            str(checkout.repo),
+            "--log_dir",
+            str(tmp_path / "logs"),
+            "--python",
+            sys.executable,
+            "--num_workers",
+            "2",
+            "--kill_grace",
+            "5",
+            "--",
+            "--hold",
+        ),
+        cwd=REPO_ROOT,
+        env=pod.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         pid_files = [pod.root / f"worker-{i}" / "standin.pid" for i in range(2)]
@@ -313,19 +372,32 @@ def test_sigterm_stops_the_harness_on_every_worker_gracefully(make_fake_pod: Cal
     assert processes_under(pod.root) == []
 
 
-def test_a_stale_harness_from_an_earlier_launch_is_stopped(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+def test_a_stale_harness_from_an_earlier_launch_is_stopped(
+    make_fake_pod: MakePod, tmp_path: Path
+) -> None:
     pod = make_fake_pod(num_workers=1)
     checkout = standin_checkout(tmp_path)
     deploy_root = pod.root / "worker-0" / "podharness"
     deploy_root.mkdir(parents=True)
     stale = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", "harness.train"], cwd=deploy_root, start_new_session=True
+        [sys.executable, "-c", "import time; time.sleep(60)", "harness.train"],
+        cwd=deploy_root,
+        start_new_session=True,
     )
     try:
         (deploy_root / "harness.pid").write_text(str(stale.pid))
         result = run_launcher(
-            pod, "--repo", str(checkout.repo), "--log_dir", str(tmp_path / "logs"), "--python", sys.executable,
-            "--num_workers", "1", "--kill_grace", "5",
+            pod,
+            "--repo",
+            str(checkout.repo),
+            "--log_dir",
+            str(tmp_path / "logs"),
+            "--python",
+            sys.executable,
+            "--num_workers",
+            "1",
+            "--kill_grace",
+            "5",
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert stale.wait(timeout=10) == -signal.SIGTERM
@@ -335,13 +407,25 @@ def test_a_stale_harness_from_an_earlier_launch_is_stopped(make_fake_pod: Callab
         stale.wait(timeout=10)
 
 
-def test_dry_run_prints_scp_then_one_ssh_per_worker_with_the_key_masked(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+def test_dry_run_prints_scp_then_one_ssh_per_worker_with_the_key_masked(
+    make_fake_pod: MakePod, tmp_path: Path
+) -> None:
     pod = make_fake_pod()
     repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
     commit = git(repo, "rev-parse", "HEAD")
     env = {**pod.env, "WANDB_API_KEY": SECRET}
     result = run_launcher(
-        pod, "--repo", str(repo), "--num_workers", "2", "--preset", "smoke", "--dry-run", "--", "--steps=3", "--note=a b",
+        pod,
+        "--repo",
+        str(repo),
+        "--num_workers",
+        "2",
+        "--preset",
+        "smoke",
+        "--dry-run",
+        "--",
+        "--steps=3",
+        "--note=a b",
         env=env,
     )
     assert result.returncode == 0, result.stderr
@@ -353,16 +437,27 @@ def test_dry_run_prints_scp_then_one_ssh_per_worker_with_the_key_masked(make_fak
     assert commands[0] == [*GCLOUD_TPU_VM, "scp", archive, f"pod-a:{archive}", *location, "--worker=all"]
     assert len(commands) == 3
     for worker, argv in enumerate(commands[1:]):
-        assert argv[:12] == [*GCLOUD_TPU_VM, "ssh", "pod-a", *location, f"--worker={worker}", "--command"]
+        assert argv[:12] == [
+            *GCLOUD_TPU_VM,
+            "ssh",
+            "pod-a",
+            *location,
+            f"--worker={worker}",
+            "--command",
+        ]
         assert argv[13:] == ["<<<", "$WANDB_API_KEY"]
         bash, dash_c, script = shlex.split(argv[12])
         assert (bash, dash_c) == ("bash", "-c")
         assert "read -r wandb_key" in script
-        assert script.endswith("""exec "$python" -m harness.train --config smoke --steps=3 '--note=a b'""")
+        assert script.endswith(
+            """exec "$python" -m harness.train --config smoke --steps=3 '--note=a b'"""
+        )
     assert pod.calls() == []
 
 
-def test_dry_run_without_num_workers_shows_the_describe_command(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+def test_dry_run_without_num_workers_shows_the_describe_command(
+    make_fake_pod: MakePod, tmp_path: Path
+) -> None:
     pod = make_fake_pod()
     repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
     result = run_launcher(pod, "--repo", str(repo), "--dry-run")
@@ -385,7 +480,9 @@ def test_archive_contains_exactly_the_committed_files(tmp_path: Path) -> None:
 
 
 def test_allow_dirty_ships_the_tracked_files_as_they_are_on_disk(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo", {"README.md": "hi\n", "pkg/mod.py": "x = 1\n", "old.txt": "old\n"})
+    repo = make_repo(
+        tmp_path / "repo", {"README.md": "hi\n", "pkg/mod.py": "x = 1\n", "old.txt": "old\n"}
+    )
     (repo / "README.md").write_text("changed\n")
     (repo / "old.txt").unlink()
     (repo / "untracked.txt").write_text("never shipped\n")
@@ -393,10 +490,13 @@ def test_allow_dirty_ships_the_tracked_files_as_they_are_on_disk(tmp_path: Path)
     assert sorted(snapshot.dirty_files) == ["README.md", "old.txt"]
     assert snapshot.deploy_id == f"{snapshot.commit}-dirty"
     write_archive(snapshot, tmp_path / "code.tar.gz")
-    assert archive_files(tmp_path / "code.tar.gz") == {"README.md": b"changed\n", "pkg/mod.py": b"x = 1\n"}
+    assert archive_files(tmp_path / "code.tar.gz") == {
+        "README.md": b"changed\n",
+        "pkg/mod.py": b"x = 1\n",
+    }
 
 
-def test_a_dirty_tree_is_refused_with_exit_2(make_fake_pod: Callable[..., FakePod], tmp_path: Path) -> None:
+def test_a_dirty_tree_is_refused_with_exit_2(make_fake_pod: MakePod, tmp_path: Path) -> None:
     pod = make_fake_pod()
     repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
     (repo / "README.md").write_text("changed\n")

@@ -42,7 +42,7 @@ LOSSES = st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.25, 4.0, 4.125, 7.5, 9.0, -1.0,
                           math.nan, math.inf, -math.inf])
 
 UPDATE = st.tuples(
-    st.integers(0, 3),  # step: few steps, so the same sample ids come back
+    st.integers(0, 3),  # which batch: few, so the same sample ids come back at later steps
     st.lists(LOSSES, min_size=BATCH, max_size=BATCH),
     st.lists(st.booleans(), min_size=BATCH, max_size=BATCH),  # sample_mask
     st.permutations(range(BATCH)),  # the order rows come back from the device
@@ -55,8 +55,8 @@ UPDATE = st.tuples(
 def test_buffer_and_stats_match_brute_force(capacity, updates, threshold):
     tracker = HardExampleTracker(capacity, dataset().tokenizer, host=2, high_loss_threshold=threshold)
     observed, steps, valid_losses = [], [], []
-    for step, losses, mask, order in updates:
-        batch = batch_at(step)._replace(sample_mask=np.array(mask))
+    for step, (source, losses, mask, order) in enumerate(updates):
+        batch = batch_at(source)._replace(sample_mask=np.array(mask))
         ids = batch.sample_id[list(order)]
         device_losses = np.array(losses, dtype=np.float32)  # row i belongs to ids[i]
         tracker.update(step, batch, device_losses, ids)

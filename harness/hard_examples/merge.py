@@ -98,7 +98,7 @@ def _whole_rounds(lengths: np.ndarray, k: int) -> int:
     """How many whole rounds fit in k: round r takes one entry of every host with more
     than r entries."""
     round_sizes = lengths.size - np.cumsum(np.bincount(lengths))[:-1]
-    return int(np.searchsorted(np.cumsum(round_sizes), k, side="left"))
+    return int(np.searchsorted(np.cumsum(round_sizes), k, side="right"))
 
 
 def _best(pool: np.ndarray, count: int, hosts: np.ndarray, ids: np.ndarray, losses: np.ndarray) -> np.ndarray:
