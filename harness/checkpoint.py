@@ -161,12 +161,15 @@ def check_resume_compatible(saved: dict, current: dict, *, where: str) -> None:
 
 
 def existing_steps(directory: str) -> list[int]:
-    """Finalized step directories, read without creating anything (for input checks)."""
+    """Committed step directories (with their commit marker), read without creating
+    anything. On GCS a failed save leaves a step directory without the marker: that one
+    does not count."""
     path = epath.Path(directory)
     if not path.exists():
         return []
     return sorted(
-        int(child.name) for child in path.iterdir() if child.name.isdigit() and child.is_dir()
+        int(child.name) for child in path.iterdir()
+        if child.name.isdigit() and (child / COMMIT_MARKER).exists()
     )
 
 

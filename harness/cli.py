@@ -64,9 +64,7 @@ def prepare_runtime(config: TrainConfig) -> None:
     need devices. Raises UsageError; writes nothing."""
     from harness import storage
 
-    emulator = os.environ.get("HARNESS_GCS_EMULATOR")
-    if emulator:
-        storage.configure_gcs_emulator(emulator)
+    storage.configure_gcs_emulator_from_env()
 
     import jax
 

@@ -21,21 +21,31 @@ def itstime(step: int, every: int, last_step: int | None = None) -> bool:
     return step % every == 0 or step == last_step
 
 
-def format_metrics_line(step: int, metrics: Mapping[str, float]) -> str:
-    """`Step    0: loss=2.1234, grad_norm=...` in the seed's style."""
+def format_metrics_line(step: int, metrics: Mapping[str, float], *, steps_per_s: float | None = None) -> str:
+    """`Step    0: loss=2.1234, grad_norm=...` in the seed's style, plus the step rate
+    since the previous line when known (not on the first line: it includes compiling)."""
     fields = ", ".join(f"{name}={metrics[name]:.4f}" for name in SCALAR_METRICS)
-    return f"Step {step:4d}: {fields}"
+    rate = f" [{steps_per_s:.1f} steps/s]" if steps_per_s is not None else ""
+    return f"Step {step:4d}: {fields}{rate}"
 
 
 class Console:
-    """Prints on process 0 only."""
+    """Prints on process 0 only; above the progress bar when one is live."""
 
     def __init__(self, is_primary: bool, stream: TextIO | None = None):
         self.is_primary = is_primary
         self._stream = stream
+        self._progress = None
+
+    def attach(self, progress) -> None:
+        self._progress = progress
 
     def print(self, text: str = "") -> None:
-        if self.is_primary:
+        if not self.is_primary:
+            return
+        if self._progress is not None and self._progress.live:
+            self._progress.write(text)
+        else:
             print(text, file=self._stream or sys.stdout, flush=True)
 
 
@@ -92,12 +102,13 @@ class PerSampleLossFile:
     that pairing against it. Every host must call `write` (it is a collective).
     """
 
-    def __init__(self, path: Path, *, is_primary: bool):
+    def __init__(self, path: Path, *, is_primary: bool, start_step: int):
         self.path = path
         self.is_primary = is_primary
         if is_primary:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
+            kept = _rows_before(path, start_step) if start_step > 0 else []
+            path.write_text("".join(json.dumps(row) + "\n" for row in kept))
 
     def write(self, step: int, sample_id, per_sample_loss) -> None:
         from jax.experimental import multihost_utils

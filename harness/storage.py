@@ -73,9 +73,10 @@ def gcs_emulator_env(url: str) -> dict[str, str]:
 def configure_gcs_emulator(url: str) -> dict[str, str]:
     """Sets `gcs_emulator_env(url)` in os.environ and returns it.
 
-    tensorstore reads its variables on first GCS access and gcsfs on every
-    request, but gcsfs and google-auth read the last two at import: call this
-    before importing orbax.
+    tensorstore reads its variables at its first GCS access and gcsfs reads
+    STORAGE_EMULATOR_HOST on every request, but GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT
+    and NO_GCE_CHECK are read when gcsfs and google-auth are imported: call
+    this before importing orbax.
     """
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:

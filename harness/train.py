@@ -29,28 +29,11 @@ from harness.hard_examples.tracker import HardExampleTracker
 from harness.errors import HostLostError, UsageError
 from harness.mesh import host_local_rows, make_global_batch, make_mesh
 from harness.preemption import PreemptionWatch, lost_hosts
-from harness.sinks import (
-    SCALAR_METRICS, Console, MetricsFile, PerSampleLossFile, format_metrics_line, itstime,
-)
+from harness.run_outputs import RunOutputs, RunSummary
+from harness.sinks import SCALAR_METRICS, Console, itstime
 from harness.train_step import TrainState, abstract_state, init_state, make_train_step
 
 BANNER_RULE = "=" * 80
-
-
-@dataclasses.dataclass
-class RunSummary:
-    start_step: int
-    end_step: int
-    wall_time_s: float
-    checkpoints: list[int]
-    run_dir: str
-    checkpoint_dir: str
-    final_metrics: dict[str, float]
-    preempted: bool = False
-
-    @property
-    def steps_run(self) -> int:
-        return self.end_step - self.start_step
 
 
 class _InFlight(NamedTuple):
@@ -107,10 +90,6 @@ class Trainer:
         )
         self.run_dir = Path(config.run_dir)
         self.reporter = self._make_reporter() if config.track_hard_examples else None
-        self.loss_recorder = (
-            PerSampleLossFile(self.run_dir / "per_sample_losses.jsonl", is_primary=self.console.is_primary)
-            if config.record_per_sample_losses else None
-        )
 
     def _make_reporter(self) -> HardExampleReporter:
         config = self.config
@@ -156,14 +135,11 @@ class Trainer:
     def _checkpoint_meta(self, step: int) -> dict[str, Any]:
         return {"step": step, "resume": resume_fingerprint(self.config)}
 
-    def _finish_step(self, pending: _InFlight, metrics_file: MetricsFile) -> dict[str, float]:
+    def _finish_step(self, pending: _InFlight, outputs: RunOutputs) -> dict[str, float]:
         scalars = {name: float(pending.metrics[name]) for name in SCALAR_METRICS}
         last_step = self.config.num_train_steps - 1
-        if itstime(pending.step, self.config.log_interval, last_step):
-            self.console.print(format_metrics_line(pending.step, scalars))
-            metrics_file.write(pending.step, scalars)
-        if self.loss_recorder is not None:
-            self.loss_recorder.write(pending.step, pending.metrics["sample_id"], pending.metrics["per_sample_loss"])
+        log = itstime(pending.step, self.config.log_interval, last_step)
+        outputs.step_finished(pending.step, scalars, pending.metrics, log=log)
         if self.reporter is not None:
             self.reporter.observe(
                 pending.step, pending.local_batch,
@@ -178,11 +154,12 @@ class Trainer:
         started = time.perf_counter()
         print_banner(self.console, config, self.mesh)
         state, start_step = self._initial_state()
-        metrics_file = MetricsFile(self.run_dir / "metrics.jsonl", is_primary=self.console.is_primary,
-                                   start_step=start_step)
+        outputs = RunOutputs(config, self.console, start_step=start_step)
+        if self.reporter is not None:
+            self.reporter.sinks.append(outputs.hard_examples_logged)
         watch = PreemptionWatch()
         try:
-            state, end_step, last, preempted = self._loop(state, start_step, metrics_file, watch)
+            state, end_step, last, preempted = self._loop(state, start_step, outputs, watch)
         except jax.errors.JaxRuntimeError as err:
             raise self._host_lost(err) from err
         finally:
@@ -198,15 +175,18 @@ class Trainer:
             )
         else:
             self.console.print("Training complete!")
-        self.console.print(BANNER_RULE)
-        return RunSummary(
+        summary = RunSummary(
             start_step=start_step, end_step=end_step,
             wall_time_s=time.perf_counter() - started, checkpoints=list(self.store.saved_steps),
             run_dir=str(self.run_dir), checkpoint_dir=config.checkpoint_dir, final_metrics=last,
+            hard_example_intervals=len(self.reporter.results) if self.reporter else 0,
             preempted=preempted,
         )
+        outputs.finish(summary)
+        self.console.print(BANNER_RULE)
+        return summary
 
-    def _loop(self, state: TrainState, start_step: int, metrics_file: MetricsFile, watch: PreemptionWatch):
+    def _loop(self, state: TrainState, start_step: int, outputs: RunOutputs, watch: PreemptionWatch):
         """Runs steps until the end or an agreed preemption; returns the state, the step
         count reached, the last metrics and whether it stopped early."""
         config = self.config
@@ -214,22 +194,21 @@ class Trainer:
         in_flight: collections.deque[_InFlight] = collections.deque()
         last: dict[str, float] = {}
         self.console.print("Starting training loop...")
-        step = start_step
         for step in range(start_step, config.num_train_steps):
             local_batch = self.dataset.batch_at(step)
             state, metrics = train_step(state, make_global_batch(local_batch, self.mesh))
             in_flight.append(_InFlight(step, metrics, local_batch))
             if len(in_flight) >= config.max_steps_in_flight:
-                last = self._finish_step(in_flight.popleft(), metrics_file)
+                last = self._finish_step(in_flight.popleft(), outputs)
             stop = watch.should_stop(step)
             if stop or (step + 1) % config.save_interval == 0:
                 self.store.save(step + 1, state, self._checkpoint_meta(step + 1))
             if stop:
                 while in_flight:
-                    last = self._finish_step(in_flight.popleft(), metrics_file)
+                    last = self._finish_step(in_flight.popleft(), outputs)
                 return state, step + 1, last, True
         while in_flight:
-            last = self._finish_step(in_flight.popleft(), metrics_file)
+            last = self._finish_step(in_flight.popleft(), outputs)
         return state, max(start_step, config.num_train_steps), last, False
 
     def _host_lost(self, err: Exception) -> HostLostError:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from harness.hard_examples.entry import HardExample
+from harness.hard_examples.merge import GlobalStats
 from harness.pictures import render_contact_sheet
 
 logger = logging.getLogger("harness.wandb")
@@ -47,11 +48,6 @@ _STAGING_DIRS = {"WANDB_DATA_DIR": "data", "WANDB_CACHE_DIR": "cache"}
 def _new_run_id() -> str:
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def _stat(stats: Any, name: str) -> Any:
-    """A field of the hard-example stats, given as a mapping or an object."""
-    return stats[name] if isinstance(stats, Mapping) else getattr(stats, name)
 
 
 def _describe(error: Exception) -> str:
@@ -109,6 +105,8 @@ class WandbSink:
         for variable, folder in _STAGING_DIRS.items():
             os.environ.setdefault(variable, str(run_dir / "wandb" / folder))
         settings = {k: v for k, v in _TIMEOUTS_S.items() if f"WANDB_{k.upper()}" not in os.environ}
+        if "WANDB_SILENT" not in os.environ and "WANDB_QUIET" not in os.environ:
+            settings["silent"] = True  # the harness prints where the run is in its summary
         use_environment = "WANDB_MODE" in os.environ or "WANDB_API_KEY" in os.environ
         run = wandb.init(
             project=project,
@@ -166,28 +164,31 @@ class WandbSink:
         if self._accepts(step):
             self._guarded("log", lambda: self._log(step, {k: float(v) for k, v in metrics.items()}))
 
-    def log_hard_examples(self, step: int, entries: Sequence[HardExample], stats: Any) -> None:
+    def log_hard_examples(self, step: int, entries: Sequence[HardExample], stats: GlobalStats) -> None:
         """A table of the entries, their contact sheet, and the tracker's scalars."""
         if self._accepts(step):
             self._guarded("log of hard examples", self._log_hard_examples, step, entries, stats)
 
-    def _log_hard_examples(self, step: int, entries: Sequence[HardExample], stats: Any) -> None:
+    def _log_hard_examples(self, step: int, entries: Sequence[HardExample], stats: GlobalStats) -> None:
         import wandb
 
         table = wandb.Table(columns=list(TABLE_COLUMNS))
         for entry in entries:
             table.add_data(wandb.Image(np.asarray(entry.image)), float(entry.loss), int(entry.step),
                            int(entry.host), int(entry.sample_id), entry.lang_action, entry.prompt)
-        threshold = _stat(stats, "threshold")
-        sheet = render_contact_sheet(entries, step=step, threshold=threshold)
+        sheet = render_contact_sheet(entries, step=step, threshold=stats.threshold)
         data = {
             "hard_examples/table": table,
             "hard_examples/contact_sheet": wandb.Image(sheet.image, caption=f"step {step}"),
-            "hard_examples/num_entries": int(_stat(stats, "num_entries")),
-            "hard_examples/total_samples": int(_stat(stats, "total_samples")),
+            "hard_examples/num_entries": len(entries),
+            "hard_examples/total_samples": int(stats.num_samples),
+            "hard_examples/num_high_loss": int(stats.num_high_loss),
+            "hard_examples/num_hosts": int(stats.num_hosts),
         }
-        if threshold is not None:
-            data["hard_examples/threshold"] = float(threshold)
+        for name in ("threshold", "loss_mean", "loss_max"):
+            value = getattr(stats, name)
+            if value is not None:
+                data[f"hard_examples/{name}"] = float(value)
         self._log(step, data)
 
     def log_summary(self, summary: Mapping[str, Any]) -> None:

@@ -21,7 +21,7 @@ from harness.data import MockDataset
 from harness.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, host_local_rows, make_global_batch, make_mesh
 from harness.model import per_sample_outputs
 from harness.train import data_spec
-from harness.train_step import init_state, make_train_step, model_spec
+from harness.train_step import TrainState, init_state, make_train_step, model_spec, state_shardings
 
 CONFIG = TrainConfig(batch_size=16, image_size=32, hidden_dim=32, seq_len=64, warmup_steps=5,
                      fsdp_devices=8, use_wandb=False)
@@ -48,24 +48,64 @@ def eval_loss():
     return jax.jit(lambda params, batch: per_sample_outputs(params, batch, spec, jax.random.PRNGKey(0))[0])
 
 
+@dataclasses.dataclass
+class Trained:
+    initial_state: TrainState   # host copies
+    final_params: dict
+    losses: list[float]
+    layout_before: dict         # tree name -> leaf name -> (spec, shard shapes)
+    layout_after: dict
+    params_donated: bool
+    first_step_metrics: dict    # per_sample_loss spec and host-local sample ids
+
+
+def _layout(state: TrainState) -> dict:
+    """Where every leaf lives: its PartitionSpec and the shapes of its 8 device shards."""
+    mu, nu = _adam_moments(state.opt_state)
+    trees = {"params": state.params, "mu": mu, "nu": nu,
+             "scalars": {"step": state.step, "rng": state.rng}}
+    return {
+        tree_name: {name: (leaf.sharding.spec, [s.data.shape for s in leaf.addressable_shards])
+                    for name, leaf in tree.items()}
+        for tree_name, tree in trees.items()
+    }
+
+
+def _adam_moments(opt_state):
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+             if isinstance(s, optax.ScaleByAdamState)]
+    assert len(found) == 1
+    return found[0].mu, found[0].nu
+
+
 @pytest.fixture(scope="module")
-def trained():
-    """Initial params and params after 40 steps on the 8-device FSDP mesh."""
+def trained() -> Trained:
+    """40 steps on the 8-device FSDP mesh (fsdp=8), the module's one real training run."""
     mesh = make_mesh(CONFIG.fsdp_devices)
     state = init_state(CONFIG, mesh)
-    initial = jax.device_get(state.params)
+    initial_state, layout_before = jax.device_get(state), _layout(state)
+    first_params = state.params
     step = make_train_step(CONFIG, mesh)
     dataset = MockDataset(data_spec(CONFIG), CONFIG.seed)
+    losses, first = [], {}
     for i in range(40):
         state, metrics = step(state, make_global_batch(dataset.batch_at(i), mesh))
-        float(metrics["loss"])  # block: bounded steps in flight (ENVIRONMENT.md rendezvous abort)
-    return initial, jax.device_get(state.params)
+        losses.append(float(metrics["loss"]))  # blocks: bounded steps in flight (ENVIRONMENT.md)
+        if i == 0:
+            first = {"per_sample_loss_spec": metrics["per_sample_loss"].sharding.spec,
+                     "sample_id": host_local_rows(metrics["sample_id"])}
+    return Trained(
+        initial_state=initial_state, final_params=jax.device_get(state.params), losses=losses,
+        layout_before=layout_before, layout_after=_layout(state),
+        params_donated=all(leaf.is_deleted() for leaf in first_params.values()),
+        first_step_metrics=first,
+    )
 
 
 # Model.
 
 def test_loss_depends_on_the_params(trained, eval_batch, eval_loss):
-    initial, _ = trained
+    initial = trained.initial_state.params
     batch, _ = eval_batch
     perturbed = {name: value + 0.01 for name, value in initial.items()}
 
@@ -75,7 +115,7 @@ def test_loss_depends_on_the_params(trained, eval_batch, eval_loss):
 
 
 def test_every_param_gets_a_gradient(trained, eval_batch, eval_loss):
-    initial, _ = trained
+    initial = trained.initial_state.params
     batch, _ = eval_batch
 
     grads = jax.grad(lambda params: eval_loss(params, batch).mean())(initial)
@@ -88,7 +128,7 @@ def test_every_param_gets_a_gradient(trained, eval_batch, eval_loss):
 
 
 def test_untrained_loss_separates_easy_and_hard_samples(trained, eval_batch, eval_loss):
-    initial, _ = trained
+    initial = trained.initial_state.params
     batch, hard = eval_batch
 
     loss = np.asarray(eval_loss(initial, batch))
@@ -101,7 +141,7 @@ def test_untrained_loss_separates_easy_and_hard_samples(trained, eval_batch, eva
 
 
 def test_training_lowers_easy_losses_while_hard_ones_stay_high(trained, eval_batch, eval_loss):
-    initial, final = trained
+    initial, final = trained.initial_state.params, trained.final_params
     batch, hard = eval_batch
 
     before, after = np.asarray(eval_loss(initial, batch)), np.asarray(eval_loss(final, batch))
@@ -112,7 +152,7 @@ def test_training_lowers_easy_losses_while_hard_ones_stay_high(trained, eval_bat
 
 
 def test_dropout_key_changes_the_loss_only_when_dropout_is_on(trained, eval_batch):
-    initial, _ = trained
+    initial = trained.initial_state.params
     batch, _ = eval_batch
     keys = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
 
@@ -144,54 +184,51 @@ def test_fsdp_spec_shards_the_largest_divisible_axis(shape, fsdp, expected):
     assert fsdp_spec(shape, fsdp) == expected
 
 
-def _adam_moments(opt_state):
-    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
-             if isinstance(s, optax.ScaleByAdamState)]
-    assert len(found) == 1
-    return found[0].mu, found[0].nu
+def _assert_fsdp_layout(layout: dict, shapes: dict, fsdp: int) -> None:
+    for tree_name in ("params", "mu", "nu"):
+        for name, (spec, shard_shapes) in layout[tree_name].items():
+            shape = shapes[name]
+            assert spec == fsdp_spec(shape, fsdp), (tree_name, name)
+            assert FSDP_AXIS in spec, (tree_name, name)  # hidden 32, vocab 256: all divide by 8
+            axis = list(spec).index(FSDP_AXIS)
+            one_slice = shape[:axis] + (shape[axis] // fsdp,) + shape[axis + 1:]
+            assert shard_shapes == [one_slice] * 8, (tree_name, name)  # 1/fsdp on each device
+
+
+def test_params_and_adam_moments_are_sharded_over_fsdp_8(trained):
+    shapes = {name: leaf.shape for name, leaf in trained.initial_state.params.items()}
+
+    _assert_fsdp_layout(trained.layout_before, shapes, 8)
+    assert trained.layout_after == trained.layout_before  # the step keeps the layout
+
+
+@pytest.fixture(scope="module")
+def fsdp_2_layout():
+    mesh = make_mesh(2)
+    state = init_state(CONFIG.replace(fsdp_devices=2), mesh)
+    return dict(mesh.shape), _layout(state), {n: leaf.shape for n, leaf in state.params.items()}
+
+
+def test_params_and_adam_moments_are_sharded_over_fsdp_2(fsdp_2_layout):
+    mesh_shape, layout, shapes = fsdp_2_layout
+
+    assert mesh_shape == {"data": 4, "fsdp": 2}
+    _assert_fsdp_layout(layout, shapes, 2)
 
 
 @pytest.mark.parametrize("fsdp", [2, 8])
-def test_params_and_adam_moments_are_sharded_over_fsdp(fsdp):
-    config = CONFIG.replace(fsdp_devices=fsdp)
-    mesh = make_mesh(fsdp)
-    state = init_state(config, mesh)
-    mu, nu = _adam_moments(state.opt_state)
+def test_step_counter_and_rng_are_replicated(trained, fsdp_2_layout, fsdp):
+    """train_step.state_shardings promises "scalars and the rng replicated"."""
+    layout = trained.layout_before if fsdp == 8 else fsdp_2_layout[1]
 
-    assert dict(mesh.shape) == {"data": 8 // fsdp, "fsdp": fsdp}
-    for tree_name, tree in (("params", state.params), ("mu", mu), ("nu", nu)):
-        for name, leaf in tree.items():
-            expected = fsdp_spec(leaf.shape, fsdp)
-            assert leaf.sharding.spec == expected, (tree_name, name)
-            shard_shapes = {s.data.shape for s in leaf.addressable_shards}
-            assert len(leaf.addressable_shards) == 8
-            if FSDP_AXIS in expected:
-                axis = list(expected).index(FSDP_AXIS)
-                want = leaf.shape[:axis] + (leaf.shape[axis] // fsdp,) + leaf.shape[axis + 1:]
-                assert shard_shapes == {want}, (tree_name, name)
-                assert {s.data.size for s in leaf.addressable_shards} == {leaf.size // fsdp}
-            else:
-                assert shard_shapes == {leaf.shape}, (tree_name, name)
-    # With hidden_dim 32 and vocab 256, every kernel and embedding divides by 8.
-    sharded = [name for name, leaf in state.params.items() if FSDP_AXIS in leaf.sharding.spec]
-    assert set(sharded) == set(state.params)
-    assert state.step.sharding.spec == P() and state.rng.sharding.spec == P()
+    assert layout["scalars"]["step"] == (P(), [()] * 8)
+    assert layout["scalars"]["rng"] == (P(), [(2,)] * 8)
 
 
-def test_train_step_keeps_the_state_layout():
-    mesh = make_mesh(8)
-    state = init_state(CONFIG, mesh)
-    specs = jax.tree.map(lambda x: x.sharding.spec, state)
-    step = make_train_step(CONFIG, mesh)
-    batch = make_global_batch(MockDataset(data_spec(CONFIG), 0).batch_at(0), mesh)
-
-    new_state, metrics = step(state, batch)
-
-    assert jax.tree.map(lambda x: x.sharding.spec, new_state) == specs
-    assert int(new_state.step) == 1
-    assert state.params["token_embed"].is_deleted()  # donated
-    assert metrics["per_sample_loss"].sharding.spec == P(BATCH_AXES)
-    assert np.array_equal(host_local_rows(metrics["sample_id"]), np.arange(16))
+def test_train_step_donates_the_state_and_returns_batch_sharded_rows(trained):
+    assert trained.params_donated
+    assert trained.first_step_metrics["per_sample_loss_spec"] == P(BATCH_AXES)
+    assert trained.first_step_metrics["sample_id"].tolist() == list(range(16))
 
 
 @pytest.mark.parametrize("fsdp", [1, 2, 8])
@@ -225,8 +262,9 @@ def test_host_local_rows_reads_each_replicated_row_once():
 INVARIANCE_STEPS = 10
 
 
-def _losses(config: TrainConfig, mesh: Mesh) -> np.ndarray:
-    state = init_state(config, mesh)
+def _losses(config: TrainConfig, mesh: Mesh, initial_state: TrainState) -> np.ndarray:
+    """Per-step losses from `initial_state` (put on the mesh's FSDP layout: no init compile)."""
+    state = jax.device_put(initial_state, state_shardings(config, mesh))
     step = make_train_step(config, mesh)
     dataset = MockDataset(data_spec(config), config.seed)
     losses = []
@@ -237,15 +275,18 @@ def _losses(config: TrainConfig, mesh: Mesh) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def single_device_losses():
+def single_device_losses(trained):
     """The oracle: the same steps on a 1x1 mesh of one device (no sharding at all)."""
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), BATCH_AXES)
-    return _losses(CONFIG.replace(fsdp_devices=1), mesh)
+    return _losses(CONFIG.replace(fsdp_devices=1), mesh, trained.initial_state)
 
 
 @pytest.mark.parametrize("fsdp", [1, 2, 4, 8])
-def test_losses_do_not_depend_on_the_mesh(single_device_losses, fsdp):
-    losses = _losses(CONFIG.replace(fsdp_devices=fsdp), make_mesh(fsdp))
+def test_losses_do_not_depend_on_the_mesh(trained, single_device_losses, fsdp):
+    if fsdp == CONFIG.fsdp_devices:  # the module's training run already did these steps
+        losses = np.asarray(trained.losses[:INVARIANCE_STEPS])
+    else:
+        losses = _losses(CONFIG.replace(fsdp_devices=fsdp), make_mesh(fsdp), trained.initial_state)
 
     relative = np.abs(losses - single_device_losses) / np.abs(single_device_losses)
     assert relative.max() <= 1e-5, (losses, single_device_losses)

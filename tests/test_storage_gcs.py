@@ -115,9 +115,14 @@ elif config["scenario"] == "resume":
         restores_bitwise(mgr, 1)
     except Exception as error:
         report["restore_uncommitted_error"] = error_report(error)
-    storage.retry_transient(
-        lambda: save_and_wait(mgr, 1), attempts=3, initial_delay=0.01, max_delay=0.05
-    )
+    attempts = []
+
+    def save_step_1():
+        attempts.append(len(attempts))
+        save_and_wait(mgr, 1)
+
+    storage.retry_transient(save_step_1, attempts=3, initial_delay=0.01, max_delay=0.05)
+    report["save_attempts"] = len(attempts)
     report["all_steps_after_save"] = list(mgr.all_steps())
     report["bitwise_resaved"] = restores_bitwise(mgr, 1)
 mgr.close()
@@ -214,7 +219,7 @@ def test_emulator_serves_epath(emulator_env: GcsEmulator, prefix: str) -> None:
 
 
 def test_fault_proxy_injects_each_fault_kind(
-    fault_proxy: FaultProxy, gcs_emulator: GcsEmulator
+    fault_proxy: FaultProxy, gcs_emulator: GcsEmulator, prefix: str
 ) -> None:
     listing = f"{fault_proxy.url}/storage/v1/b/{gcs_emulator.bucket}/o"
 
@@ -230,9 +235,21 @@ def test_fault_proxy_injects_each_fault_kind(
     assert get() == 200
 
     fault_proxy.add_rule(Fault.DROP, method="GET", count=1)
-    with pytest.raises((ConnectionError, urllib.error.URLError, OSError)):
+    with pytest.raises(ConnectionError):
         get()
     assert get() == 200
+
+    # Applied upstream, answer lost: the object exists though the client saw none.
+    fault_proxy.add_rule(Fault.DROP_AFTER_FORWARD, method="POST", count=1)
+    upload = urllib.request.Request(
+        f"{fault_proxy.url}/upload/storage/v1/b/{gcs_emulator.bucket}/o"
+        f"?uploadType=media&name={prefix}%2Flost-answer",
+        data=b"payload",
+        method="POST",
+    )
+    with pytest.raises(ConnectionError):
+        urllib.request.urlopen(upload, timeout=5)
+    assert gcs_emulator.object_names(prefix) == [f"{prefix}/lost-answer"]
 
     every_third = fault_proxy.add_rule(Fault.UNAVAILABLE, path="/o", count=None, every=3)
     statuses = []
@@ -243,7 +260,7 @@ def test_fault_proxy_injects_each_fault_kind(
             statuses.append(error.code)
     assert statuses == [200, 200, 503, 200, 200, 503]
     assert every_third.injected == 2
-    assert fault_proxy.fault_counts() == {"503": 4, "drop": 1}
+    assert fault_proxy.fault_counts() == {"503": 4, "drop": 1, "drop_after_forward": 1}
 
 
 # --- orbax on gs:// -----------------------------------------------------------
@@ -306,6 +323,7 @@ def test_failed_save_is_never_resumed_and_can_be_redone(
     assert resumed["latest_step"] == 0
     assert resumed["bitwise_latest"]
     assert not resumed["restore_uncommitted_error"]["transient"]
+    assert resumed["save_attempts"] == 2
     assert resumed["all_steps_after_save"] == [0, 1]
     assert resumed["bitwise_resaved"]
     assert fault_proxy.injected() == 4

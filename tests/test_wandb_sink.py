@@ -5,25 +5,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from harness.pictures import render_contact_sheet
+from harness.hard_examples.merge import GlobalStats
 from harness.wandb_sink import RUN_ID_FILE, TABLE_COLUMNS, WandbSink
 from tests.support.wandb_offline import read_offline_run
 from tests.test_pictures import make_entries
 
 REPO = Path(__file__).resolve().parents[1]
-STATS = {"threshold": 7.5, "num_entries": 4, "total_samples": 640, "num_hosts": 2,
-         "loss_mean": 2.5, "loss_max": 9.0}
+STATS = GlobalStats(num_hosts=2, first_step=0, last_step=19, num_samples=640, num_nonfinite=0,
+                    num_high_loss=70, loss_mean=2.5, loss_max=9.0, loss_min=0.3, threshold=7.5)
 
 
 @pytest.fixture
@@ -122,7 +124,7 @@ def test_resume_continues_the_same_run_and_skips_old_steps(wandb_env, caplog):
     resumed = make_sink(run_dir, resume=True)
     resumed.log_metrics(5, {"loss": 1.4})
     resumed.log_metrics(6, {"loss": 1.3})
-    resumed.log_hard_examples(6, [], SimpleNamespace(**{**STATS, "threshold": None, "num_entries": 0}))
+    resumed.log_hard_examples(6, [], dataclasses.replace(STATS, threshold=None))
     resumed.finish()
     assert not sink_warnings(caplog)
     assert resumed.run_id == first.run_id and resumed.run_path != first.run_path
@@ -196,6 +198,7 @@ def test_other_hosts_and_no_wandb_never_import_wandb(tmp_path):
     script = f"""
 import sys
 from pathlib import Path
+from harness.hard_examples.merge import GlobalStats
 from harness.wandb_sink import WandbSink
 from tests.test_pictures import make_entries
 for enabled, is_primary in ((False, True), (True, False)):
@@ -203,7 +206,7 @@ for enabled, is_primary in ((False, True), (True, False)):
     sink = WandbSink(enabled=enabled, project="p", run_name=None, run_dir=run_dir, config={{}},
                      is_primary=is_primary, resume=True)
     sink.log_metrics(0, {{"loss": 1.0}})
-    sink.log_hard_examples(0, make_entries(1), {{"threshold": None, "num_entries": 1, "total_samples": 1}})
+    sink.log_hard_examples(0, make_entries(1), GlobalStats(1, 0, 0, 1, 0, 0, 1.0, 1.0, 1.0, None))
     sink.log_summary({{"x": 1}})
     sink.finish()
     assert sink.run_id is None and not run_dir.exists(), run_dir

@@ -1,0 +1,122 @@
+"""Everything a run writes besides checkpoints, in one place.
+
+Console lines and the progress bar, `metrics.jsonl`, wandb, the optional per-sample loss
+record, hard-example contact sheets, and at the end the loss curve and a summary. Every
+host makes every call; the host-0 checks live inside each sink.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+from harness.config import TrainConfig
+from harness.hard_examples.gather import GatherResult
+from harness.pictures import save_contact_sheet, save_loss_curve
+from harness.progress import Progress
+from harness.sinks import Console, MetricsFile, PerSampleLossFile, format_metrics_line, read_metrics
+from harness.wandb_sink import WandbSink
+
+_INTERVAL_FILE = re.compile(r"step_(\d+)\.json$")
+
+
+@dataclasses.dataclass
+class RunSummary:
+    start_step: int
+    end_step: int
+    wall_time_s: float
+    checkpoints: list[int]
+    run_dir: str
+    checkpoint_dir: str
+    final_metrics: dict[str, float]
+    hard_example_intervals: int = 0
+    preempted: bool = False
+
+    @property
+    def steps_run(self) -> int:
+        return self.end_step - self.start_step
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps_run / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+
+class RunOutputs:
+    def __init__(self, config: TrainConfig, console: Console, *, start_step: int):
+        self.config = config
+        self.console = console
+        self.run_dir = Path(config.run_dir)
+        primary = console.is_primary
+        self.metrics_file = MetricsFile(self.run_dir / "metrics.jsonl", is_primary=primary, start_step=start_step)
+        self.loss_record = (
+            PerSampleLossFile(self.run_dir / "per_sample_losses.jsonl", is_primary=primary, start_step=start_step)
+            if config.record_per_sample_losses else None
+        )
+        self.wandb = WandbSink(
+            enabled=config.use_wandb, project=config.wandb_project,
+            run_name=config.wandb_run_name or None, run_dir=self.run_dir,
+            config=dataclasses.asdict(config), is_primary=primary,
+            resume=config.resume and start_step > 0,
+        )
+        self.progress = Progress(is_primary=primary, total=config.num_train_steps, initial=start_step)
+        console.attach(self.progress)
+
+    def step_finished(self, step: int, scalars: Mapping[str, float], metrics: Mapping[str, Any], *, log: bool) -> None:
+        """Per finished step; `metrics` holds the device arrays (for the loss record)."""
+        self.progress.advance(scalars["loss"])
+        if self.loss_record is not None:
+            self.loss_record.write(step, metrics["sample_id"], metrics["per_sample_loss"])
+        if log:
+            rate = self.progress.rate_since_last(step)
+            self.console.print(format_metrics_line(step, scalars, steps_per_s=rate))
+            self.metrics_file.write(step, scalars)
+            self.wandb.log_metrics(step, scalars)
+
+    def hard_examples_logged(self, result: GatherResult) -> None:
+        """Reporter sink, called on process 0 only: contact sheet PNG and wandb table."""
+        sheet = self.run_dir / "hard_examples" / f"step_{result.step}.png"
+        save_contact_sheet(result.examples, sheet, step=result.step, threshold=result.stats.threshold)
+        self.wandb.log_hard_examples(result.step, result.examples, result.stats)
+
+    def hard_example_steps(self) -> list[int]:
+        """Every interval logged in this run dir (before a resume too)."""
+        folder = self.run_dir / "hard_examples"
+        found = (_INTERVAL_FILE.search(p.name) for p in folder.glob("step_*.json")) if folder.exists() else ()
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def finish(self, summary: RunSummary) -> None:
+        self.progress.close()
+        if self.console.is_primary:
+            metrics_path = self.run_dir / "metrics.jsonl"
+            rows = read_metrics(metrics_path) if metrics_path.exists() else []
+            save_loss_curve(rows, self.run_dir / "loss_curve.png", hard_example_steps=self.hard_example_steps())
+        for line in summary_lines(summary, self):
+            self.console.print(line)
+        self.wandb.log_summary({
+            "steps_run": summary.steps_run, "wall_time_s": summary.wall_time_s,
+            "steps_per_s": summary.steps_per_s, "preempted": summary.preempted,
+        })
+        self.wandb.finish()
+
+
+def summary_lines(summary: RunSummary, outputs: RunOutputs) -> list[str]:
+    run_dir = outputs.run_dir
+    checkpoints = ", ".join(map(str, summary.checkpoints)) or "none"
+    if outputs.wandb.url:
+        wandb_line = outputs.wandb.url
+    elif outputs.wandb.run_path:
+        wandb_line = f"{outputs.wandb.run_path} (offline; upload with: wandb sync {outputs.wandb.run_path})"
+    else:
+        wandb_line = "off"
+    return [
+        "Summary:",
+        f"  Steps: {summary.start_step} -> {summary.end_step} ({summary.steps_run} run)",
+        f"  Wall time: {summary.wall_time_s:.1f} s ({summary.steps_per_s:.1f} steps/s)",
+        f"  Checkpoints written: {checkpoints} in {summary.checkpoint_dir}",
+        f"  Hard-example intervals logged: {summary.hard_example_intervals}"
+        + (f" (pictures and JSON in {run_dir / 'hard_examples'})" if summary.hard_example_intervals else ""),
+        f"  Metrics: {run_dir / 'metrics.jsonl'}; loss curve: {run_dir / 'loss_curve.png'}",
+        f"  wandb: {wandb_line}",
+    ]
