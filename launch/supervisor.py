@@ -167,16 +167,22 @@ class Supervisor:
         `stdin_data` is written to its stdin, which is then closed (stdin is /dev/null
         otherwise); `log_path` receives its stdout and stderr lines without the prefix.
         """
-        process = subprocess.Popen(
-            list(argv),
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        # Opened first: a process must never run before it is registered for cleanup.
         log = open(log_path, "w", encoding="utf-8") if log_path is not None else None
+        try:
+            process = subprocess.Popen(
+                list(argv),
+                env=env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except BaseException:
+            if log is not None:
+                log.close()
+            raise
         prefix = f"[{label}] "
         relays = [
             threading.Thread(

@@ -195,8 +195,12 @@ _ROOT = '"$HOME/podharness"'
 _PIDFILE = '"$HOME/podharness/harness.pid"'
 
 
+def _stop_marker_name(run_id: str) -> str:
+    return shlex.quote(f"stop-{run_id}")
+
+
 def _stop_marker(run_id: str) -> str:
-    return f'"$HOME/podharness/stop-"{shlex.quote(run_id)}'
+    return f"{_ROOT}/{_stop_marker_name(run_id)}"
 
 
 def _stop_harness_statements(kill_grace: float) -> list[str]:
@@ -207,9 +211,9 @@ def _stop_harness_statements(kill_grace: float) -> list[str]:
     """
     ticks = max(1, round(kill_grace * 10))
     return [
-        'alive() { [ -d "/proc/$1" ] && ! grep -qs \'^State:[[:space:]]*Z\' "/proc/$1/status"; }',
+        'alive() { [ -d "/proc/$1" ] && ! grep -qs "^State:[[:space:]]*Z" "/proc/$1/status"; }',
         f'if [ -f {_PIDFILE} ]; then pid="$(cat {_PIDFILE})";'
-        """ if grep -qas 'harness[.]train' "/proc/$pid/cmdline"; then"""
+        ' if grep -qas "harness[.]train" "/proc/$pid/cmdline"; then'
         ' echo "podharness: stopping harness process $pid" >&2;'
         ' kill -TERM "$pid" 2>/dev/null || true;'
         f' for _ in $(seq {ticks}); do alive "$pid" || break; sleep 0.1; done;'
@@ -234,7 +238,7 @@ def _python_setup_statements(python: str | None) -> list[str]:
         return [f"python={shlex.quote(python)}"]
     return [
         f"[ -x {_ROOT}/venv/bin/python ] || python3 -m venv {_ROOT}/venv",
-        f"{_ROOT}/venv/bin/pip install -q -e {shlex.quote('.[tpu]')}",
+        f'{_ROOT}/venv/bin/pip install -q -e ".[tpu]"',
         f"python={_ROOT}/venv/bin/python",
     ]
 
@@ -242,7 +246,8 @@ def _python_setup_statements(python: str | None) -> list[str]:
 def launch_script(run: RemoteRun) -> str:
     """Bash for each worker: stop a stale harness, unpack, set up python, exec the harness.
 
-    One line (statements joined by '; ') so a dry run prints one command per line.
+    One line (statements joined by '; ') so a dry run prints one command per line; the
+    scripts quote with double quotes only, so quoting them for --command stays readable.
     """
     archive = f'"$HOME"/{shlex.quote(remote_archive_name(run.deploy_id))}'
     code_dir = f"{_ROOT}/{shlex.quote(run.deploy_id)}"
@@ -253,7 +258,7 @@ def launch_script(run: RemoteRun) -> str:
         "set -euo pipefail",
         *(read_key if run.wandb_key_on_stdin else []),
         f"mkdir -p {_ROOT}",
-        f"find {_ROOT} -maxdepth 1 -name 'stop-*' ! -name {shlex.quote('stop-' + run.run_id)} -delete",
+        f'find {_ROOT} -maxdepth 1 -name "stop-*" ! -name {_stop_marker_name(run.run_id)} -delete',
         *_stop_harness_statements(run.kill_grace),
         f"rm -rf {code_dir}",
         f"mkdir -p {code_dir}",
@@ -433,7 +438,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         help="seconds the harness gets to exit after SIGTERM (default: 60)",
     )
     parser.add_argument(
-        "--timeout", type=float, help="seconds before the launch is stopped (default: none)"
+        "--timeout", type=float, help="seconds the workers may run before they are stopped (default: none)"
     )
     parser.add_argument(
         "--repo", type=Path, default=Path("."), help="repository to ship (default: the current one)"

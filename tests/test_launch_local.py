@@ -5,6 +5,7 @@ The children are small Python programs, not jax: what is tested is the supervisi
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -20,13 +21,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 30
 
 
-def launch(*args: str, timeout: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
+def launch_argv(flags: str, command: list[str]) -> list[str]:
+    """`python -m launch.local FLAGS -- COMMAND`."""
+    return [sys.executable, "-m", "launch.local", *shlex.split(flags), "--", *command]
+
+
+def launch(flags: str, command: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "launch.local", *args],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        launch_argv(flags, command), cwd=REPO_ROOT, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
     )
 
 
@@ -84,7 +86,7 @@ def test_each_host_gets_its_id_and_the_shared_coordinator(monkeypatch: pytest.Mo
         print(json.dumps({name: os.environ.get(name) for name in names}))
         """
     )
-    result = launch("--num_processes", "3", "--devices_per_process", "4", "--", *child)
+    result = launch("--num_processes 3 --devices_per_process 4", child)
     assert result.returncode == 0, result.stderr
     envs = {}
     for line in result.stdout.splitlines():
@@ -112,7 +114,7 @@ def test_every_line_is_prefixed_on_its_own_stream_including_a_final_partial_line
         sys.stdout.write(f"one {i}\\ntwo {i}")
         """
     )
-    result = launch("--num_processes", "2", "--devices_per_process", "1", "--", *child)
+    result = launch("--num_processes 2 --devices_per_process 1", child)
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.splitlines()) == [
         "[host 0] one 0",
@@ -135,9 +137,7 @@ def test_a_failing_host_stops_the_others_quickly(reap_pids: Path) -> None:
         """
     )
     started = time.monotonic()
-    result = launch(
-        "--num_processes", "3", "--devices_per_process", "1", "--kill_grace", "2", "--", *child
-    )
+    result = launch("--num_processes 3 --devices_per_process 1 --kill_grace 2", child)
     assert time.monotonic() - started < 10
     assert result.returncode == 3
     assert "launch.local: host 1 failed (exit code 3)" in result.stderr
@@ -153,9 +153,7 @@ def test_a_host_killed_by_a_signal_is_reported_as_such() -> None:
         time.sleep(600)
         """
     )
-    result = launch(
-        "--num_processes", "2", "--devices_per_process", "1", "--kill_grace", "2", "--", *child
-    )
+    result = launch("--num_processes 2 --devices_per_process 1 --kill_grace 2", child)
     assert result.returncode == 128 + signal.SIGKILL
     assert "launch.local: host 0 failed (killed by SIGKILL)" in result.stderr
 
@@ -174,17 +172,7 @@ def test_sigterm_is_forwarded_and_hosts_that_exit_cleanly_mean_success(tmp_path:
         """
     )
     launcher = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "launch.local",
-            "--num_processes",
-            "2",
-            "--devices_per_process",
-            "1",
-            "--",
-            *child,
-        ],
+        launch_argv("--num_processes 2 --devices_per_process 1", child),
         cwd=REPO_ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -236,24 +224,13 @@ def test_timeout_kills_everything_and_names_the_hosts_still_running() -> None:
         """
     )
     started = time.monotonic()
-    result = launch(
-        "--num_processes",
-        "3",
-        "--devices_per_process",
-        "1",
-        "--timeout",
-        "2",
-        "--kill_grace",
-        "1",
-        "--",
-        *child,
-    )
+    result = launch("--num_processes 3 --devices_per_process 1 --timeout 2 --kill_grace 1", child)
     assert time.monotonic() - started < 10
     assert result.returncode == 124
     assert "launch.local: timed out after 2s; still running: host 1, host 2" in result.stderr
 
 
 def test_a_missing_command_is_a_clear_error() -> None:
-    result = launch("--num_processes", "2", "--devices_per_process", "1", "--", "/nonexistent/command")
+    result = launch("--num_processes 2 --devices_per_process 1", ["/nonexistent/command"])
     assert result.returncode == 127
     assert "cannot start '/nonexistent/command'" in result.stderr

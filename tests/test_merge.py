@@ -18,7 +18,7 @@ from harness.hard_examples.entry import Candidate, IntervalStats
 from harness.hard_examples.merge import merge_round_robin, merge_stats
 from tests.support.oracles import merge_oracle, merge_stats_oracle
 
-FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Few distinct losses so ties decide a lot; -0.0 equals 0.0.
 TIED_LOSS = st.sampled_from([0.0, -0.0, 0.5, 1.0, 1.0, 2.0, 3.5, 100.0, -2.0])
 

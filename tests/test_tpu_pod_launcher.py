@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -191,6 +192,11 @@ def run_launcher(
     )
 
 
+def fake_pod_flags(repo: Path, log_dir: Path) -> list[str]:
+    """Launcher flags of every fake-pod run: what to ship, where logs go, no venv set-up."""
+    return ["--repo", str(repo), "--log_dir", str(log_dir), "--python", sys.executable, "--kill_grace", "5"]
+
+
 def assert_secret_not_on_disk(*roots: Path) -> None:
     for root in roots:
         for path in root.rglob("*"):
@@ -256,19 +262,14 @@ def run_pod_and_check(checkout: PodCheckout, pod: FakePod, tmp_path: Path) -> No
     """Launch `checkout` on `pod` (workers counted by describe); every worker must succeed."""
     log_dir = tmp_path / "logs"
     env = {**pod.env, "WANDB_API_KEY": SECRET}
-    flags = (
-        "--repo",
-        str(checkout.repo),
-        "--log_dir",
-        str(log_dir),
-        "--python",
-        sys.executable,
-        "--kill_grace",
-        "5",
-    )
+    flags = fake_pod_flags(checkout.repo, log_dir)
     result = run_launcher(pod, *flags, *checkout.launcher_flags, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"shipping commit {git(checkout.repo, 'rev-parse', 'HEAD')}" in result.stdout
+    # Read back rather than asked of git: the repository may get new commits meanwhile.
+    shipped = re.search(r"shipping commit ([0-9a-f]{40})", result.stdout)
+    assert shipped, result.stdout
+    deploy_ids = [path.name for path in (pod.root / "worker-0" / "podharness").iterdir() if path.is_dir()]
+    assert [deploy_id.removesuffix("-dirty") for deploy_id in deploy_ids] == [shipped[1]]
     verbs = [argv[3] for argv in pod.calls()]
     assert verbs == ["scp", "describe"] + ["ssh"] * pod.num_workers
     assert sorted(argv[9] for argv in pod.ssh_calls()) == [
@@ -303,24 +304,8 @@ def test_a_failing_worker_stops_the_others(make_fake_pod: MakePod, tmp_path: Pat
     pod = make_fake_pod()
     checkout = standin_checkout(tmp_path)
     started = time.monotonic()
-    result = run_launcher(
-        pod,
-        "--repo",
-        str(checkout.repo),
-        "--log_dir",
-        str(tmp_path / "logs"),
-        "--python",
-        sys.executable,
-        "--num_workers",
-        "3",
-        "--kill_grace",
-        "5",
-        "--preset",
-        "smoke",
-        "--",
-        "--hold",
-        "--fail_worker=1",
-    )
+    flags = shlex.split("--num_workers 3 --preset smoke -- --hold --fail_worker=1")
+    result = run_launcher(pod, *fake_pod_flags(checkout.repo, tmp_path / "logs"), *flags)
     assert time.monotonic() - started < 30
     assert result.returncode == 3, result.stdout + result.stderr
     assert "launch.tpu_pod: worker 1 failed (exit code 3)" in result.stderr
@@ -335,21 +320,9 @@ def test_sigterm_stops_the_harness_on_every_worker_gracefully(
     """Preemption through the pod launcher: the harness gets SIGTERM remotely and exits 0."""
     pod = make_fake_pod(num_workers=2)
     checkout = standin_checkout(tmp_path)
+    flags = [*fake_pod_flags(checkout.repo, tmp_path / "logs"), "--num_workers", "2", "--", "--hold"]
     launcher = subprocess.Popen(
-        launcher_argv(
-            "--repo",
-            str(checkout.repo),
-            "--log_dir",
-            str(tmp_path / "logs"),
-            "--python",
-            sys.executable,
-            "--num_workers",
-            "2",
-            "--kill_grace",
-            "5",
-            "--",
-            "--hold",
-        ),
+        launcher_argv(*flags),
         cwd=REPO_ROOT,
         env=pod.env,
         stdout=subprocess.PIPE,
@@ -386,19 +359,8 @@ def test_a_stale_harness_from_an_earlier_launch_is_stopped(
     )
     try:
         (deploy_root / "harness.pid").write_text(str(stale.pid))
-        result = run_launcher(
-            pod,
-            "--repo",
-            str(checkout.repo),
-            "--log_dir",
-            str(tmp_path / "logs"),
-            "--python",
-            sys.executable,
-            "--num_workers",
-            "1",
-            "--kill_grace",
-            "5",
-        )
+        flags = fake_pod_flags(checkout.repo, tmp_path / "logs")
+        result = run_launcher(pod, *flags, "--num_workers", "1")
         assert result.returncode == 0, result.stdout + result.stderr
         assert stale.wait(timeout=10) == -signal.SIGTERM
         assert f"stopping harness process {stale.pid}" in result.stderr
@@ -414,20 +376,8 @@ def test_dry_run_prints_scp_then_one_ssh_per_worker_with_the_key_masked(
     repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
     commit = git(repo, "rev-parse", "HEAD")
     env = {**pod.env, "WANDB_API_KEY": SECRET}
-    result = run_launcher(
-        pod,
-        "--repo",
-        str(repo),
-        "--num_workers",
-        "2",
-        "--preset",
-        "smoke",
-        "--dry-run",
-        "--",
-        "--steps=3",
-        "--note=a b",
-        env=env,
-    )
+    flags = ["--num_workers", "2", "--preset", "smoke", "--dry-run", "--", "--steps=3", "--note=a b"]
+    result = run_launcher(pod, "--repo", str(repo), *flags, env=env)
     assert result.returncode == 0, result.stderr
     assert SECRET not in result.stdout + result.stderr
     assert "WANDB_API_KEY=***" in result.stdout

@@ -12,19 +12,21 @@ import pytest
 
 from harness.checkpoint import existing_steps
 from harness.sinks import SCALAR_METRICS, MetricsFile, format_metrics_line, itstime, read_metrics
-from tests.support.runs import run_harness
+from tests.support.runs import compile_cache_env, harness_env, run_harness
 
 NUMBER = r"-?\d+\.\d{4}"
 STEP_LINE = re.compile(
     r"Step +(\d+): " + ", ".join(f"{name}=({NUMBER})" for name in SCALAR_METRICS)
+    + r"( \[\d+\.\d steps/s\])?"  # the step rate since the previous line; not on the first
 )
 
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
+    env = harness_env(**compile_cache_env(tmp_path_factory.getbasetemp() / "jax_compile_cache"))
     result = run_harness(["--config", "smoke", "--checkpoint_dir", str(root / "ckpt"),
-                          "--run_dir", str(root / "run")], timeout=180)
+                          "--run_dir", str(root / "run")], timeout=180, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     return root, result
 
@@ -51,11 +53,13 @@ def test_console_shows_banner_metric_lines_and_completion(smoke_run):
     assert [STEP_LINE.fullmatch(line) is not None for line in step_lines] == [True] * 4, step_lines
     # Every log_interval (4) steps from 0, and the last step.
     assert step_lines[0].startswith("Step    0: loss=")
+    assert STEP_LINE.fullmatch(step_lines[0]).group(7) is None
     assert [int(STEP_LINE.fullmatch(line).group(1)) for line in step_lines] == [0, 4, 8, 11]
     start = lines.index("Starting training loop...")
     complete = lines.index("Training complete!")
     assert start < lines.index(step_lines[0]) and lines.index(step_lines[-1]) < complete
-    assert lines[complete - 1] == lines[complete + 1] == "=" * 80
+    assert lines[complete - 1] == lines[-1] == "=" * 80
+    assert lines[complete + 1:complete + 3] == ["Summary:", "  Steps: 0 -> 12 (12 run)"]
     assert "Traceback" not in result.stderr
 
 
@@ -69,7 +73,7 @@ def test_metrics_file_has_one_full_precision_row_per_printed_line(smoke_run):
     for row, match in zip(rows, printed):
         assert list(row) == ["step", *SCALAR_METRICS]
         assert all(isinstance(row[name], float) for name in SCALAR_METRICS)
-        assert [f"{row[name]:.4f}" for name in SCALAR_METRICS] == list(match.groups()[1:])
+        assert [f"{row[name]:.4f}" for name in SCALAR_METRICS] == list(match.groups()[1:6])
         # Full precision, not the rounded console value (float32 values have ~7 digits).
         assert any(len(repr(row[name]).split(".")[1]) > 4 for name in SCALAR_METRICS)
         assert 0.0 <= row["token_acc"] <= 1.0
@@ -95,13 +99,12 @@ def test_itstime(step, every, last, expected):
 
 def test_metrics_line_format():
     metrics = {"loss": 2.34198, "grad_norm": 0.83351, "param_norm": 21.148115,
-               "token_acc": 0.0057, "max_per_sample_loss": 9.53475}
+               "token_acc": 0.0057, "max_per_sample_loss": 9.53471}
+    fields = ("loss=2.3420, grad_norm=0.8335, param_norm=21.1481, token_acc=0.0057, "
+              "max_per_sample_loss=9.5347")
 
-    assert format_metrics_line(0, metrics) == (
-        "Step    0: loss=2.3420, grad_norm=0.8335, param_norm=21.1481, token_acc=0.0057, "
-        "max_per_sample_loss=9.5347"
-    )
-    assert format_metrics_line(12345, metrics).startswith("Step 12345: loss=")
+    assert format_metrics_line(0, metrics) == f"Step    0: {fields}"
+    assert format_metrics_line(12345, metrics, steps_per_s=31.26) == f"Step 12345: {fields} [31.3 steps/s]"
 
 
 def test_metrics_file_on_resume_keeps_earlier_rows_and_drops_a_torn_line(tmp_path):

@@ -25,7 +25,9 @@ checks per host. `host` is sent once and given back to every entry (and the stat
 Decoding treats the bytes as hostile: the size is checked before unpacking, msgpack's
 own limits bound every allocation, and then every field is checked for its exact type
 (an int is not a float, a bool is not an int) and a sane value (finite losses, ids and
-steps in [0, 2**63), texts of at most `MAX_TEXT_CHARS`). Any failure, truncation and
+steps in [0, 2**63), texts of at most `MAX_TEXT_CHARS`, stats that hang together, no
+sample_id twice). Our encoder always writes floats as floats, so an int where a float
+belongs means a foreign or broken writer and is refused. Any failure, truncation and
 trailing bytes included, raises `PayloadError` naming the source, the place and the
 problem. `encode_payload` runs the same checks first, so a host can't send what the
 others would reject.

@@ -48,7 +48,8 @@ class HardExampleTracker:
     Order is loss descending, ties by sample_id ascending; a sample seen again keeps its
     higher loss. Masked samples are ignored; NaN/inf losses are counted, never buffered.
     `resize_hw` is the (height, width) of each camera's thumbnail; losses strictly above
-    `high_loss_threshold` count as high-loss in the stats.
+    `high_loss_threshold` count as high-loss in the stats. The cameras (names and order)
+    must stay the same for the tracker's whole life.
     """
 
     def __init__(
@@ -93,7 +94,8 @@ class HardExampleTracker:
         """Folds one step into the stats and the buffer.
 
         `per_sample_losses[i]` belongs to the batch row whose `sample_id` is
-        `sample_ids[i]`; rows may come back from the device in any order.
+        `sample_ids[i]`; rows may come back from the device in any order, but every
+        batch row must come back exactly once (else ValueError, and nothing changes).
         """
         losses = np.asarray(per_sample_losses, dtype=np.float64)
         ids = np.asarray(sample_ids)

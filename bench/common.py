@@ -1,0 +1,50 @@
+"""Shared benchmark helpers: interleaved repetitions and child-process measurement."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process run to completion.
+
+    Peak RSS comes from wait4's rusage of that child alone (not the benchmark process).
+    """
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = started + timeout
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            process.kill()
+            raise TimeoutError(f"{argv} ran past {timeout} s")
+        time.sleep(0.01)
+    wall = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{argv} exited {code}: {process.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024.0
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("WANDB_MODE", "offline")
+    env.update(extra)
+    return env
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,108 @@
+"""Harness steady-state step time vs a bare jitted loop (same model, batch, mesh).
+
+    python -m bench.step_overhead [--steps 60 --repeats 3]
+
+Both run on 8 fake CPU devices with FSDP over all of them, batch 16, in the same
+process, alternating (bare, harness, bare, harness, ...) so machine noise hits both.
+The harness side is the real `Trainer` (data generation, global batch assembly, metric
+readback, logging, hard-example tracking), with checkpoints and hard-example gathers
+pushed past the end: those are measured in their own benchmarks. Steady state: the
+first 10 steps of each block (compilation) are not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+import time
+
+import jax
+
+WARMUP = 10
+
+
+def bare_block(config, steps: int) -> float:
+    """Seconds per step of a plain jitted loop on one pre-built global batch, with the
+    same bound on steps in flight as the harness (ENVIRONMENT.md's CPU hang)."""
+    from harness.mesh import make_global_batch, make_mesh
+    from harness.train import data_spec
+    from harness.data import MockDataset
+    from harness.train_step import init_state, make_train_step
+
+    mesh = make_mesh(config.fsdp_devices)
+    state = init_state(config, mesh)
+    step_fn = make_train_step(config, mesh)
+    batch = make_global_batch(MockDataset(data_spec(config), config.seed).batch_at(0), mesh)
+    in_flight: collections.deque = collections.deque()
+    start = 0.0
+    for step in range(steps):
+        if step == WARMUP:
+            jax.block_until_ready(in_flight[-1]["loss"])
+            in_flight.clear()
+            start = time.perf_counter()
+        state, metrics = step_fn(state, batch)
+        in_flight.append(metrics)
+        if len(in_flight) >= config.max_steps_in_flight:
+            float(in_flight.popleft()["loss"])
+    while in_flight:
+        float(in_flight.popleft()["loss"])
+    return (time.perf_counter() - start) / (steps - WARMUP)
+
+
+def harness_block(config, steps: int) -> float:
+    """Seconds per step of the real training loop, timed between finished steps."""
+    from harness import run_outputs
+    from harness.train import Trainer
+
+    stamps: dict[int, float] = {}
+    original = run_outputs.RunOutputs.step_finished
+
+    def timed(self, step, scalars, metrics, *, log):
+        original(self, step, scalars, metrics, log=log)
+        stamps[step] = time.perf_counter()
+
+    run_outputs.RunOutputs.step_finished = timed
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            Trainer(config.replace(num_train_steps=steps, checkpoint_dir=f"{tmp}/ckpt", run_dir=f"{tmp}/run")).run()
+    finally:
+        run_outputs.RunOutputs.step_finished = original
+    return (stamps[steps - 1] - stamps[WARMUP - 1]) / (steps - WARMUP)
+
+
+def measure(steps: int, repeats: int) -> dict:
+    from harness.config import TrainConfig
+
+    config = TrainConfig(
+        batch_size=16, fsdp_devices=8, save_interval=10**6, hard_example_log_interval=10**6,
+        log_interval=10, use_wandb=False, num_train_steps=steps,
+    )
+    bare, harness = [], []
+    for _ in range(repeats):
+        bare.append(bare_block(config, steps))
+        harness.append(harness_block(config, steps))
+    ratios = [h / b for h, b in zip(harness, bare)]
+    return {
+        "bare_step_ms": [round(1e3 * b, 2) for b in bare],
+        "harness_step_ms": [round(1e3 * h, 2) for h in harness],
+        "ratio_per_pair": [round(r, 3) for r in ratios],
+        "ratio_median": round(sorted(ratios)[len(ratios) // 2], 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", 8)
+    result = measure(args.steps, args.repeats)
+    print("harness step / bare jitted step (8 fake devices, batch 16):", json.dumps(result))
+    print("RESULT " + json.dumps({"step_overhead": result}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Checkpoints and resume through the real CLI: a resumed run continues bit for bit.
+
+Every run here is the smoke preset logging every step, so `metrics.jsonl` holds each
+step's full-precision loss, grad norm, ... and two runs can be compared exactly.
+
+    .venv/bin/python -m pytest -q tests/test_resume.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.checkpoint import existing_steps
+from harness.config import TrainConfig
+from harness.data import MockDataset
+from harness.sinks import read_metrics
+from harness.train import Trainer
+from tests.support.runs import compile_cache_env, harness_env, run_harness, start_harness, tree_snapshot
+
+STEPS = 60
+COMMON = ["--config", "smoke", "--log_interval", "1", "--no_wandb", "--no_hard_examples"]
+RUN_TIMEOUT_S = 180
+
+
+def _args(root: Path, *extra: str) -> list[str]:
+    return [*COMMON, "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+
+
+def _metrics_text(root: Path) -> str:
+    return (root / "run" / "metrics.jsonl").read_text()
+
+
+def _copy_run(source: Path, target: Path) -> Path:
+    for part in ("ckpt", "run"):
+        shutil.copytree(source / part, target / part)
+    return target
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """All runs share one compilation cache: same config, same compiled step."""
+    return harness_env(**compile_cache_env(tmp_path_factory.getbasetemp() / "jax_compile_cache"))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env) -> Path:
+    """An uninterrupted 60-step run (checkpoints at 20, 40, 60)."""
+    root = tmp_path_factory.mktemp("reference")
+    result = run_harness(_args(root, "--num_train_steps", str(STEPS), "--save_interval", "20"),
+                         timeout=RUN_TIMEOUT_S, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = read_metrics(root / "run" / "metrics.jsonl")
+    assert [row["step"] for row in rows] == list(range(STEPS))
+    assert existing_steps(str(root / "ckpt")) == [20, 40, 60]
+    return root
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory, env) -> tuple[Path, str, str]:
+    """40 steps with --resume into an empty checkpoint dir, then --resume up to 60."""
+    root = tmp_path_factory.mktemp("split")
+    (root / "ckpt").mkdir()
+    first = run_harness(_args(root, "--num_train_steps", "40", "--save_interval", "20", "--resume"),
+                        timeout=RUN_TIMEOUT_S, env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    first_rows = [row["step"] for row in read_metrics(root / "run" / "metrics.jsonl")]
+    assert first_rows == list(range(40))
+    second = run_harness(_args(root, "--num_train_steps", str(STEPS), "--save_interval", "20", "--resume"),
+                         timeout=RUN_TIMEOUT_S, env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    return root, first.stdout, second.stdout
+
+
+def test_resume_with_an_empty_checkpoint_dir_starts_from_step_0(split_run):
+    _, first_stdout, _ = split_run
+
+    assert "starting at step 0" in first_stdout
+    assert "Resumed from checkpoint" not in first_stdout
+
+
+def test_resumed_run_continues_bit_for_bit(reference, split_run):
+    root, _, second_stdout = split_run
+    expected = read_metrics(reference / "run" / "metrics.jsonl")
+
+    rows = read_metrics(root / "run" / "metrics.jsonl")
+
+    assert "Resumed from checkpoint at step 40" in second_stdout.splitlines()
+    # Parsed JSON floats compared with ==: exact, not approximately.
+    assert rows[40:] == expected[40:]
+    assert [row["step"] for row in rows[40:]] == list(range(40, STEPS))
+    assert _metrics_text(root) == _metrics_text(reference)
+    assert existing_steps(str(root / "ckpt")) == [20, 40, 60]
+
+
+def _logged_steps(path: Path) -> list[int]:
+    """Steps in a metrics.jsonl that another process is appending to (skips a torn line)."""
+    steps = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            pass
+    return steps
+
+
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(reference, tmp_path, env):
+    args = _args(tmp_path, "--num_train_steps", str(STEPS), "--save_interval", "10")
+    metrics_path, ckpt = tmp_path / "run" / "metrics.jsonl", str(tmp_path / "ckpt")
+    killed = start_harness(args, log_path=tmp_path / "killed.log", env=env)
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while True:  # until a step past the first committed checkpoint is logged
+            committed = existing_steps(ckpt)
+            if committed and max(_logged_steps(metrics_path), default=-1) >= committed[0]:
+                break
+            if killed.poll() is not None:
+                pytest.fail(f"run ended (rc {killed.returncode}) before the kill:\n"
+                            + (tmp_path / "killed.log").read_text())
+            assert time.monotonic() < deadline, "no checkpoint and later step before the deadline"
+            time.sleep(0.01)
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+            killed.wait(timeout=30)
+    assert killed.returncode == -signal.SIGKILL
+    assert max(_logged_steps(metrics_path)) < STEPS - 1  # really killed mid-run
+
+    result = run_harness([*args, "--resume"], timeout=RUN_TIMEOUT_S, env=env)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    resumed_at = re.search(r"^Resumed from checkpoint at step (\d+)", result.stdout, re.MULTILINE)
+    assert resumed_at and int(resumed_at.group(1)) % 10 == 0 and 10 <= int(resumed_at.group(1)) < STEPS
+    # No duplicated steps, no torn lines, no gaps: the uninterrupted run's file exactly.
+    assert _metrics_text(tmp_path) == _metrics_text(reference)
+
+
+def test_resume_with_another_batch_size_fails_and_changes_nothing(reference, tmp_path, env):
+    root = _copy_run(reference, tmp_path)
+    before = tree_snapshot(root)
+
+    result = run_harness(_args(root, "--num_train_steps", str(STEPS), "--resume", "--batch_size", "32"),
+                         timeout=RUN_TIMEOUT_S, env=env)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("harness-train: error: cannot resume from ")
+    assert "batch_size: checkpoint 16 vs now 32" in result.stderr
+    assert tree_snapshot(root) == before
+
+
+def test_checkpoints_without_resume_or_overwrite_fail_then_overwrite_starts_over(reference, tmp_path, env):
+    root = _copy_run(reference, tmp_path)
+    before = tree_snapshot(root)
+
+    refused = run_harness(_args(root, "--num_train_steps", "8"), timeout=RUN_TIMEOUT_S, env=env)
+
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"harness-train: error: {root / 'ckpt'} already holds checkpoints (latest step 60): "
+        "pass --resume to continue or --overwrite to start over"
+    ]
+    assert tree_snapshot(root) == before
+
+    overwritten = run_harness(_args(root, "--num_train_steps", "8", "--overwrite"), timeout=RUN_TIMEOUT_S, env=env)
+
+    assert overwritten.returncode == 0, overwritten.stdout + overwritten.stderr
+    assert "Resumed" not in overwritten.stdout
+    assert sorted(os.listdir(root / "ckpt")) == ["6", "8"]  # 20, 40, 60 are gone
+    assert _metrics_text(root).splitlines() == _metrics_text(reference).splitlines()[:8]
+
+
+class _Crash(Exception):
+    """Stands in for a kill: raised while building a batch, it stops the run cold."""
+
+
+def test_crash_right_after_a_checkpoint_loses_no_metric_rows(tmp_path, monkeypatch):
+    """The checkpoint at step 4 is committed while step 3 is still in flight (its row not
+    yet written). A crash at that moment, then --resume from 4, must still give rows for
+    every step 0..7."""
+    config = TrainConfig(
+        batch_size=16, image_size=32, hidden_dim=32, seq_len=64, fsdp_devices=8, num_train_steps=8,
+        log_interval=1, save_interval=4, async_checkpointing=False, track_hard_examples=False,
+        use_wandb=False, checkpoint_dir=str(tmp_path / "ckpt"), run_dir=str(tmp_path / "run"),
+    )
+    batch_at = MockDataset.batch_at
+
+    def crash_at_step_4(self, step):
+        if step == 4:
+            raise _Crash
+        return batch_at(self, step)
+
+    monkeypatch.setattr(MockDataset, "batch_at", crash_at_step_4)
+    with pytest.raises(_Crash):
+        Trainer(config).run()
+    monkeypatch.setattr(MockDataset, "batch_at", batch_at)
+    assert existing_steps(config.checkpoint_dir) == [4]
+
+    summary = Trainer(config.replace(resume=True)).run()
+
+    assert summary.start_step == 4
+    assert [row["step"] for row in read_metrics(tmp_path / "run" / "metrics.jsonl")] == list(range(8))
