@@ -125,6 +125,11 @@ class Trainer:
         check_resume_compatible(meta.get("resume", {}), resume_fingerprint(config),
                                 where=f"{config.checkpoint_dir} step {meta.get('step')}")
         step = int(jax.device_get(state.step))
+        if self.reporter is not None:
+            problem = self.reporter.restore_state(meta.get("hard_examples"), step=step,
+                                                  batch_at=self.dataset.batch_at)
+            if problem:
+                self.console.print(f"WARNING: {problem}")
         self.console.print(f"Resumed from checkpoint at step {step}"
                            + (f" (newer damaged steps skipped: {', '.join(map(str, damaged))})" if damaged else ""))
         return state, step
@@ -133,7 +138,19 @@ class Trainer:
         self.console.print(f"WARNING: checkpoint step {step} is damaged ({problem}); trying an older one")
 
     def _checkpoint_meta(self, step: int) -> dict[str, Any]:
-        return {"step": step, "resume": resume_fingerprint(self.config)}
+        """JSON saved with the state. Every host calls it (the tracker state is gathered)."""
+        meta: dict[str, Any] = {"step": step, "resume": resume_fingerprint(self.config)}
+        if self.reporter is not None:
+            meta["hard_examples"] = self.reporter.checkpoint_state(step)
+        return meta
+
+    def _save(self, step: int, state: TrainState, in_flight: collections.deque, outputs: RunOutputs) -> dict:
+        """Finishes the steps in flight (so host-side state matches `step`), then saves."""
+        last = {}
+        while in_flight:
+            last = self._finish_step(in_flight.popleft(), outputs)
+        self.store.save(step, state, self._checkpoint_meta(step))
+        return last
 
     def _finish_step(self, pending: _InFlight, outputs: RunOutputs) -> dict[str, float]:
         scalars = {name: float(pending.metrics[name]) for name in SCALAR_METRICS}
@@ -202,10 +219,8 @@ class Trainer:
                 last = self._finish_step(in_flight.popleft(), outputs)
             stop = watch.should_stop(step)
             if stop or (step + 1) % config.save_interval == 0:
-                self.store.save(step + 1, state, self._checkpoint_meta(step + 1))
+                last = self._save(step + 1, state, in_flight, outputs) or last
             if stop:
-                while in_flight:
-                    last = self._finish_step(in_flight.popleft(), outputs)
                 return state, step + 1, last, True
         while in_flight:
             last = self._finish_step(in_flight.popleft(), outputs)

@@ -9,19 +9,29 @@ steps completed, as for checkpoints.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
+import jax
 import numpy as np
 
 from harness.data import Batch
-from harness.hard_examples.gather import GatherResult, gather_hard_examples
+from harness.hard_examples.codec import CandidatePayload, PayloadError, decode_payload, encode_payload
+from harness.hard_examples.gather import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    GatherResult,
+    allgather_bytes,
+    gather_hard_examples,
+)
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.sinks import Console
 
 PRINTED_ENTRIES = 5
+STATE_VERSION = 1
 
 HardExampleSink = Callable[[GatherResult], None]
 
@@ -104,3 +114,41 @@ class HardExampleReporter:
             for sink in self.sinks:
                 sink(result)
         return result
+
+    def checkpoint_state(self, step: int) -> dict[str, Any]:
+        """Every host's tracker state (stats and top-K metadata, no pixels), for the
+        checkpoint's JSON. A collective: every host calls it at the same step."""
+        own = CandidatePayload(host=self.tracker.host, step=step, stats=self.tracker.stats(),
+                               candidates=self.tracker.candidates())
+        blobs, _ = allgather_bytes(encode_payload(own), max_payload_bytes=DEFAULT_MAX_PAYLOAD_BYTES)
+        return {
+            "version": STATE_VERSION,
+            "payloads": [base64.b64encode(b).decode("ascii") if b else None for b in blobs],
+        }
+
+    def restore_state(self, saved: Any, *, step: int, batch_at: Callable[[int], Batch]) -> str | None:
+        """Puts this host's saved interval back (pixels re-read via `batch_at`). The
+        checkpoint is untrusted input: anything off leaves the tracker empty and returns
+        a warning instead of failing the resume."""
+        host, hosts = self.tracker.host, jax.process_count()
+        where = f"checkpoint step {step}: hard-example state of host {host}"
+        if saved is None:
+            return None
+        try:
+            if not isinstance(saved, dict) or saved.get("version") != STATE_VERSION:
+                raise PayloadError(f"{where}: unknown format")
+            payloads = saved.get("payloads")
+            if not isinstance(payloads, list) or len(payloads) != hosts:
+                count = len(payloads) if isinstance(payloads, list) else "?"
+                raise PayloadError(f"{where}: saved for {count} hosts, running on {hosts}")
+            encoded = payloads[host]
+            if not isinstance(encoded, str) or len(encoded) > 2 * DEFAULT_MAX_PAYLOAD_BYTES:
+                raise PayloadError(f"{where}: missing or oversized")
+            payload = decode_payload(base64.b64decode(encoded, validate=True), CandidatePayload, source=where)
+            if payload.host != host or payload.step != step:
+                raise PayloadError(f"{where}: claims host {payload.host} step {payload.step}")
+            self.tracker.restore(payload.stats, payload.candidates, batch_at)
+        except (PayloadError, ValueError, binascii.Error) as err:
+            self.tracker.reset()
+            return f"{err}; the current hard-example interval starts empty"
+        return None
