@@ -1,0 +1,87 @@
+"""Tracker state through a checkpoint: exact round trip, and untrusted saved state."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from harness.data import DataSpec, MockDataset
+from harness.hard_examples.reporter import HardExampleReporter
+from harness.hard_examples.tracker import HardExampleTracker
+from harness.sinks import Console
+
+
+def _tracker_after(steps: range, dataset: MockDataset) -> HardExampleTracker:
+    tracker = HardExampleTracker(5, dataset.tokenizer, resize_hw=(8, 8))
+    rng = np.random.default_rng(7)
+    for step in steps:
+        batch = dataset.batch_at(step)
+        tracker.update(step, batch, rng.gamma(2.0, 1.0, batch.size), batch.sample_id)
+    return tracker
+
+
+@pytest.fixture
+def dataset() -> MockDataset:
+    return MockDataset(DataSpec(global_batch_size=8, image_size=16), seed=3)
+
+
+def test_restore_rebuilds_buffer_stats_and_pixels(dataset):
+    original = _tracker_after(range(6), dataset)
+    restored = HardExampleTracker(5, dataset.tokenizer, resize_hw=(8, 8))
+    restored.restore(original.stats(), original.candidates(), dataset.batch_at)
+    assert restored.candidates() == original.candidates()
+    assert restored.stats() == original.stats()
+    assert restored.materialize() == original.materialize()
+    # And it keeps going exactly like the original.
+    batch = dataset.batch_at(6)
+    losses = np.linspace(0.0, 9.0, batch.size)
+    for tracker in (original, restored):
+        tracker.update(6, batch, losses, batch.sample_id)
+    assert restored.candidates() == original.candidates() and restored.stats() == original.stats()
+
+
+def test_restore_refuses_ids_not_in_their_step(dataset):
+    original = _tracker_after(range(3), dataset)
+    candidates = original.candidates()
+    wrong_step = [type(c)(c.sample_id, c.loss, (c.step + 1) % 3, c.host) for c in candidates]
+    with pytest.raises(ValueError, match="not in the batch of step"):
+        HardExampleTracker(5, dataset.tokenizer).restore(original.stats(), wrong_step, dataset.batch_at)
+
+
+def _reporter(tracker: HardExampleTracker, tmp_path) -> HardExampleReporter:
+    return HardExampleReporter(tracker, interval=100, k=5, run_dir=tmp_path, console=Console(False))
+
+
+def test_reporter_state_round_trip_single_process(dataset, tmp_path):
+    original = _tracker_after(range(4), dataset)
+    saved = _reporter(original, tmp_path).checkpoint_state(step=4)
+    fresh = HardExampleTracker(5, dataset.tokenizer, resize_hw=(8, 8))
+    assert _reporter(fresh, tmp_path).restore_state(saved, step=4, batch_at=dataset.batch_at) is None
+    assert fresh.candidates() == original.candidates() and fresh.stats() == original.stats()
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda s: {**s, "version": 9}, "unknown format"),
+        (lambda s: {**s, "payloads": s["payloads"] * 2}, "saved for 2 hosts, running on 1"),
+        (lambda s: {**s, "payloads": ["!!not base64!!"]}, ""),
+        (lambda s: {**s, "payloads": [base64.b64encode(b"\x93garbage").decode()]}, "hard-example state of host 0"),
+        (lambda s: {**s, "payloads": [s["payloads"][0][:-8]]}, ""),
+    ],
+)
+def test_damaged_saved_state_gives_a_warning_and_an_empty_tracker(dataset, tmp_path, damage, message):
+    saved = _reporter(_tracker_after(range(4), dataset), tmp_path).checkpoint_state(step=4)
+    fresh = HardExampleTracker(5, dataset.tokenizer, resize_hw=(8, 8))
+    warning = _reporter(fresh, tmp_path).restore_state(damage(saved), step=4, batch_at=dataset.batch_at)
+    assert warning is not None and message in warning and "starts empty" in warning
+    assert fresh.candidates() == [] and fresh.stats().num_samples == 0
+
+
+def test_state_saved_at_another_step_is_refused(dataset, tmp_path):
+    saved = _reporter(_tracker_after(range(4), dataset), tmp_path).checkpoint_state(step=4)
+    fresh = HardExampleTracker(5, dataset.tokenizer)
+    warning = _reporter(fresh, tmp_path).restore_state(saved, step=5, batch_at=dataset.batch_at)
+    assert warning is not None and "claims host 0 step 4" in warning
