@@ -198,10 +198,21 @@ def test_global_stats_cover_every_host(training_run):
 
 def test_round_robin_lets_more_than_one_host_in(training_run):
     assert training_run["result"].returncode == 0, failure_report(training_run["result"])
+    config = training_run["config"]
 
     hosts_per_interval = [{e["host"] for e in step_json(training_run, end)["entries"]}
-                          for _, end in intervals(training_run["config"])]
+                          for _, end in intervals(config)]
     assert max(map(len, hosts_per_interval)) > 1, hosts_per_interval
+    # In some interval the round-robin logs a different set than the plain global top-K,
+    # so the oracle equality above checks the fairness rule and not just a sort.
+    plain_top_k = [
+        [s for s, _, _ in top_k_oracle(
+            [o for obs in interval_observations(training_run, start, end).values() for o in obs],
+            config.max_hard_examples_buffer)]
+        for start, end in intervals(config)
+    ]
+    logged = [[e["sample_id"] for e in step_json(training_run, end)["entries"]] for _, end in intervals(config)]
+    assert any(set(a) != set(b) for a, b in zip(plain_top_k, logged)), (plain_top_k, logged)
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,7 +279,7 @@ def test_clean_rounds_merge_all_hosts_fairly(gather_rounds):
     """The control: with nothing wrong, host 0 logs the oracle merge of all three hosts,
     and host 2's much higher losses do not take every slot."""
     clean = rounds_named(gather_rounds, "clean")
-    assert len(clean) == 3, gather_rounds["rounds"].keys()
+    assert len(clean) == gather_script.ROUNDS.count("clean") >= 2
     for hosts in clean:
         reports = [hosts[h] for h in sorted(hosts)]
         merged = merge_oracle([oracle_candidates(r) for r in reports], gather_script.K)
@@ -281,13 +292,17 @@ def test_clean_rounds_merge_all_hosts_fairly(gather_rounds):
         assert all(not hosts[h]["entries"] for h in (1, 2))
 
 
-def test_garbage_from_one_host_is_reported_and_skipped(gather_rounds):
-    (hosts,) = rounds_named(gather_rounds, "garbage")
+@pytest.mark.parametrize("name, why", [
+    ("garbage", "not a valid msgpack payload"),
+    ("impostor", "claims host 0"),
+])
+def test_a_bad_payload_from_one_host_is_reported_and_skipped(gather_rounds, name, why):
+    (hosts,) = rounds_named(gather_rounds, name)
     others = [hosts[0], hosts[2]]
     merged = merge_oracle([oracle_candidates(r) for r in others], gather_script.K)
 
     assert set(hosts[0]["bad_hosts"]) == {"1"}
-    assert hosts[0]["bad_hosts"]["1"].startswith("payload from host 1: ")
+    assert hosts[0]["bad_hosts"]["1"].startswith(f"payload from host 1: {why}"), hosts[0]["bad_hosts"]
     assert as_tuples(hosts[0]["entries"]) == as_tuples(merged)
     for report in hosts.values():  # every host decided the same: that is what keeps them in step
         assert report["bad_hosts"] == hosts[0]["bad_hosts"]

@@ -13,17 +13,16 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from harness.checkpoint import existing_steps
-from harness.config import TrainConfig
-from harness.data import MockDataset
 from harness.sinks import read_metrics
-from harness.train import Trainer
-from tests.support.runs import compile_cache_env, harness_env, run_harness, start_harness, tree_snapshot
+from tests.support.runs import REPO_ROOT, compile_cache_env, harness_env, run_harness, start_harness, tree_snapshot
 
 STEPS = 60
 COMMON = ["--config", "smoke", "--log_interval", "1", "--no_wandb", "--no_hard_examples"]
@@ -179,33 +178,39 @@ def test_checkpoints_without_resume_or_overwrite_fail_then_overwrite_starts_over
     assert _metrics_text(root).splitlines() == _metrics_text(reference).splitlines()[:8]
 
 
-class _Crash(Exception):
-    """Stands in for a kill: raised while building a batch, it stops the run cold."""
+# Dies like `kill -9` (no cleanup, no flush) when the loop asks for batch CRASH_AT_STEP.
+CRASHING_CLI = """
+import os, sys
+from harness.data import MockDataset
+
+batch_at = MockDataset.batch_at
+
+def crash_at(self, step):
+    if step == int(os.environ["CRASH_AT_STEP"]):
+        os._exit(137)
+    return batch_at(self, step)
+
+MockDataset.batch_at = crash_at
+from harness.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
 
 
-def test_crash_right_after_a_checkpoint_loses_no_metric_rows(tmp_path, monkeypatch):
-    """The checkpoint at step 4 is committed while step 3 is still in flight (its row not
-    yet written). A crash at that moment, then --resume from 4, must still give rows for
-    every step 0..7."""
-    config = TrainConfig(
-        batch_size=16, image_size=32, hidden_dim=32, seq_len=64, fsdp_devices=8, num_train_steps=8,
-        log_interval=1, save_interval=4, async_checkpointing=False, track_hard_examples=False,
-        use_wandb=False, checkpoint_dir=str(tmp_path / "ckpt"), run_dir=str(tmp_path / "run"),
-    )
-    batch_at = MockDataset.batch_at
+def test_death_right_after_a_checkpoint_loses_no_metric_rows(reference, tmp_path, env):
+    """Checkpoint 4 is committed (synchronous save) just before the loop builds batch 4;
+    the process dies there. Step 3 was in flight when the save began: its metrics row
+    must already be on disk, because the resume starts at 4."""
+    args = _args(tmp_path, "--num_train_steps", "8", "--save_interval", "4", "--sync_checkpointing")
 
-    def crash_at_step_4(self, step):
-        if step == 4:
-            raise _Crash
-        return batch_at(self, step)
+    crashed = subprocess.run([sys.executable, "-c", CRASHING_CLI, *args], cwd=REPO_ROOT,
+                             env={**env, "CRASH_AT_STEP": "4"}, capture_output=True, text=True,
+                             timeout=RUN_TIMEOUT_S)
+    assert crashed.returncode == 137, crashed.stdout + crashed.stderr
+    assert existing_steps(str(tmp_path / "ckpt")) == [4]
 
-    monkeypatch.setattr(MockDataset, "batch_at", crash_at_step_4)
-    with pytest.raises(_Crash):
-        Trainer(config).run()
-    monkeypatch.setattr(MockDataset, "batch_at", batch_at)
-    assert existing_steps(config.checkpoint_dir) == [4]
+    resumed = run_harness([*args, "--resume"], timeout=RUN_TIMEOUT_S, env=env)
 
-    summary = Trainer(config.replace(resume=True)).run()
-
-    assert summary.start_step == 4
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Resumed from checkpoint at step 4" in resumed.stdout.splitlines()
     assert [row["step"] for row in read_metrics(tmp_path / "run" / "metrics.jsonl")] == list(range(8))
+    assert _metrics_text(tmp_path).splitlines() == _metrics_text(reference).splitlines()[:8]

@@ -11,6 +11,7 @@ coarse enough to tie), then calls `gather_hard_examples`. The rounds:
 
 - clean: nothing wrong.
 - garbage: host 1 sends bytes that are not a payload.
+- impostor: host 1 sends a well-formed payload that claims to come from host 0.
 - empty: host 1 feeds nothing, so its payload is valid but empty.
 - oversize_candidates: host 2's phase-1 bytes (its real payload, padded) are over the
   round's `max_payload_bytes`.
@@ -25,6 +26,7 @@ the collectives would stop the lines, or the process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -32,15 +34,15 @@ import numpy as np
 
 from harness import distributed
 from harness.data import DataSpec, MockDataset
-from harness.hard_examples.codec import encode_payload
-from harness.hard_examples.gather import gather_hard_examples
+from harness.hard_examples.codec import CandidatePayload, encode_payload
+from harness.hard_examples.gather import DEFAULT_MAX_PAYLOAD_BYTES, gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
 
-ROUNDS = ("clean", "garbage", "clean", "empty", "oversize_candidates", "oversize_examples", "clean")
+ROUNDS = ("clean", "garbage", "clean", "impostor", "empty", "oversize_candidates", "oversize_examples", "clean")
 K = 5
 LOCAL_BATCH = 4
 STEPS_PER_ROUND = 3
-FAULTY_HOST = {"garbage": 1, "empty": 1, "oversize_candidates": 2, "oversize_examples": 2}
+FAULTY_HOST = {"garbage": 1, "impostor": 1, "empty": 1, "oversize_candidates": 2, "oversize_examples": 2}
 SMALL_LIMIT = 4096  # bytes: every payload of these rounds fits, except the faulty host's
 THUMBNAIL = (4, 4)
 LARGE_THUMBNAIL = (48, 48)  # one example is 48 * 48 * 3 = 6912 bytes > SMALL_LIMIT
@@ -54,6 +56,24 @@ def synthetic_losses(round_index: int, host: int, step: int, n: int) -> np.ndarr
     rng = np.random.default_rng([SEED, round_index, host, step])
     losses = rng.exponential(1.0, n) + (3.0 if host == 2 else 0.0)
     return np.round(losses * 4.0) / 4.0
+
+
+def send_garbage(payload: CandidatePayload) -> bytes:
+    return GARBAGE
+
+
+def send_as_host_0(payload: CandidatePayload) -> bytes:
+    """A valid payload with every host field set to 0."""
+    return encode_payload(CandidatePayload(
+        host=0, step=payload.step, stats=dataclasses.replace(payload.stats, host=0),
+        candidates=[dataclasses.replace(c, host=0) for c in payload.candidates],
+    ))
+
+
+def send_padded_past_the_limit(payload: CandidatePayload) -> bytes:
+    """The real payload, then more than the round's limit of zeros (never decoded: the
+    size check comes first)."""
+    return encode_payload(payload) + bytes(2 * SMALL_LIMIT)
 
 
 def run_round(round_index: int, name: str, host: int, hosts: int, dataset: MockDataset) -> dict:
@@ -71,16 +91,12 @@ def run_round(round_index: int, name: str, host: int, hosts: int, dataset: MockD
             tracker.update(step, batch, losses[order], batch.sample_id[order])
             fed += [[int(s), float(l), step] for s, l in zip(batch.sample_id, losses)]
 
-    encode = encode_payload
-    if name == "garbage" and faulty:
-        encode = lambda payload: GARBAGE  # noqa: E731
-    elif name == "oversize_candidates" and faulty:
-        encode = lambda payload: encode_payload(payload) + bytes(2 * SMALL_LIMIT)  # noqa: E731
-    limit = SMALL_LIMIT if name.startswith("oversize") else None
-    result = gather_hard_examples(
-        tracker, step=first_step + STEPS_PER_ROUND, k=K,
-        **({"max_payload_bytes": limit} if limit else {}), encode_candidates=encode,
-    )
+    encoders = {"garbage": send_garbage, "impostor": send_as_host_0,
+                "oversize_candidates": send_padded_past_the_limit}
+    encode = encoders.get(name, encode_payload) if faulty else encode_payload
+    limit = SMALL_LIMIT if name.startswith("oversize") else DEFAULT_MAX_PAYLOAD_BYTES
+    result = gather_hard_examples(tracker, step=first_step + STEPS_PER_ROUND, k=K,
+                                  max_payload_bytes=limit, encode_candidates=encode)
     return {
         "round": round_index,
         "name": name,
