@@ -85,3 +85,25 @@ def test_state_saved_at_another_step_is_refused(dataset, tmp_path):
     fresh = HardExampleTracker(5, dataset.tokenizer)
     warning = _reporter(fresh, tmp_path).restore_state(saved, step=5, batch_at=dataset.batch_at)
     assert warning is not None and "claims host 0 step 4" in warning
+
+
+def test_gather_survives_a_merge_error_with_collectives_in_step(dataset, monkeypatch):
+    """A merge error (e.g. two hosts claiming one sample id) is the same on every host:
+    the interval logs nothing, but both phases' collectives still run, in order."""
+    from harness.hard_examples import gather as gather_module
+
+    def refuse(per_host, k):
+        raise ValueError("sample id 3 listed by hosts 0 and 1")
+
+    monkeypatch.setattr(gather_module, "merge_round_robin", refuse)
+    calls = []
+
+    def one_host_allgather(row: np.ndarray) -> np.ndarray:
+        calls.append(row.dtype)
+        return row[None]
+
+    result = gather_module.gather_hard_examples(_tracker_after(range(2), dataset), step=2, k=5,
+                                                allgather=one_host_allgather)
+    assert result.examples == []
+    assert result.bad_hosts == {-1: "merge refused this interval's candidates: sample id 3 listed by hosts 0 and 1"}
+    assert calls == [np.int64, np.uint8, np.int64, np.uint8]  # lengths + rows, both phases

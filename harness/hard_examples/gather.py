@@ -48,7 +48,7 @@ class GatherResult:
     step: int
     examples: list[HardExample]          # merged winners with images, loss descending
     stats: GlobalStats
-    bad_hosts: dict[int, str]            # host -> why its payload was skipped
+    bad_hosts: dict[int, str]            # host -> why its payload was skipped (-1: the merge)
     bytes_sent: dict[str, int]           # this host's padded bytes per phase
 
 
@@ -120,7 +120,13 @@ def gather_hard_examples(
     blobs, width_1 = allgather_bytes(encode_candidates(own), max_payload_bytes=max_payload_bytes,
                                      allgather=allgather)
     payloads, bad = _decode_all(blobs, CandidatePayload, step, max_payload_bytes, max_entries=max(k, 1))
-    winners: list[Candidate] = merge_round_robin([p.candidates if p else () for p in payloads], k)
+    try:
+        winners: list[Candidate] = merge_round_robin([p.candidates if p else () for p in payloads], k)
+    except ValueError as err:
+        # Every host sees the same payloads, so every host lands here: log nothing this
+        # interval, but still make phase 2's collectives so the hosts stay in step.
+        winners = []
+        bad[-1] = f"merge refused this interval's candidates: {err}"
     stats = merge_stats([p.stats for p in payloads if p is not None], winners)
 
     mine = [c.sample_id for c in winners if c.host == host]

@@ -52,7 +52,7 @@ def format_block(result: GatherResult, *, printed: int = PRINTED_ENTRIES) -> lis
     if len(result.examples) > printed:
         lines.append(f"    ... {len(result.examples) - printed} more")
     for host, why in sorted(result.bad_hosts.items()):
-        lines.append(f"  WARNING: skipped host {host}: {why}")
+        lines.append(f"  WARNING: {'skipped host ' + str(host) if host >= 0 else 'no entries'}: {why}")
     return lines
 
 
