@@ -20,11 +20,16 @@ from harness.errors import HostLostError, UsageError
 
 PROG = "harness-train"
 
+# For fake CPU devices: the mock model gains nothing from LLVM's expensive passes, and
+# skipping them cuts the step's compile time ~5x (bench/process_cost.py measures it).
+CPU_FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+
 # Seed-compatible negative flags: flag -> (field, value it sets).
 NEGATIVE_FLAGS = {
     "no_hard_examples": ("track_hard_examples", False),
     "no_wandb": ("use_wandb", False),
     "sync_checkpointing": ("async_checkpointing", False),
+    "no_cpu_fast_compile": ("cpu_fast_compile", False),
 }
 
 
@@ -65,12 +70,17 @@ def prepare_runtime(config: TrainConfig) -> None:
     from harness import storage
 
     storage.configure_gcs_emulator_from_env()
+    if config.cpu_devices > 0 and config.cpu_fast_compile:
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *CPU_FAST_COMPILE_FLAGS]).strip()
 
     import jax
 
     if config.cpu_devices > 0:
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_num_cpu_devices", config.cpu_devices)
+    if config.compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
     from harness import distributed
     from harness.mesh import check_topology

@@ -18,18 +18,13 @@ from harness.data import DataSpec, MockDataset
 from harness.hard_examples.gather import GatherResult, gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.hard_examples_check import Checks, LossModel, check_interval
-from tests.support.runs import REPO_ROOT, harness_env, host_lines, launch_local
+from tests.support.runs import REPO_ROOT, failure_report, harness_env, host_lines, launch_local
 
 CHECK_ARGS = ["--steps", "12", "--batch_size", "16", "--buffer_size", "8", "--log_interval", "6"]
 TIMEOUT_S = 180
 IMAGE_CHECK = "every entry's image is its own sample's image"
 LOSS_CHECK = "every entry's loss is its own sample's loss"
 ORACLE_CHECK = "merged entries equal the brute-force oracle over all hosts"
-
-
-def failure_report(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\n--- stdout (tail) ---\n{result.stdout[-4000:]}\n" \
-           f"--- stderr (tail) ---\n{result.stderr[-4000:]}"
 
 
 def assert_passed(lines: list[str]) -> None:

@@ -158,7 +158,8 @@ def test_dropout_key_changes_the_loss_only_when_dropout_is_on(trained, eval_batc
 
     def losses(rate):
         spec = dataclasses.replace(model_spec(CONFIG), dropout_rate=rate)
-        return [np.asarray(per_sample_outputs(initial, batch, spec, key)[0]) for key in keys]
+        loss = jax.jit(lambda params, batch, key: per_sample_outputs(params, batch, spec, key)[0])
+        return [np.asarray(loss(initial, batch, key)) for key in keys]
 
     with_dropout, without = losses(0.1), losses(0.0)
 

@@ -27,7 +27,7 @@ from harness.config import load_preset
 from harness.hard_examples.entry import Candidate, IntervalStats
 from tests.support import gather_script
 from tests.support.oracles import interval_stats_oracle, merge_oracle, merge_stats_oracle, top_k_oracle
-from tests.support.runs import REPO_ROOT, harness_env, host_lines, launch_local
+from tests.support.runs import REPO_ROOT, failure_report, harness_env, host_lines, launch_local
 
 TRAIN_TIMEOUT_S = 240
 GATHER_TIMEOUT_S = 120
@@ -49,18 +49,15 @@ def training_run(request, tmp_path_factory):
     num_processes, devices, preset = TOPOLOGIES[request.param]
     root = tmp_path_factory.mktemp(f"train_{request.param}")
     run_dir = root / "run"
-    started = time.monotonic()
     result = launch_local(
         num_processes, devices,
         [sys.executable, "-m", "harness.train", "--config", preset, "--record_per_sample_losses",
          "--no_wandb", "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(run_dir), "--overwrite"],
         timeout=TRAIN_TIMEOUT_S,
     )
-    elapsed = time.monotonic() - started
-    config = load_preset(preset)
-    losses = [json.loads(line) for line in (run_dir / "per_sample_losses.jsonl").read_text().splitlines()] \
-        if (run_dir / "per_sample_losses.jsonl").exists() else []
-    return {"config": config, "num_processes": num_processes, "result": result, "elapsed": elapsed,
+    record = run_dir / "per_sample_losses.jsonl"
+    losses = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    return {"config": load_preset(preset), "num_processes": num_processes, "result": result,
             "run_dir": run_dir, "per_sample_losses": losses}
 
 
@@ -95,11 +92,6 @@ def expected_merge(per_host: dict[int, list[tuple[int, float, int]]], k: int) ->
     return merge_oracle(tops, k)
 
 
-def failure_report(result: subprocess.CompletedProcess) -> str:
-    return f"exit {result.returncode}\n--- stdout (tail) ---\n{result.stdout[-4000:]}\n" \
-           f"--- stderr (tail) ---\n{result.stderr[-4000:]}"
-
-
 def test_training_run_exits_0_and_records_every_step(training_run):
     result, config = training_run["result"], training_run["config"]
 
@@ -129,9 +121,10 @@ def test_only_host_0_prints_the_hard_example_block(training_run):
         f"lang_action={e['lang_action']} (len={e['token_len']})..."
         for e in (d["entries"][0] for d in documents)
     ]
+    output = result.stdout + result.stderr
     for host in range(1, n):
-        assert host_lines(result.stdout, host), f"host {host} printed nothing: is the prefix still [host i]?"
-        assert not [line for line in host_lines(result.stdout, host) if "Hard examples" in line or "#1:" in line]
+        assert host_lines(output, host), f"host {host} printed nothing: is the prefix still [host i]?"
+        assert not [line for line in host_lines(output, host) if "Hard examples" in line or "#1:" in line]
 
 
 def test_a_json_file_per_interval(training_run):
@@ -225,9 +218,7 @@ ROUND_LINE = re.compile(r"\[host (\d+)\] ROUND (\{.*\})")
 @pytest.fixture(scope="module")
 def gather_rounds():
     """round index -> host -> that host's report; plus the launcher's result."""
-    started = time.monotonic()
     result = launch_local(3, 1, [sys.executable, "-m", "tests.support.gather_script"], timeout=GATHER_TIMEOUT_S)
-    elapsed = time.monotonic() - started
     rounds: dict[int, dict[int, dict]] = {}
     for line in result.stdout.splitlines():
         match = ROUND_LINE.fullmatch(line)
@@ -235,7 +226,7 @@ def gather_rounds():
             report = json.loads(match.group(2))
             assert report["host"] == int(match.group(1))
             rounds.setdefault(report["round"], {})[report["host"]] = report
-    return {"result": result, "elapsed": elapsed, "rounds": rounds}
+    return {"result": result, "rounds": rounds}
 
 
 def rounds_named(gather_rounds: dict, name: str) -> list[dict[int, dict]]:
@@ -252,7 +243,7 @@ def oracle_candidates(report: dict) -> list[Candidate]:
 def oracle_stats(reports: list[dict], merged: list[Candidate]) -> dict:
     per_host = [
         IntervalStats(host=r["host"], threshold=None, **interval_stats_oracle(
-            r["steps"], [loss for _, loss, _ in r["fed"]], high_loss_threshold=4.0))
+            r["steps"], [loss for _, loss, _ in r["fed"]], gather_script.HIGH_LOSS_THRESHOLD))
         for r in reports
     ]
     expected = merge_stats_oracle(per_host, merged)
@@ -267,8 +258,7 @@ def as_tuples(entries) -> list[tuple]:
 def test_every_host_finishes_every_round_and_exits_0(gather_rounds):
     result = gather_rounds["result"]
 
-    assert result.returncode == 0, failure_report(result)
-    assert gather_rounds["elapsed"] < GATHER_TIMEOUT_S
+    assert result.returncode == 0, failure_report(result)  # 124 had the launcher's timeout fired
     assert sorted(gather_rounds["rounds"]) == list(range(len(gather_script.ROUNDS)))
     for index, hosts in gather_rounds["rounds"].items():
         assert sorted(hosts) == [0, 1, 2], f"round {index}"
@@ -320,7 +310,10 @@ def test_the_gather_after_a_bad_payload_works_for_every_host(gather_rounds):
     reports = [after[h] for h in range(3)]
     merged = merge_oracle([oracle_candidates(r) for r in reports], gather_script.K)
     assert as_tuples(after[0]["entries"]) == as_tuples(merged)
-    assert all(r["bad_hosts"] == {} and r["stats"]["num_hosts"] == 3 for r in reports)
+    for report in reports:
+        assert report["bad_hosts"] == {}
+        assert report["stats"] == oracle_stats(reports, merged)
+        assert report["stats"]["num_hosts"] == 3
 
 
 def test_a_host_with_no_candidates_sends_a_valid_empty_payload(gather_rounds):

@@ -48,6 +48,7 @@ THUMBNAIL = (4, 4)
 LARGE_THUMBNAIL = (48, 48)  # one example is 48 * 48 * 3 = 6912 bytes > SMALL_LIMIT
 GARBAGE = b"\x93garbage, not a payload"
 SEED = 7
+HIGH_LOSS_THRESHOLD = 4.0
 
 
 def synthetic_losses(round_index: int, host: int, step: int, n: int) -> np.ndarray:
@@ -79,7 +80,8 @@ def send_padded_past_the_limit(payload: CandidatePayload) -> bytes:
 def run_round(round_index: int, name: str, host: int, hosts: int, dataset: MockDataset) -> dict:
     faulty = FAULTY_HOST.get(name) == host
     resize = LARGE_THUMBNAIL if name == "oversize_examples" and faulty else THUMBNAIL
-    tracker = HardExampleTracker(K, dataset.tokenizer, host=host, resize_hw=resize)
+    tracker = HardExampleTracker(K, dataset.tokenizer, host=host, resize_hw=resize,
+                                 high_loss_threshold=HIGH_LOSS_THRESHOLD)
     first_step = round_index * STEPS_PER_ROUND
     fed = []
     if not (name == "empty" and faulty):

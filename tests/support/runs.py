@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +84,12 @@ def host_lines(output: str, host: int) -> list[str]:
     return [line[len(prefix):] for line in output.splitlines() if line.startswith(prefix)]
 
 
+def failure_report(result: subprocess.CompletedProcess[str], tail: int = 4000) -> str:
+    """Exit status and the ends of both streams, for an assertion message."""
+    return (f"exit {result.returncode}\n--- stdout (tail) ---\n{result.stdout[-tail:]}\n"
+            f"--- stderr (tail) ---\n{result.stderr[-tail:]}")
+
+
 def tree_snapshot(root: Path) -> dict[str, str]:
     """Every path under `root` (itself included) -> sha256 of its bytes, or 'dir'.
 
@@ -94,3 +105,137 @@ def tree_snapshot(root: Path) -> dict[str, str]:
         str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
         for p in paths
     }
+
+
+# --- Background runs: a local pod, its hosts, their output (tests of preemption, host loss).
+
+def start_local_pod(num_processes: int, devices_per_process: int, command: list[str], *, log_path: Path,
+                    timeout: float, kill_grace: float = 5.0, env: dict[str, str] | None = None,
+                    ) -> subprocess.Popen[bytes]:
+    """`python -m launch.local ... -- COMMAND` in the background; its stdout and stderr
+    (host lines prefixed `[host i] `, its own lines `launch.local: `) go to `log_path`.
+
+    The launcher kills every host after `timeout` s; still, wait on it with a timeout and
+    call `stop_local_pod` in a `finally`.
+    """
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "launch.local", "--num_processes", str(num_processes),
+             "--devices_per_process", str(devices_per_process), "--timeout", str(timeout),
+             "--kill_grace", str(kill_grace), "--", *command],
+            cwd=REPO_ROOT, env=env or harness_env(), stdout=log, stderr=subprocess.STDOUT,
+        )
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot), which tells a pid's reuse apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]
+
+
+def pid_alive(pid: int) -> bool:
+    """Exists and is not a zombie waiting to be reaped."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """One host process of a local pod, as found while it ran."""
+
+    pid: int
+    start_time: str
+
+    def same_process(self) -> bool:
+        return pid_alive(self.pid) and _start_time(self.pid) == self.start_time
+
+
+def local_pod_hosts(launcher_pid: int) -> dict[int, Host]:
+    """HARNESS_PROCESS_ID -> each host the launcher started (its direct children)."""
+    hosts = {}
+    for children in Path(f"/proc/{launcher_pid}/task").glob("*/children"):
+        try:
+            pids = [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            continue
+        for pid in pids:
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            start = _start_time(pid)
+            for variable in environ:
+                if variable.startswith(b"HARNESS_PROCESS_ID=") and start is not None:
+                    hosts[int(variable.split(b"=", 1)[1])] = Host(pid, start)
+    return hosts
+
+
+def stop_local_pod(launcher: subprocess.Popen, hosts: dict[int, Host]) -> None:
+    """SIGKILL whatever is left of a pod: each host's process group (a host leads its own
+    session), then the launcher. Bounded; for `finally` blocks."""
+    for host in hosts.values():
+        if host.same_process():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(host.pid, signal.SIGKILL)
+    if launcher.poll() is None:
+        launcher.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        launcher.wait(timeout=30)
+
+
+def wait_for_output(log_path: Path, pattern: str, process: subprocess.Popen, *, timeout: float) -> re.Match:
+    """The first match of the regex `pattern` (MULTILINE) in `log_path`, polled until it
+    appears; AssertionError if `process` ends first or `timeout` s pass."""
+    deadline = time.monotonic() + timeout
+    regex = re.compile(pattern, re.MULTILINE)
+    while True:
+        text = log_path.read_text(errors="replace") if log_path.exists() else ""
+        match = regex.search(text)
+        if match:
+            return match
+        assert process.poll() is None, (
+            f"process ended (rc {process.returncode}) before {pattern!r}:\n{text[-3000:]}")
+        assert time.monotonic() < deadline, f"no {pattern!r} within {timeout:g}s:\n{text[-3000:]}"
+        time.sleep(0.05)
+
+
+# --- Reference runs for exact-resume tests.
+
+REFERENCE_TOPOLOGIES = {"1x8": (1, 8, "smoke"), "2x4": (2, 4, "local-2x4")}
+_REFERENCE_ROWS: dict[str, list[dict]] = {}
+
+
+def uninterrupted_rows(topology: str, num_steps: int, *, workdir: Path, env: dict[str, str],
+                       timeout: float = DEFAULT_TIMEOUT_S) -> list[dict]:
+    """`metrics.jsonl` rows of steps 0..num_steps-1 of an uninterrupted run that logs every
+    step, on `topology` ("1x8": the smoke preset in one process; "2x4": local-2x4 under
+    launch.local): the oracle a resumed run must equal bit for bit.
+
+    Made once per pytest process and topology, and shared by every module that asks: a
+    step's metrics do not depend on --num_train_steps (the learning rate warms up, then
+    stays constant; a batch is a function of its step), so a longer run serves a shorter
+    request. `workdir` (empty) receives the run when one is needed.
+    """
+    from harness.sinks import read_metrics
+
+    rows = _REFERENCE_ROWS.get(topology, [])
+    if len(rows) < num_steps:
+        num_processes, devices, preset = REFERENCE_TOPOLOGIES[topology]
+        args = ["--config", preset, "--num_train_steps", str(num_steps), "--log_interval", "1",
+                "--save_interval", str(num_steps), "--no_wandb", "--no_hard_examples",
+                "--checkpoint_dir", str(workdir / "ckpt"), "--run_dir", str(workdir / "run")]
+        if num_processes == 1:
+            result = run_harness(args, timeout=timeout, env=env)
+        else:
+            result = launch_local(num_processes, devices, [sys.executable, "-m", "harness.train", *args],
+                                  timeout=timeout, env=env)
+        assert result.returncode == 0, failure_report(result)
+        rows = read_metrics(workdir / "run" / "metrics.jsonl")
+        assert [row["step"] for row in rows] == list(range(num_steps)), failure_report(result)
+        _REFERENCE_ROWS[topology] = rows
+    return rows[:num_steps]

@@ -1,0 +1,60 @@
+"""Whole-process wall time and peak RSS of the main command, side by side.
+
+    python -m bench.process_cost [--repeats 3]
+
+Runs `harness-train --config cpu-8-devices --num_train_steps 100 --batch_size 16` (8
+fake CPU devices, checkpoints, hard examples, wandb offline) as a child process, in
+variants alternated round by round: with a cold compilation cache (emptied before each
+run), with a warm one, and without the XLA CPU compile-speed flags the CPU presets set.
+Peak RSS is the child's own (wait4 rusage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from bench.common import child_env, median, python, run_measured
+
+COMMAND = ["--config", "cpu-8-devices", "--num_train_steps", "100", "--batch_size", "16", "--overwrite"]
+
+
+def measure(repeats: int) -> dict:
+    results: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cache = root / "jax-cache"
+        variants = {
+            "cold_cache": ["--compilation_cache_dir", str(cache)],
+            "warm_cache": ["--compilation_cache_dir", str(cache)],
+            "cold_no_fast_compile_flags": ["--compilation_cache_dir", "", "--no_cpu_fast_compile"],
+        }
+        for _ in range(repeats):
+            for name, extra in variants.items():
+                if name.startswith("cold"):
+                    shutil.rmtree(cache, ignore_errors=True)
+                argv = [python(), "-m", "harness.train", *COMMAND, *extra,
+                        "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run")]
+                wall, rss = run_measured(argv, env=child_env(WANDB_DIR=str(root / "wandb"),
+                                                             WANDB_DATA_DIR=str(root / "wandb-data")))
+                entry = results.setdefault(name, {"wall_s": [], "peak_rss_mb": []})
+                entry["wall_s"].append(round(wall, 2))
+                entry["peak_rss_mb"].append(round(rss, 1))
+    return {name: {**r, "wall_s_median": median(r["wall_s"]), "peak_rss_mb_median": median(r["peak_rss_mb"])}
+            for name, r in results.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    result = measure(parser.parse_args().repeats)
+    for name, value in result.items():
+        print(f"{name}: {json.dumps(value)}")
+    print("RESULT " + json.dumps({"process_cost": result}))
+
+
+if __name__ == "__main__":
+    main()
