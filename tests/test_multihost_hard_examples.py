@@ -285,7 +285,7 @@ def test_clean_rounds_merge_all_hosts_fairly(gather_rounds):
 @pytest.mark.parametrize("name, why", [
     ("garbage", "not a valid msgpack payload"),
     ("impostor", "claims host 0"),
-])
+], ids=["garbage", "impostor"])
 def test_a_bad_payload_from_one_host_is_reported_and_skipped(gather_rounds, name, why):
     (hosts,) = rounds_named(gather_rounds, name)
     others = [hosts[0], hosts[2]]

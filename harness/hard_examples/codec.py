@@ -41,6 +41,7 @@ Tests: `.venv/bin/python -m pytest -q tests/test_codec.py`.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import operator
 from typing import Any, NoReturn, TypeVar
@@ -323,7 +324,7 @@ class _Reader:
                       f"{len(losses)} loss, {len(steps)} step")
         self.int_column(ids, "sample_id", _INT_LIMIT)
         self.int_column(steps, "step", step)
-        if not all(type(v) is float for v in losses) or not np.isfinite(np.array(losses, np.float64)).all():
+        if not set(map(type, losses)) <= {float} or not np.isfinite(np.array(losses, np.float64)).all():
             for i, loss in enumerate(losses):
                 self.number(loss, f"candidates: entry {i}: field 'loss'")
         if len(set(ids)) != len(ids):
@@ -332,10 +333,11 @@ class _Reader:
                 if sample_id in seen:
                     self.fail(f"candidates: entry {i}: sample_id {sample_id} appears twice")
                 seen.add(sample_id)
-        return tuple(Candidate(*entry, host) for entry in zip(ids, losses, steps))
+        return tuple(map(Candidate, ids, losses, steps, itertools.repeat(host, len(ids))))
 
     def int_column(self, values: list, name: str, limit: int) -> None:
-        if all(type(v) is int for v in values) and (not values or 0 <= min(values) <= max(values) <= limit):
+        # Fast path in C (set of types, min/max); the slow loop only finds the culprit.
+        if set(map(type, values)) <= {int} and (not values or 0 <= min(values) <= max(values) <= limit):
             return
         for i, v in enumerate(values):
             self.integer(v, f"candidates: entry {i}: field {name!r}", limit=limit)
