@@ -25,8 +25,10 @@ STEPS_AFTER = 10
 
 
 def measure(repeats: int) -> dict:
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", 8)
+    from harness.cli import configure_devices
+    from harness.config import TrainConfig as _Config
+
+    configure_devices(_Config(cpu_devices=8))
     from harness.checkpoint import CheckpointStore
     from harness.config import TrainConfig
     from harness.data import MockDataset

@@ -34,8 +34,10 @@ THUMB_SHAPE = (64, 128, 3)  # two 64x64 camera thumbnails side by side (the defa
 def tracking_on_off(steps: int, repeats: int) -> dict:
     import jax
 
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", 8)
+    from harness.cli import configure_devices
+    from harness.config import TrainConfig as _Config
+
+    configure_devices(_Config(cpu_devices=8))
     from harness import run_outputs
     from harness.config import TrainConfig
     from harness.train import Trainer

@@ -44,7 +44,7 @@ class TrainConfig:
     # Mesh and devices.
     fsdp_devices: int = 1
     cpu_devices: int = 0  # >0: run on that many (fake) CPU devices; 0: JAX decides
-    cpu_fast_compile: bool = True  # with cpu_devices: cheaper LLVM passes (compiles ~5x faster)
+    cpu_fast_compile: bool = True  # with cpu_devices: skip LLVM's expensive passes (faster compile)
     compilation_cache_dir: str = ""  # JAX persistent compilation cache ("" = off)
     # Model and optimizer.
     hidden_dim: int = 128

@@ -9,7 +9,7 @@ many.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -81,11 +81,20 @@ def make_global_batch(local_tree: Any, mesh: Mesh) -> Any:
 
 
 def host_local_rows(array: jax.Array) -> np.ndarray:
-    """This host's rows of a batch-sharded array, in global row order.
+    """This host's rows of one batch-sharded array, in global row order."""
+    return host_local_rows_of([array])[0]
 
-    Reads only addressable shards (no cross-host traffic); each row is read once even if
-    a shard is replicated.
+
+def host_local_rows_of(arrays: Sequence[jax.Array]) -> list[np.ndarray]:
+    """This host's rows of batch-sharded arrays, each in global row order.
+
+    Reads only addressable shards (no cross-host traffic), all in one transfer; each row
+    is read once even if a shard is replicated.
     """
-    shards = [s for s in array.addressable_shards if s.replica_id == 0]
-    shards.sort(key=lambda s: s.index[0].start or 0)
-    return np.concatenate([np.asarray(s.data) for s in shards])
+    per_array = []
+    for array in arrays:
+        shards = [s for s in array.addressable_shards if s.replica_id == 0]
+        shards.sort(key=lambda s: s.index[0].start or 0)
+        per_array.append([s.data for s in shards])
+    fetched = jax.device_get(per_array)
+    return [np.concatenate(parts) for parts in fetched]

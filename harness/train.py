@@ -27,7 +27,8 @@ from harness.data import Batch, DataSpec, MockDataset
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.errors import HostLostError, UsageError
-from harness.mesh import host_local_rows, make_global_batch, make_mesh
+from harness.mesh import host_local_rows_of, make_global_batch, make_mesh
+from harness.prefetch import Prefetcher
 from harness.preemption import PreemptionWatch, lost_hosts
 from harness.run_outputs import RunOutputs, RunSummary
 from harness.sinks import SCALAR_METRICS, Console, itstime
@@ -152,17 +153,20 @@ class Trainer:
         self.store.save(step, state, self._checkpoint_meta(step))
         return last
 
+    def _batches_for(self, step: int) -> tuple[Batch, Batch]:
+        """Host-local and global batch of `step` (runs in the prefetch thread)."""
+        local_batch = self.dataset.batch_at(step)
+        return local_batch, make_global_batch(local_batch, self.mesh)
+
     def _finish_step(self, pending: _InFlight, outputs: RunOutputs) -> dict[str, float]:
-        scalars = {name: float(pending.metrics[name]) for name in SCALAR_METRICS}
+        fetched = jax.device_get({name: pending.metrics[name] for name in SCALAR_METRICS})
+        scalars = {name: float(value) for name, value in fetched.items()}
         last_step = self.config.num_train_steps - 1
         log = itstime(pending.step, self.config.log_interval, last_step)
         outputs.step_finished(pending.step, scalars, pending.metrics, log=log)
         if self.reporter is not None:
-            self.reporter.observe(
-                pending.step, pending.local_batch,
-                host_local_rows(pending.metrics["per_sample_loss"]),
-                host_local_rows(pending.metrics["sample_id"]),
-            )
+            losses, sample_ids = host_local_rows_of([pending.metrics["per_sample_loss"], pending.metrics["sample_id"]])
+            self.reporter.observe(pending.step, pending.local_batch, losses, sample_ids)
             self.reporter.end_of_step(pending.step, last_step)
         return scalars
 
@@ -211,17 +215,21 @@ class Trainer:
         in_flight: collections.deque[_InFlight] = collections.deque()
         last: dict[str, float] = {}
         self.console.print("Starting training loop...")
-        for step in range(start_step, config.num_train_steps):
-            local_batch = self.dataset.batch_at(step)
-            state, metrics = train_step(state, make_global_batch(local_batch, self.mesh))
-            in_flight.append(_InFlight(step, metrics, local_batch))
-            if len(in_flight) >= config.max_steps_in_flight:
-                last = self._finish_step(in_flight.popleft(), outputs)
-            stop = watch.should_stop(step)
-            if stop or (step + 1) % config.save_interval == 0:
-                last = self._save(step + 1, state, in_flight, outputs) or last
-            if stop:
-                return state, step + 1, last, True
+        batches = Prefetcher(self._batches_for, range(start_step, config.num_train_steps),
+                             depth=config.max_steps_in_flight)
+        try:
+            for step, (local_batch, global_batch) in batches:
+                state, metrics = train_step(state, global_batch)
+                in_flight.append(_InFlight(step, metrics, local_batch))
+                if len(in_flight) >= config.max_steps_in_flight:
+                    last = self._finish_step(in_flight.popleft(), outputs)
+                stop = watch.should_stop(step)
+                if stop or (step + 1) % config.save_interval == 0:
+                    last = self._save(step + 1, state, in_flight, outputs) or last
+                if stop:
+                    return state, step + 1, last, True
+        finally:
+            batches.close()
         while in_flight:
             last = self._finish_step(in_flight.popleft(), outputs)
         return state, max(start_step, config.num_train_steps), last, False

@@ -16,7 +16,7 @@ import pytest
 from harness import distributed
 from harness.checkpoint import existing_steps
 from harness.config import available_presets
-from tests.support.runs import compile_cache_env, harness_env, run_harness, tree_snapshot
+from tests.support.runs import compile_cache_flags, harness_env, run_harness, tree_snapshot
 
 TIMEOUT_S = 120
 PREFIX = "harness-train: error: "
@@ -24,17 +24,22 @@ PREFIX = "harness-train: error: "
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
-    env = harness_env(**compile_cache_env(tmp_path_factory.getbasetemp() / "jax_compile_cache"))
+    env = harness_env()
     for name in (distributed.ENV_ADDRESS, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID):
         env.pop(name, None)
     return env
 
 
 @pytest.fixture(scope="module")
-def existing(tmp_path_factory, env) -> Path:
+def cache(tmp_path_factory) -> list[str]:
+    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
+
+
+@pytest.fixture(scope="module")
+def existing(tmp_path_factory, env, cache) -> Path:
     """A finished 2-step smoke run: `ckpt/` holds a real checkpoint, `run/` its metrics."""
     root = tmp_path_factory.mktemp("existing")
-    result = run_harness(["--config", "smoke", "--num_train_steps", "2", "--no_hard_examples", "--no_wandb",
+    result = run_harness(["--config", "smoke", *cache, "--num_train_steps", "2", "--no_hard_examples", "--no_wandb",
                           "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run")],
                          timeout=180, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -87,7 +92,7 @@ def _check_one_line(result, expected: str) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_exits_2_with_one_line_and_leaves_an_existing_run_alone(
-        case, existing, bad_preset, tmp_path, env):
+        case, existing, bad_preset, tmp_path, env, cache):
     file = tmp_path / "file.txt"
     file.write_text("not a directory\n")
     unwritable = file / "ckpt"
@@ -95,7 +100,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_an_existing_run_alone(
     before, file_before = tree_snapshot(existing), tree_snapshot(tmp_path)
 
     result = run_harness(
-        ["--config", "smoke", "--resume", "--checkpoint_dir", str(existing / "ckpt"),
+        ["--config", "smoke", *cache, "--resume", "--checkpoint_dir", str(existing / "ckpt"),
          "--run_dir", str(existing / "run"), *extra],
         timeout=TIMEOUT_S, env=env,
     )
@@ -107,14 +112,14 @@ def test_bad_input_exits_2_with_one_line_and_leaves_an_existing_run_alone(
 
 @pytest.mark.parametrize("case", ["batch_not_divisible", "fsdp_3", "steps_0", "partial_coordinates",
                                   "unwritable_checkpoint_dir"])
-def test_bad_input_creates_no_directories(case, bad_preset, tmp_path, env):
+def test_bad_input_creates_no_directories(case, bad_preset, tmp_path, env, cache):
     file = tmp_path / "file.txt"
     file.write_text("not a directory\n")
     unwritable = file / "ckpt"
     extra, expected = _cases(bad_preset, unwritable)[case]
 
     result = run_harness(
-        ["--config", "smoke", "--checkpoint_dir", str(tmp_path / "new" / "ckpt"),
+        ["--config", "smoke", *cache, "--checkpoint_dir", str(tmp_path / "new" / "ckpt"),
          "--run_dir", str(tmp_path / "new" / "run"), *extra],
         timeout=TIMEOUT_S, env=env,
     )
@@ -123,10 +128,10 @@ def test_bad_input_creates_no_directories(case, bad_preset, tmp_path, env):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 
-def test_existing_checkpoints_without_resume_or_overwrite_are_refused(existing, tmp_path, env):
+def test_existing_checkpoints_without_resume_or_overwrite_are_refused(existing, tmp_path, env, cache):
     before = tree_snapshot(existing)
 
-    result = run_harness(["--config", "smoke", "--checkpoint_dir", str(existing / "ckpt"),
+    result = run_harness(["--config", "smoke", *cache, "--checkpoint_dir", str(existing / "ckpt"),
                           "--run_dir", str(tmp_path / "run")], timeout=TIMEOUT_S, env=env)
 
     assert result.returncode == 2

@@ -211,6 +211,16 @@ def test_prompt_layout_and_masks():
         assert np.array_equal(batch.token_loss_mask[i], ar)
 
 
+def test_masks_stay_inside_the_prompt_when_it_is_cut_at_seq_len():
+    spec = DataSpec(global_batch_size=64, image_size=16, seq_len=16)
+    batch = MockDataset(spec, seed=0).batch_at(0)
+    prompt = batch.tokenized_prompt_mask
+
+    assert prompt[:, -1].any()  # some prompts really were cut
+    for mask in (batch.tokenized_langact_mask, batch.token_ar_mask, batch.token_loss_mask):
+        assert (mask <= prompt).all()
+
+
 def test_language_actions_decode_to_readable_moves():
     dataset = MockDataset(SPEC, seed=0)
     batch = dataset.batch_at(0)

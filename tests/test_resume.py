@@ -22,15 +22,21 @@ import pytest
 
 from harness.checkpoint import existing_steps
 from harness.sinks import read_metrics
-from tests.support.runs import REPO_ROOT, compile_cache_env, harness_env, run_harness, start_harness, tree_snapshot
+from tests.support.runs import REPO_ROOT, compile_cache_flags, harness_env, run_harness, start_harness, tree_snapshot
 
 STEPS = 60
 COMMON = ["--config", "smoke", "--log_interval", "1", "--no_wandb", "--no_hard_examples"]
 RUN_TIMEOUT_S = 180
 
 
-def _args(root: Path, *extra: str) -> list[str]:
-    return [*COMMON, "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> list[str]:
+    """All runs share one compilation cache: same config, same compiled step."""
+    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
+
+
+def _args(cache: list[str], root: Path, *extra: str) -> list[str]:
+    return [*COMMON, *cache, "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
 
 
 def _metrics_text(root: Path) -> str:
@@ -44,17 +50,11 @@ def _copy_run(source: Path, target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    """All runs share one compilation cache: same config, same compiled step."""
-    return harness_env(**compile_cache_env(tmp_path_factory.getbasetemp() / "jax_compile_cache"))
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, env) -> Path:
+def reference(tmp_path_factory, cache) -> Path:
     """An uninterrupted 60-step run (checkpoints at 20, 40, 60)."""
     root = tmp_path_factory.mktemp("reference")
-    result = run_harness(_args(root, "--num_train_steps", str(STEPS), "--save_interval", "20"),
-                         timeout=RUN_TIMEOUT_S, env=env)
+    result = run_harness(_args(cache, root, "--num_train_steps", str(STEPS), "--save_interval", "20"),
+                         timeout=RUN_TIMEOUT_S)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = read_metrics(root / "run" / "metrics.jsonl")
     assert [row["step"] for row in rows] == list(range(STEPS))
@@ -63,17 +63,17 @@ def reference(tmp_path_factory, env) -> Path:
 
 
 @pytest.fixture(scope="module")
-def split_run(tmp_path_factory, env) -> tuple[Path, str, str]:
+def split_run(tmp_path_factory, cache) -> tuple[Path, str, str]:
     """40 steps with --resume into an empty checkpoint dir, then --resume up to 60."""
     root = tmp_path_factory.mktemp("split")
     (root / "ckpt").mkdir()
-    first = run_harness(_args(root, "--num_train_steps", "40", "--save_interval", "20", "--resume"),
-                        timeout=RUN_TIMEOUT_S, env=env)
+    first = run_harness(_args(cache, root, "--num_train_steps", "40", "--save_interval", "20", "--resume"),
+                        timeout=RUN_TIMEOUT_S)
     assert first.returncode == 0, first.stdout + first.stderr
     first_rows = [row["step"] for row in read_metrics(root / "run" / "metrics.jsonl")]
     assert first_rows == list(range(40))
-    second = run_harness(_args(root, "--num_train_steps", str(STEPS), "--save_interval", "20", "--resume"),
-                         timeout=RUN_TIMEOUT_S, env=env)
+    second = run_harness(_args(cache, root, "--num_train_steps", str(STEPS), "--save_interval", "20", "--resume"),
+                         timeout=RUN_TIMEOUT_S)
     assert second.returncode == 0, second.stdout + second.stderr
     return root, first.stdout, second.stdout
 
@@ -110,10 +110,10 @@ def _logged_steps(path: Path) -> list[int]:
     return steps
 
 
-def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(reference, tmp_path, env):
-    args = _args(tmp_path, "--num_train_steps", str(STEPS), "--save_interval", "10")
+def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(reference, tmp_path, cache):
+    args = _args(cache, tmp_path, "--num_train_steps", str(STEPS), "--save_interval", "10")
     metrics_path, ckpt = tmp_path / "run" / "metrics.jsonl", str(tmp_path / "ckpt")
-    killed = start_harness(args, log_path=tmp_path / "killed.log", env=env)
+    killed = start_harness(args, log_path=tmp_path / "killed.log")
     try:
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while True:  # until a step past the first committed checkpoint is logged
@@ -134,7 +134,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(reference, 
     assert killed.returncode == -signal.SIGKILL
     assert max(_logged_steps(metrics_path)) < STEPS - 1  # really killed mid-run
 
-    result = run_harness([*args, "--resume"], timeout=RUN_TIMEOUT_S, env=env)
+    result = run_harness([*args, "--resume"], timeout=RUN_TIMEOUT_S)
 
     assert result.returncode == 0, result.stdout + result.stderr
     resumed_at = re.search(r"^Resumed from checkpoint at step (\d+)", result.stdout, re.MULTILINE)
@@ -143,12 +143,12 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(reference, 
     assert _metrics_text(tmp_path) == _metrics_text(reference)
 
 
-def test_resume_with_another_batch_size_fails_and_changes_nothing(reference, tmp_path, env):
+def test_resume_with_another_batch_size_fails_and_changes_nothing(reference, tmp_path, cache):
     root = _copy_run(reference, tmp_path)
     before = tree_snapshot(root)
 
-    result = run_harness(_args(root, "--num_train_steps", str(STEPS), "--resume", "--batch_size", "32"),
-                         timeout=RUN_TIMEOUT_S, env=env)
+    result = run_harness(_args(cache, root, "--num_train_steps", str(STEPS), "--resume", "--batch_size", "32"),
+                         timeout=RUN_TIMEOUT_S)
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr
@@ -157,11 +157,11 @@ def test_resume_with_another_batch_size_fails_and_changes_nothing(reference, tmp
     assert tree_snapshot(root) == before
 
 
-def test_checkpoints_without_resume_or_overwrite_fail_then_overwrite_starts_over(reference, tmp_path, env):
+def test_checkpoints_without_resume_or_overwrite_fail_then_overwrite_starts_over(reference, tmp_path, cache):
     root = _copy_run(reference, tmp_path)
     before = tree_snapshot(root)
 
-    refused = run_harness(_args(root, "--num_train_steps", "8"), timeout=RUN_TIMEOUT_S, env=env)
+    refused = run_harness(_args(cache, root, "--num_train_steps", "8"), timeout=RUN_TIMEOUT_S)
 
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stderr.splitlines() == [
@@ -170,7 +170,7 @@ def test_checkpoints_without_resume_or_overwrite_fail_then_overwrite_starts_over
     ]
     assert tree_snapshot(root) == before
 
-    overwritten = run_harness(_args(root, "--num_train_steps", "8", "--overwrite"), timeout=RUN_TIMEOUT_S, env=env)
+    overwritten = run_harness(_args(cache, root, "--num_train_steps", "8", "--overwrite"), timeout=RUN_TIMEOUT_S)
 
     assert overwritten.returncode == 0, overwritten.stdout + overwritten.stderr
     assert "Resumed" not in overwritten.stdout
@@ -178,37 +178,39 @@ def test_checkpoints_without_resume_or_overwrite_fail_then_overwrite_starts_over
     assert _metrics_text(root).splitlines() == _metrics_text(reference).splitlines()[:8]
 
 
-# Dies like `kill -9` (no cleanup, no flush) when the loop asks for batch CRASH_AT_STEP.
-CRASHING_CLI = """
+# The CLI, dying like `kill -9` (no cleanup, no flush) as soon as the save of step
+# DIE_AFTER_SAVE returns. Importing harness.checkpoint (and so jax) first is what
+# `python -m harness.train` does too.
+DYING_CLI = """
 import os, sys
-from harness.data import MockDataset
+from harness.checkpoint import CheckpointStore
 
-batch_at = MockDataset.batch_at
+save = CheckpointStore.save
 
-def crash_at(self, step):
-    if step == int(os.environ["CRASH_AT_STEP"]):
+def save_then_die(self, step, state, meta):
+    save(self, step, state, meta)
+    if step == int(os.environ["DIE_AFTER_SAVE"]):
         os._exit(137)
-    return batch_at(self, step)
 
-MockDataset.batch_at = crash_at
+CheckpointStore.save = save_then_die
 from harness.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_death_right_after_a_checkpoint_loses_no_metric_rows(reference, tmp_path, env):
-    """Checkpoint 4 is committed (synchronous save) just before the loop builds batch 4;
-    the process dies there. Step 3 was in flight when the save began: its metrics row
-    must already be on disk, because the resume starts at 4."""
-    args = _args(tmp_path, "--num_train_steps", "8", "--save_interval", "4", "--sync_checkpointing")
+def test_death_right_after_a_checkpoint_loses_no_metric_rows(reference, tmp_path, cache):
+    """The process dies the moment checkpoint 4 is committed (synchronous save). Step 3
+    may still have been in flight when the save began; its metrics row must be on disk
+    by then anyway, because the resume starts at 4."""
+    args = _args(cache, tmp_path, "--num_train_steps", "8", "--save_interval", "4", "--sync_checkpointing")
 
-    crashed = subprocess.run([sys.executable, "-c", CRASHING_CLI, *args], cwd=REPO_ROOT,
-                             env={**env, "CRASH_AT_STEP": "4"}, capture_output=True, text=True,
-                             timeout=RUN_TIMEOUT_S)
-    assert crashed.returncode == 137, crashed.stdout + crashed.stderr
+    died = subprocess.run([sys.executable, "-c", DYING_CLI, *args], cwd=REPO_ROOT,
+                          env=harness_env(DIE_AFTER_SAVE="4"), capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+    assert died.returncode == 137, died.stdout + died.stderr
     assert existing_steps(str(tmp_path / "ckpt")) == [4]
 
-    resumed = run_harness([*args, "--resume"], timeout=RUN_TIMEOUT_S, env=env)
+    resumed = run_harness([*args, "--resume"], timeout=RUN_TIMEOUT_S)
 
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Resumed from checkpoint at step 4" in resumed.stdout.splitlines()

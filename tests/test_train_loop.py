@@ -12,7 +12,7 @@ import pytest
 
 from harness.checkpoint import existing_steps
 from harness.sinks import SCALAR_METRICS, MetricsFile, format_metrics_line, itstime, read_metrics
-from tests.support.runs import compile_cache_env, harness_env, run_harness
+from tests.support.runs import compile_cache_flags, run_harness
 
 NUMBER = r"-?\d+\.\d{4}"
 STEP_LINE = re.compile(
@@ -24,9 +24,9 @@ STEP_LINE = re.compile(
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
-    env = harness_env(**compile_cache_env(tmp_path_factory.getbasetemp() / "jax_compile_cache"))
-    result = run_harness(["--config", "smoke", "--checkpoint_dir", str(root / "ckpt"),
-                          "--run_dir", str(root / "run")], timeout=180, env=env)
+    cache = compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
+    result = run_harness(["--config", "smoke", *cache, "--checkpoint_dir", str(root / "ckpt"),
+                          "--run_dir", str(root / "run")], timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     return root, result
 

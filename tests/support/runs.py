@@ -29,18 +29,11 @@ def harness_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def compile_cache_env(cache_dir: Path) -> dict[str, str]:
-    """Environment for a persistent JAX compilation cache shared by a test's runs.
-
-    Runs of the same config then compile their jitted init and step once instead of
-    once per process (on 2 CPU cores: ~7 s -> ~3 s of CPU per smoke run). A cache hit
-    returns the same executable, so results are unchanged.
-    """
-    return {
-        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
+def compile_cache_flags(cache_dir: Path) -> list[str]:
+    """`--compilation_cache_dir` for a test's runs: runs of the same config then compile
+    their init and step once, not once per process, and a test never shares the cache
+    in /tmp that the presets name with runs outside it."""
+    return ["--compilation_cache_dir", str(cache_dir)]
 
 
 def run_harness(args: list[str], *, timeout: float = DEFAULT_TIMEOUT_S, env: dict[str, str] | None = None,
@@ -211,7 +204,7 @@ _REFERENCE_ROWS: dict[str, list[dict]] = {}
 
 
 def uninterrupted_rows(topology: str, num_steps: int, *, workdir: Path, env: dict[str, str],
-                       timeout: float = DEFAULT_TIMEOUT_S) -> list[dict]:
+                       extra_args: tuple[str, ...] = (), timeout: float = DEFAULT_TIMEOUT_S) -> list[dict]:
     """`metrics.jsonl` rows of steps 0..num_steps-1 of an uninterrupted run that logs every
     step, on `topology` ("1x8": the smoke preset in one process; "2x4": local-2x4 under
     launch.local): the oracle a resumed run must equal bit for bit.
@@ -219,7 +212,8 @@ def uninterrupted_rows(topology: str, num_steps: int, *, workdir: Path, env: dic
     Made once per pytest process and topology, and shared by every module that asks: a
     step's metrics do not depend on --num_train_steps (the learning rate warms up, then
     stays constant; a batch is a function of its step), so a longer run serves a shorter
-    request. `workdir` (empty) receives the run when one is needed.
+    request. `workdir` (empty) receives the run when one is needed; `extra_args` are
+    flags that leave the metrics alone (a compilation cache).
     """
     from harness.sinks import read_metrics
 
@@ -228,7 +222,7 @@ def uninterrupted_rows(topology: str, num_steps: int, *, workdir: Path, env: dic
         num_processes, devices, preset = REFERENCE_TOPOLOGIES[topology]
         args = ["--config", preset, "--num_train_steps", str(num_steps), "--log_interval", "1",
                 "--save_interval", str(num_steps), "--no_wandb", "--no_hard_examples",
-                "--checkpoint_dir", str(workdir / "ckpt"), "--run_dir", str(workdir / "run")]
+                "--checkpoint_dir", str(workdir / "ckpt"), "--run_dir", str(workdir / "run"), *extra_args]
         if num_processes == 1:
             result = run_harness(args, timeout=timeout, env=env)
         else:

@@ -1,0 +1,251 @@
+"""Damaged checkpoints through the real CLI: `--resume` reports them, sets them aside
+(renamed, never deleted) and continues bit for bit from the newest valid step; with no
+valid step it changes nothing unless `--allow_fresh_start`; a run killed during an async
+save resumes from a committed step, never from the half-written one.
+
+    .venv/bin/python -m pytest -q tests/test_damaged_checkpoints.py
+    .venv/bin/python -m pytest -q -m soak tests/test_damaged_checkpoints.py   # many kill points
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.checkpoint import existing_steps
+from harness.sinks import read_metrics
+from tests.support.runs import (
+    compile_cache_flags, failure_report, harness_env, run_harness, start_harness, tree_snapshot,
+    uninterrupted_rows, wait_for_output,
+)
+
+COMMON = ["--config", "smoke", "--log_interval", "1", "--no_wandb"]
+RUN_TIMEOUT_S = 240
+DAMAGED_DIR = re.compile(r"damaged-(\d+)-\d{8}T\d{6}")
+ORBAX_TMP = ".orbax-checkpoint-tmp"
+
+
+def _args(root: Path, cache: list[str], *extra: str) -> list[str]:
+    return [*COMMON, *cache, "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+
+
+def _copy_run(source: Path, target: Path) -> Path:
+    for part in ("ckpt", "run"):
+        shutil.copytree(source / part, target / part)
+    return target
+
+
+def _truncate_largest_data_file(step_dir: Path) -> Path:
+    """Cuts the biggest array data file of a step's `state/` in half (a torn write)."""
+    data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    victim = max(data_files, key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    return victim
+
+
+def _set_aside(ckpt: Path) -> dict[int, Path]:
+    """Step -> the `damaged-<step>-<time>` directory it was renamed to."""
+    found = {}
+    for child in ckpt.iterdir():
+        match = DAMAGED_DIR.fullmatch(child.name)
+        if match:
+            assert int(match.group(1)) not in found, f"two damaged dirs for one step: {sorted(ckpt.iterdir())}"
+            found[int(match.group(1))] = child
+    return found
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return harness_env()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> list[str]:
+    """One compilation cache for the session's runs: same config, same compiled step."""
+    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, env, cache) -> Path:
+    """An uninterrupted 12-step run with checkpoints at 4, 8 and 12, every step logged."""
+    root = tmp_path_factory.mktemp("pristine")
+    result = run_harness(_args(root, cache, "--num_train_steps", "12", "--save_interval", "4", "--keep", "5"),
+                         timeout=RUN_TIMEOUT_S, env=env)
+    assert result.returncode == 0, failure_report(result)
+    assert existing_steps(str(root / "ckpt")) == [4, 8, 12]
+    assert [row["step"] for row in read_metrics(root / "run" / "metrics.jsonl")] == list(range(12))
+    return root
+
+
+# ---------------------------------------------------------------------------------------
+# Newer steps damaged: resume from the newest valid one.
+
+@pytest.fixture(scope="module")
+def partly_damaged(pristine, tmp_path_factory, env, cache):
+    """A copy of the pristine run with step 12's data torn and step 8's commit marker
+    gone, then `--resume` to 12."""
+    root = _copy_run(pristine, tmp_path_factory.mktemp("partly_damaged"))
+    ckpt = root / "ckpt"
+    _truncate_largest_data_file(ckpt / "12")
+    (ckpt / "8" / "commit_success.txt").unlink()
+    damaged = {step: tree_snapshot(ckpt / str(step)) for step in (12, 8)}
+    result = run_harness(_args(root, cache, "--num_train_steps", "12", "--save_interval", "4", "--keep", "5", "--resume"),
+                         timeout=RUN_TIMEOUT_S, env=env)
+    return root, result, damaged
+
+
+def test_resume_reports_each_damaged_step_and_resumes_from_the_newest_valid_one(partly_damaged):
+    _, result, _ = partly_damaged
+    lines = result.stdout.splitlines()
+
+    assert result.returncode == 0, failure_report(result)
+    warnings = [line for line in lines if line.startswith("WARNING: checkpoint step")]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("WARNING: checkpoint step 12 is damaged (")
+    assert warnings[0].endswith("); trying an older one")
+    assert warnings[1] == ("WARNING: checkpoint step 8 is damaged (incomplete: no commit_success.txt); "
+                           "trying an older one")
+    assert "Resumed from checkpoint at step 4 (newer damaged steps skipped: 12, 8)" in lines
+    assert "Training complete!" in lines
+
+
+def test_damaged_steps_are_renamed_with_their_contents_untouched(partly_damaged):
+    root, result, damaged = partly_damaged
+    ckpt = root / "ckpt"
+
+    set_aside = _set_aside(ckpt)
+
+    assert sorted(set_aside) == [8, 12], sorted(os.listdir(ckpt))
+    for step, directory in set_aside.items():
+        assert tree_snapshot(directory) == damaged[step], f"step {step}'s files changed when set aside"
+        assert f"WARNING: moved damaged checkpoint aside: {directory}" in result.stdout.splitlines()
+    # The resumed run saved 8 and 12 again under their own numbers.
+    assert existing_steps(str(ckpt)) == [4, 8, 12]
+
+
+def test_run_resumed_past_damaged_steps_logs_the_uninterrupted_metrics(partly_damaged, pristine):
+    root, result, _ = partly_damaged
+
+    assert result.returncode == 0, failure_report(result)
+    # Rows 0-3 kept from before, 4-11 recomputed from step 4: byte for byte the same file.
+    assert (root / "run" / "metrics.jsonl").read_text() == (pristine / "run" / "metrics.jsonl").read_text()
+
+
+# ---------------------------------------------------------------------------------------
+# Every step damaged: refuse and change nothing, or start over when asked to.
+
+@pytest.fixture(scope="module")
+def all_damaged(pristine, tmp_path_factory, env, cache):
+    """A copy with step 12 torn, 8 without its marker and 4 without its metadata item;
+    `--resume` (refused), then `--resume --allow_fresh_start` for 4 steps."""
+    root = _copy_run(pristine, tmp_path_factory.mktemp("all_damaged"))
+    ckpt = root / "ckpt"
+    _truncate_largest_data_file(ckpt / "12")
+    (ckpt / "8" / "commit_success.txt").unlink()
+    shutil.rmtree(ckpt / "4" / "meta")
+    before = tree_snapshot(root)
+    damaged = {step: tree_snapshot(ckpt / str(step)) for step in (4, 8, 12)}
+    args = _args(root, cache, "--num_train_steps", "4", "--save_interval", "4", "--keep", "5", "--resume")
+
+    refused = run_harness(args, timeout=RUN_TIMEOUT_S, env=env)
+    after_refusal = tree_snapshot(root)
+    fresh = run_harness([*args, "--allow_fresh_start"], timeout=RUN_TIMEOUT_S, env=env)
+    return root, before, after_refusal, damaged, refused, fresh
+
+
+def test_resume_with_only_damaged_steps_fails_with_one_line_and_changes_nothing(all_damaged):
+    root, before, after_refusal, _, refused, _ = all_damaged
+
+    assert refused.returncode == 2, failure_report(refused)
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("harness-train:")]
+    assert len(errors) == 1, failure_report(refused)
+    assert errors[0].startswith(
+        f"harness-train: error: no valid checkpoint in {root / 'ckpt'} (damaged: steps 12, 8, 4); "
+        "nothing was changed."), errors[0]
+    assert "--allow_fresh_start" in errors[0]
+    assert "Traceback" not in refused.stderr
+    assert after_refusal == before  # checkpoints, metrics, everything under the run's root
+
+
+def test_allow_fresh_start_starts_at_0_and_keeps_the_damaged_steps(all_damaged, pristine):
+    root, _, _, damaged, _, fresh = all_damaged
+    ckpt = root / "ckpt"
+
+    assert fresh.returncode == 0, failure_report(fresh)
+    assert "No valid checkpoint to resume from: starting at step 0" in fresh.stdout.splitlines()
+    set_aside = _set_aside(ckpt)
+    assert sorted(set_aside) == [4, 8, 12], sorted(os.listdir(ckpt))
+    for step, directory in set_aside.items():
+        assert tree_snapshot(directory) == damaged[step], f"step {step}'s files changed when set aside"
+    assert existing_steps(str(ckpt)) == [4]
+    assert read_metrics(root / "run" / "metrics.jsonl") == read_metrics(pristine / "run" / "metrics.jsonl")[:4]
+
+
+# ---------------------------------------------------------------------------------------
+# SIGKILL while an async save is being written.
+
+def _kill_during_a_save(root: Path, env: dict[str, str], cache: list[str], *, delay_s: float | None) -> tuple[list[int], list[str], str]:
+    """Starts a long run saving every 2 steps and SIGKILLs it: once a save is in flight
+    (an orbax tmp dir is there) after one has committed, or `delay_s` after the first
+    logged step. Returns the committed steps and the tmp dirs left, and the run's log."""
+    ckpt, log = root / "ckpt", root / "killed.log"
+    process = start_harness(_args(root, cache, "--num_train_steps", "400", "--save_interval", "2", "--keep", "3",
+                                  "--no_hard_examples"), log_path=log, env=env)
+    try:
+        wait_for_output(log, r"^Step +\d+:", process, timeout=RUN_TIMEOUT_S)
+        if delay_s is not None:
+            time.sleep(delay_s)
+        else:
+            deadline = time.monotonic() + RUN_TIMEOUT_S
+            while not (existing_steps(str(ckpt)) and any(ORBAX_TMP in name for name in os.listdir(ckpt))):
+                assert process.poll() is None, f"run ended (rc {process.returncode}):\n{log.read_text()}"
+                assert time.monotonic() < deadline, "no save in flight after a committed one"
+                time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, log.read_text()
+    left = sorted(name for name in os.listdir(ckpt) if ORBAX_TMP in name) if ckpt.exists() else []
+    return existing_steps(str(ckpt)), left, log.read_text()
+
+
+def _resume_after_kill(root: Path, env: dict[str, str], cache: list[str], tmp_path_factory, committed: list[int], left: list[str]):
+    start = max(committed, default=0)
+    result = run_harness(_args(root, cache, "--num_train_steps", str(start + 4), "--save_interval", "2", "--keep", "3",
+                               "--no_hard_examples", "--resume"), timeout=RUN_TIMEOUT_S, env=env)
+    context = f"committed at kill {committed}, tmp dirs left {left}\n{failure_report(result)}"
+
+    assert result.returncode == 0, context
+    expected_line = f"Resumed from checkpoint at step {start}" if start else \
+        "No valid checkpoint to resume from: starting at step 0"
+    assert expected_line in result.stdout.splitlines(), context
+    reference = uninterrupted_rows("1x8", start + 4, workdir=tmp_path_factory.mktemp("reference"), env=env,
+                                   extra_args=tuple(cache))
+    assert read_metrics(root / "run" / "metrics.jsonl") == reference, context
+
+
+def test_sigkill_during_an_async_save_resumes_from_the_last_committed_step(tmp_path, tmp_path_factory, env, cache):
+    committed, left, log = _kill_during_a_save(tmp_path, env, cache, delay_s=None)
+
+    assert committed, log
+    _resume_after_kill(tmp_path, env, cache, tmp_path_factory, committed, left)
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("seed", range(8))
+def test_sigkill_at_a_random_point_then_resume_never_fails(seed, tmp_path, tmp_path_factory, env, cache):
+    delay_s = random.Random(seed).uniform(0.0, 2.0)
+
+    committed, left, _ = _kill_during_a_save(tmp_path, env, cache, delay_s=delay_s)
+
+    _resume_after_kill(tmp_path, env, cache, tmp_path_factory, committed, left)

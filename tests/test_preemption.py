@@ -1,0 +1,184 @@
+"""Preemption through the real CLI: SIGTERM makes every host stop at one agreed step,
+save a checkpoint there and exit 0; `--resume` then continues bit for bit.
+
+    .venv/bin/python -m pytest -q tests/test_preemption.py
+    .venv/bin/python -m pytest -q -m soak tests/test_preemption.py   # SIGTERM to one host only
+
+Each run trains far longer (400 steps, no periodic checkpoint) than it gets to, so the
+only checkpoint is the preemption one. Every wait is bounded: a run that ignores the
+signal fails a test instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.checkpoint import existing_steps
+from harness.sinks import read_metrics
+from tests.support.runs import (
+    compile_cache_flags, failure_report, harness_env, launch_local, local_pod_hosts, run_harness,
+    start_harness, start_local_pod, stop_local_pod, uninterrupted_rows, wait_for_output,
+)
+
+RUN_TIMEOUT_S = 240
+# A preempted host gets this long to save and exit (TPU VMs get ~30 s; 2 busy cores are slower).
+STOP_WITHIN_S = 90
+LONG_RUN = ["--num_train_steps", "400", "--save_interval", "1000"]
+PREEMPTED = r"Preempted \(SIGTERM\): all hosts stopped at step (\d+) and saved a checkpoint there"
+
+
+def _single_args(root: Path, cache: list[str], *extra: str) -> list[str]:
+    return ["--config", "smoke", "--log_interval", "1", "--no_wandb", *cache,
+            "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+
+
+def _pod_command(root: Path, cache: list[str], *extra: str) -> list[str]:
+    return [sys.executable, "-m", "harness.train", "--config", "local-2x4", "--log_interval", "1", "--no_wandb",
+            *cache, "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return harness_env()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> list[str]:
+    """One compilation cache for the session's runs: same config, same compiled step."""
+    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
+
+
+# ---------------------------------------------------------------------------------------
+# One process: a signal handler sets a flag the loop checks every step.
+
+@pytest.fixture(scope="module")
+def preempted_run(tmp_path_factory, env, cache):
+    """SIGTERM right after the first logged step, then `--resume` for 8 more steps."""
+    root = tmp_path_factory.mktemp("preempted")
+    log = root / "preempted.log"
+    process = start_harness(_single_args(root, cache, *LONG_RUN), log_path=log, env=env)
+    try:
+        wait_for_output(log, r"^Step +\d+:", process, timeout=RUN_TIMEOUT_S)
+        process.send_signal(signal.SIGTERM)
+        try:
+            returncode = process.wait(timeout=STOP_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running {STOP_WITHIN_S}s after SIGTERM:\n{log.read_text()[-3000:]}")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    output = log.read_text()
+    match = re.search(f"^{PREEMPTED}", output, re.MULTILINE)
+    assert match, f"rc {returncode}, no preemption message:\n{output[-3000:]}"
+    stopped_at = int(match.group(1))
+    rows_at_stop = read_metrics(root / "run" / "metrics.jsonl")
+    steps_at_stop = existing_steps(str(root / "ckpt"))
+    resumed = run_harness(_single_args(root, cache, "--resume", "--num_train_steps", str(stopped_at + 8),
+                                       "--save_interval", "1000"), timeout=RUN_TIMEOUT_S, env=env)
+    reference = uninterrupted_rows("1x8", stopped_at + 8, workdir=root / "reference", env=env,
+                                   extra_args=tuple(cache))
+    return {"returncode": returncode, "output": output, "stopped_at": stopped_at, "rows_at_stop": rows_at_stop,
+            "steps_at_stop": steps_at_stop, "resumed": resumed, "reference": reference, "root": root}
+
+
+def test_sigterm_saves_a_checkpoint_at_the_stop_step_and_exits_0(preempted_run):
+    run = preempted_run
+    stopped_at = run["stopped_at"]
+
+    assert run["returncode"] == 0, run["output"][-3000:]
+    assert stopped_at >= 1
+    assert "Training complete!" not in run["output"]
+    assert run["steps_at_stop"] == [stopped_at]  # the preemption checkpoint, and only it
+    # Every step before the stop was finished and logged, none after it.
+    assert run["rows_at_stop"] == run["reference"][:stopped_at]
+
+
+def test_resume_after_preemption_continues_bit_for_bit(preempted_run):
+    run = preempted_run
+    resumed, stopped_at = run["resumed"], run["stopped_at"]
+
+    assert resumed.returncode == 0, failure_report(resumed)
+    assert f"Resumed from checkpoint at step {stopped_at}" in resumed.stdout.splitlines()
+    assert read_metrics(run["root"] / "run" / "metrics.jsonl") == run["reference"]
+
+
+# ---------------------------------------------------------------------------------------
+# A local pod: JAX's preemption sync manager makes every host stop at the same step.
+
+def _preempt_pod(root: Path, env: dict[str, str], cache: list[str], *, signal_host: int | None):
+    """Starts a 2x4 pod and, after host 0's first logged step, sends SIGTERM to the
+    launcher (it forwards to every host) or to the host `signal_host` only."""
+    log = root / "launcher.log"
+    launcher = start_local_pod(2, 4, _pod_command(root, cache, *LONG_RUN), log_path=log, timeout=RUN_TIMEOUT_S,
+                               kill_grace=STOP_WITHIN_S, env=env)
+    hosts = {}
+    try:
+        wait_for_output(log, r"^\[host 0\] Step +\d+:", launcher, timeout=RUN_TIMEOUT_S)
+        hosts = local_pod_hosts(launcher.pid)
+        assert sorted(hosts) == [0, 1], hosts
+        if signal_host is None:
+            launcher.send_signal(signal.SIGTERM)
+        else:
+            os.kill(hosts[signal_host].pid, signal.SIGTERM)
+        try:
+            returncode = launcher.wait(timeout=STOP_WITHIN_S + 30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"pod still running long after SIGTERM:\n{log.read_text()[-3000:]}")
+        left = [host_id for host_id, host in hosts.items() if host.same_process()]
+    finally:
+        stop_local_pod(launcher, hosts)
+    return returncode, log.read_text(), left
+
+
+def _check_one_agreed_stop(root: Path, returncode: int, output: str, left: list[int]) -> int:
+    """Asserts the pod stopped together; returns the agreed step."""
+    assert returncode == 0, output[-4000:]
+    assert left == [], f"hosts still alive after the launcher exited: {left}"
+    messages = re.findall(rf"^\[host (\d+)\] {PREEMPTED}", output, re.MULTILINE)
+    assert len(messages) == 1 and messages[0][0] == "0", (messages, output[-4000:])
+    stopped_at = int(messages[0][1])
+    assert "Training complete!" not in output
+    assert "ended with" not in output and "sending SIGKILL" not in output, output[-4000:]
+    assert existing_steps(str(root / "ckpt")) == [stopped_at]
+    # Both hosts wrote their shards of that one step.
+    state = root / "ckpt" / str(stopped_at) / "state"
+    assert sorted(p.name for p in state.glob("ocdbt.process_*")) == ["ocdbt.process_0", "ocdbt.process_1"]
+    return stopped_at
+
+
+def _check_pod_resume(root: Path, stopped_at: int, env: dict[str, str], cache: list[str]) -> None:
+    resumed = launch_local(2, 4, _pod_command(root, cache, "--resume", "--num_train_steps", str(stopped_at + 8),
+                                              "--save_interval", "1000"), timeout=RUN_TIMEOUT_S, env=env)
+
+    assert resumed.returncode == 0, failure_report(resumed)
+    assert f"[host 0] Resumed from checkpoint at step {stopped_at}" in resumed.stdout.splitlines()
+    reference = uninterrupted_rows("2x4", stopped_at + 8, workdir=root / "reference", env=env,
+                                   extra_args=tuple(cache))
+    assert read_metrics(root / "run" / "metrics.jsonl") == reference
+
+
+def test_sigterm_to_the_launcher_stops_every_host_at_one_step_and_resume_is_exact(tmp_path, env, cache):
+    returncode, output, left = _preempt_pod(tmp_path, env, cache, signal_host=None)
+
+    stopped_at = _check_one_agreed_stop(tmp_path, returncode, output, left)
+    assert "launch.local: stop requested" in output
+
+    _check_pod_resume(tmp_path, stopped_at, env, cache)
+
+
+@pytest.mark.soak
+def test_sigterm_to_one_host_stops_every_host_at_one_step_and_resume_is_exact(tmp_path, env, cache):
+    returncode, output, left = _preempt_pod(tmp_path, env, cache, signal_host=1)
+
+    stopped_at = _check_one_agreed_stop(tmp_path, returncode, output, left)
+    assert "stop requested" not in output  # the launcher itself got no signal
+
+    _check_pod_resume(tmp_path, stopped_at, env, cache)
