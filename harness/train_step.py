@@ -54,15 +54,17 @@ def _init_fn(config: TrainConfig, optimizer: optax.GradientTransformation) -> Ca
 
 
 def state_shardings(config: TrainConfig, mesh: Mesh) -> TrainState:
-    """FSDP shardings for every leaf of the state (scalars and the rng replicated)."""
+    """FSDP shardings for params and optimizer state; the step counter and the rng key
+    are replicated (splitting a 2-word key across devices saves nothing)."""
     abstract = jax.eval_shape(_init_fn(config, make_optimizer(config)))
-    return fsdp_shardings(abstract, mesh)
+    shardings = fsdp_shardings(abstract, mesh)
+    return shardings._replace(step=replicated(mesh), rng=replicated(mesh))
 
 
 def abstract_state(config: TrainConfig, mesh: Mesh) -> TrainState:
     """ShapeDtypeStructs with target shardings: what a checkpoint restores into."""
     abstract = jax.eval_shape(_init_fn(config, make_optimizer(config)))
-    shardings = fsdp_shardings(abstract, mesh)
+    shardings = state_shardings(config, mesh)
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
