@@ -160,7 +160,7 @@ class Trainer:
 
     def _finish_step(self, pending: _InFlight, outputs: RunOutputs) -> dict[str, float]:
         fetched = jax.device_get({name: pending.metrics[name] for name in SCALAR_METRICS})
-        scalars = {name: float(value) for name, value in fetched.items()}
+        scalars = {name: float(fetched[name]) for name in SCALAR_METRICS}  # device_get sorts keys
         last_step = self.config.num_train_steps - 1
         log = itstime(pending.step, self.config.log_interval, last_step)
         outputs.step_finished(pending.step, scalars, pending.metrics, log=log)

@@ -101,8 +101,8 @@ def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Ba
         valid = batch.sample_mask
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
-            "param_norm": optax.global_norm(params),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
             "token_acc": (token_hits * valid).sum() / jnp.maximum((token_count * valid).sum(), 1.0),
             "max_per_sample_loss": jnp.max(jnp.where(valid, per_sample_loss, -jnp.inf)),
             "per_sample_loss": per_sample_loss,
