@@ -20,6 +20,7 @@ from harness.sinks import Console, MetricsFile, PerSampleLossFile, format_metric
 from harness.wandb_sink import WandbSink
 
 _INTERVAL_FILE = re.compile(r"step_(\d+)\.json$")
+CURVE_METRICS = ("loss", "max_per_sample_loss")
 
 
 @dataclasses.dataclass
@@ -50,6 +51,9 @@ class RunOutputs:
         self.run_dir = Path(config.run_dir)
         primary = console.is_primary
         self.metrics_file = MetricsFile(self.run_dir / "metrics.jsonl", is_primary=primary, start_step=start_step)
+        # Every step's loss, for the loss curve (metrics.jsonl has the logged steps only).
+        self.loss_history = MetricsFile(self.run_dir / "loss_history.jsonl", is_primary=primary,
+                                        start_step=start_step)
         self.loss_record = (
             PerSampleLossFile(self.run_dir / "per_sample_losses.jsonl", is_primary=primary, start_step=start_step)
             if config.record_per_sample_losses else None
@@ -66,6 +70,7 @@ class RunOutputs:
     def step_finished(self, step: int, scalars: Mapping[str, float], metrics: Mapping[str, Any], *, log: bool) -> None:
         """Per finished step; `metrics` holds the device arrays (for the loss record)."""
         self.progress.advance(scalars["loss"])
+        self.loss_history.write(step, {k: scalars[k] for k in CURVE_METRICS})
         if self.loss_record is not None:
             self.loss_record.write(step, metrics["sample_id"], metrics["per_sample_loss"])
         if log:
@@ -89,8 +94,8 @@ class RunOutputs:
     def finish(self, summary: RunSummary) -> None:
         self.progress.close()
         if self.console.is_primary:
-            metrics_path = self.run_dir / "metrics.jsonl"
-            rows = read_metrics(metrics_path) if metrics_path.exists() else []
+            history = self.run_dir / "loss_history.jsonl"
+            rows = read_metrics(history) if history.exists() else []
             save_loss_curve(rows, self.run_dir / "loss_curve.png", hard_example_steps=self.hard_example_steps())
         for line in summary_lines(summary, self):
             self.console.print(line)

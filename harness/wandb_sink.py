@@ -125,8 +125,8 @@ class WandbSink:
         self._run = run
         id_file.write_text(run_id + "\n")
         self._run_id = run.id
-        self._url = run.url
         self._offline = run.offline
+        self._url = None if run.offline else run.url  # offline, wandb warns on .url
         self._run_path = Path(run.dir).parent
         self._min_step = run.step
         where = self._url or f"{self._run_path} (offline)"
