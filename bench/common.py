@@ -6,6 +6,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,3 +49,26 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def python() -> str:
     return sys.executable
+
+
+def trainer_seconds_per_step(config, *, warmup: int) -> float:
+    """Steady-state seconds per step of the real `Trainer` (run to `config.num_train_steps`
+    in a temporary dir), timed between finished steps after `warmup` steps (compiling)."""
+    from harness import run_outputs
+    from harness.train import Trainer
+
+    stamps: dict[int, float] = {}
+    original = run_outputs.RunOutputs.step_finished
+
+    def timed(self, step, scalars, metrics, *, log):
+        original(self, step, scalars, metrics, log=log)
+        stamps[step] = time.perf_counter()
+
+    run_outputs.RunOutputs.step_finished = timed
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            Trainer(config.replace(checkpoint_dir=f"{tmp}/ckpt", run_dir=f"{tmp}/run")).run()
+    finally:
+        run_outputs.RunOutputs.step_finished = original
+    last = config.num_train_steps - 1
+    return (stamps[last] - stamps[warmup - 1]) / (last - warmup + 1)

@@ -17,12 +17,11 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
-from bench.common import REPO_ROOT, child_env, median
+from bench.common import REPO_ROOT, child_env, median, trainer_seconds_per_step
 from harness.hard_examples.codec import CandidatePayload, ExamplePayload, decode_payload, encode_payload
 from harness.hard_examples.entry import Candidate, HardExample, IntervalStats
 from harness.hard_examples.merge import merge_round_robin, merge_stats
@@ -38,29 +37,13 @@ def tracking_on_off(steps: int, repeats: int) -> dict:
     from harness.config import TrainConfig as _Config
 
     configure_devices(_Config(cpu_devices=8))
-    from harness import run_outputs
     from harness.config import TrainConfig
-    from harness.train import Trainer
 
     def block(track: bool) -> float:
-        stamps: dict[int, float] = {}
-        original = run_outputs.RunOutputs.step_finished
-
-        def timed(self, step, scalars, metrics, *, log):
-            original(self, step, scalars, metrics, log=log)
-            stamps[step] = time.perf_counter()
-
-        run_outputs.RunOutputs.step_finished = timed
         config = TrainConfig(batch_size=256, image_size=224, fsdp_devices=8, num_train_steps=steps,
                              track_hard_examples=track, hard_example_log_interval=10,
                              save_interval=10**6, use_wandb=False, log_interval=10**6)
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                Trainer(config.replace(checkpoint_dir=f"{tmp}/c", run_dir=f"{tmp}/r")).run()
-        finally:
-            run_outputs.RunOutputs.step_finished = original
-        warm = 5
-        return (stamps[steps - 1] - stamps[warm - 1]) / (steps - warm)
+        return trainer_seconds_per_step(config, warmup=5)
 
     on, off = [], []
     for _ in range(repeats):

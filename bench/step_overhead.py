@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import tempfile
 import time
 
 import jax
+
+from bench.common import trainer_seconds_per_step
 
 WARMUP = 10
 
@@ -53,23 +54,7 @@ def bare_block(config, steps: int) -> float:
 
 def harness_block(config, steps: int) -> float:
     """Seconds per step of the real training loop, timed between finished steps."""
-    from harness import run_outputs
-    from harness.train import Trainer
-
-    stamps: dict[int, float] = {}
-    original = run_outputs.RunOutputs.step_finished
-
-    def timed(self, step, scalars, metrics, *, log):
-        original(self, step, scalars, metrics, log=log)
-        stamps[step] = time.perf_counter()
-
-    run_outputs.RunOutputs.step_finished = timed
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            Trainer(config.replace(num_train_steps=steps, checkpoint_dir=f"{tmp}/ckpt", run_dir=f"{tmp}/run")).run()
-    finally:
-        run_outputs.RunOutputs.step_finished = original
-    return (stamps[steps - 1] - stamps[WARMUP - 1]) / (steps - WARMUP)
+    return trainer_seconds_per_step(config.replace(num_train_steps=steps), warmup=WARMUP)
 
 
 def measure(steps: int, repeats: int) -> dict:
