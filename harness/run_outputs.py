@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
+from harness.background import BackgroundWriter
 from harness.config import TrainConfig
 from harness.hard_examples.gather import GatherResult
 from harness.pictures import save_contact_sheet, save_loss_curve
@@ -21,6 +22,7 @@ from harness.wandb_sink import WandbSink
 
 _INTERVAL_FILE = re.compile(r"step_(\d+)\.json$")
 CURVE_METRICS = ("loss", "max_per_sample_loss")
+OUTPUTS_TIMEOUT_S = 300.0
 
 
 @dataclasses.dataclass
@@ -66,6 +68,7 @@ class RunOutputs:
         )
         self.progress = Progress(is_primary=primary, total=config.num_train_steps, initial=start_step)
         console.attach(self.progress)
+        self.writer = BackgroundWriter()  # PNGs and wandb calls, in order, off the loop
 
     def step_finished(self, step: int, scalars: Mapping[str, float], metrics: Mapping[str, Any], *, log: bool) -> None:
         """Per finished step; `metrics` holds the device arrays (for the loss record)."""
@@ -77,13 +80,15 @@ class RunOutputs:
             rate = self.progress.rate_since_last(step)
             self.console.print(format_metrics_line(step, scalars, steps_per_s=rate))
             self.metrics_file.write(step, scalars)
-            self.wandb.log_metrics(step, scalars)
+            self.writer.submit(self.wandb.log_metrics, step, dict(scalars))
 
     def hard_examples_logged(self, result: GatherResult) -> None:
-        """Reporter sink, called on process 0 only: contact sheet PNG and wandb table."""
+        """Reporter sink, called on process 0 only: contact sheet PNG and wandb table,
+        both rendered on the writer thread."""
         sheet = self.run_dir / "hard_examples" / f"step_{result.step}.png"
-        save_contact_sheet(result.examples, sheet, step=result.step, threshold=result.stats.threshold)
-        self.wandb.log_hard_examples(result.step, result.examples, result.stats)
+        self.writer.submit(save_contact_sheet, result.examples, sheet, step=result.step,
+                           threshold=result.stats.threshold)
+        self.writer.submit(self.wandb.log_hard_examples, result.step, result.examples, result.stats)
 
     def hard_example_steps(self) -> list[int]:
         """Every interval logged in this run dir (before a resume too)."""
@@ -93,6 +98,7 @@ class RunOutputs:
 
     def finish(self, summary: RunSummary) -> None:
         self.progress.close()
+        self.writer.close(timeout_s=OUTPUTS_TIMEOUT_S)
         if self.console.is_primary:
             history = self.run_dir / "loss_history.jsonl"
             rows = read_metrics(history) if history.exists() else []

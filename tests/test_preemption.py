@@ -23,7 +23,7 @@ import pytest
 from harness.checkpoint import existing_steps
 from harness.sinks import read_metrics
 from tests.support.runs import (
-    compile_cache_flags, failure_report, harness_env, launch_local, local_pod_hosts, run_harness,
+    compile_cache_flags, failure_report, launch_local, local_pod_hosts, run_harness,
     start_harness, start_local_pod, stop_local_pod, uninterrupted_rows, wait_for_output,
 )
 
@@ -45,11 +45,6 @@ def _pod_command(root: Path, cache: list[str], *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def env() -> dict[str, str]:
-    return harness_env()
-
-
-@pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> list[str]:
     """One compilation cache for the session's runs: same config, same compiled step."""
     return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
@@ -59,11 +54,11 @@ def cache(tmp_path_factory) -> list[str]:
 # One process: a signal handler sets a flag the loop checks every step.
 
 @pytest.fixture(scope="module")
-def preempted_run(tmp_path_factory, env, cache):
+def preempted_run(tmp_path_factory, cache):
     """SIGTERM right after the first logged step, then `--resume` for 8 more steps."""
     root = tmp_path_factory.mktemp("preempted")
     log = root / "preempted.log"
-    process = start_harness(_single_args(root, cache, *LONG_RUN), log_path=log, env=env)
+    process = start_harness(_single_args(root, cache, *LONG_RUN), log_path=log)
     try:
         wait_for_output(log, r"^Step +\d+:", process, timeout=RUN_TIMEOUT_S)
         process.send_signal(signal.SIGTERM)
@@ -82,8 +77,8 @@ def preempted_run(tmp_path_factory, env, cache):
     rows_at_stop = read_metrics(root / "run" / "metrics.jsonl")
     steps_at_stop = existing_steps(str(root / "ckpt"))
     resumed = run_harness(_single_args(root, cache, "--resume", "--num_train_steps", str(stopped_at + 8),
-                                       "--save_interval", "1000"), timeout=RUN_TIMEOUT_S, env=env)
-    reference = uninterrupted_rows("1x8", stopped_at + 8, workdir=root / "reference", env=env,
+                                       "--save_interval", "1000"), timeout=RUN_TIMEOUT_S)
+    reference = uninterrupted_rows("1x8", stopped_at + 8, workdir=root / "reference",
                                    extra_args=tuple(cache))
     return {"returncode": returncode, "output": output, "stopped_at": stopped_at, "rows_at_stop": rows_at_stop,
             "steps_at_stop": steps_at_stop, "resumed": resumed, "reference": reference, "root": root}
@@ -113,12 +108,12 @@ def test_resume_after_preemption_continues_bit_for_bit(preempted_run):
 # ---------------------------------------------------------------------------------------
 # A local pod: JAX's preemption sync manager makes every host stop at the same step.
 
-def _preempt_pod(root: Path, env: dict[str, str], cache: list[str], *, signal_host: int | None):
+def _preempt_pod(root: Path, cache: list[str], *, signal_host: int | None):
     """Starts a 2x4 pod and, after host 0's first logged step, sends SIGTERM to the
     launcher (it forwards to every host) or to the host `signal_host` only."""
     log = root / "launcher.log"
     launcher = start_local_pod(2, 4, _pod_command(root, cache, *LONG_RUN), log_path=log, timeout=RUN_TIMEOUT_S,
-                               kill_grace=STOP_WITHIN_S, env=env)
+                               kill_grace=STOP_WITHIN_S)
     hosts = {}
     try:
         wait_for_output(log, r"^\[host 0\] Step +\d+:", launcher, timeout=RUN_TIMEOUT_S)
@@ -154,31 +149,31 @@ def _check_one_agreed_stop(root: Path, returncode: int, output: str, left: list[
     return stopped_at
 
 
-def _check_pod_resume(root: Path, stopped_at: int, env: dict[str, str], cache: list[str]) -> None:
+def _check_pod_resume(root: Path, stopped_at: int, cache: list[str]) -> None:
     resumed = launch_local(2, 4, _pod_command(root, cache, "--resume", "--num_train_steps", str(stopped_at + 8),
-                                              "--save_interval", "1000"), timeout=RUN_TIMEOUT_S, env=env)
+                                              "--save_interval", "1000"), timeout=RUN_TIMEOUT_S)
 
     assert resumed.returncode == 0, failure_report(resumed)
     assert f"[host 0] Resumed from checkpoint at step {stopped_at}" in resumed.stdout.splitlines()
-    reference = uninterrupted_rows("2x4", stopped_at + 8, workdir=root / "reference", env=env,
+    reference = uninterrupted_rows("2x4", stopped_at + 8, workdir=root / "reference",
                                    extra_args=tuple(cache))
     assert read_metrics(root / "run" / "metrics.jsonl") == reference
 
 
-def test_sigterm_to_the_launcher_stops_every_host_at_one_step_and_resume_is_exact(tmp_path, env, cache):
-    returncode, output, left = _preempt_pod(tmp_path, env, cache, signal_host=None)
+def test_sigterm_to_the_launcher_stops_every_host_at_one_step_and_resume_is_exact(tmp_path, cache):
+    returncode, output, left = _preempt_pod(tmp_path, cache, signal_host=None)
 
     stopped_at = _check_one_agreed_stop(tmp_path, returncode, output, left)
     assert "launch.local: stop requested" in output
 
-    _check_pod_resume(tmp_path, stopped_at, env, cache)
+    _check_pod_resume(tmp_path, stopped_at, cache)
 
 
 @pytest.mark.soak
-def test_sigterm_to_one_host_stops_every_host_at_one_step_and_resume_is_exact(tmp_path, env, cache):
-    returncode, output, left = _preempt_pod(tmp_path, env, cache, signal_host=1)
+def test_sigterm_to_one_host_stops_every_host_at_one_step_and_resume_is_exact(tmp_path, cache):
+    returncode, output, left = _preempt_pod(tmp_path, cache, signal_host=1)
 
     stopped_at = _check_one_agreed_stop(tmp_path, returncode, output, left)
     assert "stop requested" not in output  # the launcher itself got no signal
 
-    _check_pod_resume(tmp_path, stopped_at, env, cache)
+    _check_pod_resume(tmp_path, stopped_at, cache)

@@ -200,10 +200,11 @@ def wait_for_output(log_path: Path, pattern: str, process: subprocess.Popen, *, 
 # --- Reference runs for exact-resume tests.
 
 REFERENCE_TOPOLOGIES = {"1x8": (1, 8, "smoke"), "2x4": (2, 4, "local-2x4")}
+REFERENCE_MIN_STEPS = 32  # one run long enough for most requests: a step costs ~20 ms
 _REFERENCE_ROWS: dict[str, list[dict]] = {}
 
 
-def uninterrupted_rows(topology: str, num_steps: int, *, workdir: Path, env: dict[str, str],
+def uninterrupted_rows(topology: str, num_steps: int, *, workdir: Path, env: dict[str, str] | None = None,
                        extra_args: tuple[str, ...] = (), timeout: float = DEFAULT_TIMEOUT_S) -> list[dict]:
     """`metrics.jsonl` rows of steps 0..num_steps-1 of an uninterrupted run that logs every
     step, on `topology` ("1x8": the smoke preset in one process; "2x4": local-2x4 under
@@ -212,16 +213,18 @@ def uninterrupted_rows(topology: str, num_steps: int, *, workdir: Path, env: dic
     Made once per pytest process and topology, and shared by every module that asks: a
     step's metrics do not depend on --num_train_steps (the learning rate warms up, then
     stays constant; a batch is a function of its step), so a longer run serves a shorter
-    request. `workdir` (empty) receives the run when one is needed; `extra_args` are
-    flags that leave the metrics alone (a compilation cache).
+    request, and the first run makes at least REFERENCE_MIN_STEPS. `workdir` (empty)
+    receives the run when one is needed; `extra_args` are flags that leave the metrics
+    alone (a compilation cache).
     """
     from harness.sinks import read_metrics
 
     rows = _REFERENCE_ROWS.get(topology, [])
     if len(rows) < num_steps:
         num_processes, devices, preset = REFERENCE_TOPOLOGIES[topology]
-        args = ["--config", preset, "--num_train_steps", str(num_steps), "--log_interval", "1",
-                "--save_interval", str(num_steps), "--no_wandb", "--no_hard_examples",
+        run_steps = max(num_steps, REFERENCE_MIN_STEPS)
+        args = ["--config", preset, "--num_train_steps", str(run_steps), "--log_interval", "1",
+                "--save_interval", str(run_steps), "--no_wandb", "--no_hard_examples",
                 "--checkpoint_dir", str(workdir / "ckpt"), "--run_dir", str(workdir / "run"), *extra_args]
         if num_processes == 1:
             result = run_harness(args, timeout=timeout, env=env)
@@ -230,6 +233,6 @@ def uninterrupted_rows(topology: str, num_steps: int, *, workdir: Path, env: dic
                                   timeout=timeout, env=env)
         assert result.returncode == 0, failure_report(result)
         rows = read_metrics(workdir / "run" / "metrics.jsonl")
-        assert [row["step"] for row in rows] == list(range(num_steps)), failure_report(result)
+        assert [row["step"] for row in rows] == list(range(run_steps)), failure_report(result)
         _REFERENCE_ROWS[topology] = rows
     return rows[:num_steps]
