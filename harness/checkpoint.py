@@ -52,6 +52,7 @@ class CheckpointStore:
         )
         self.saved_steps: list[int] = []
         self.damaged_steps: list[int] = []
+        self._closed = False
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -130,6 +131,10 @@ class CheckpointStore:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
+        """Waits for the last save and releases orbax's threads; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         self._manager.wait_until_finished()
         self._manager.close()
 
@@ -165,10 +170,14 @@ def existing_steps(directory: str) -> list[int]:
     anything. On GCS a failed save leaves a step directory without the marker: that one
     does not count."""
     path = epath.Path(directory)
-    if not path.exists():
+    try:
+        children = list(path.iterdir()) if path.exists() else []
+    except FileNotFoundError:
+        # On GCS a directory is a prefix: it can vanish between the two calls, e.g. when
+        # its only object was another host's write probe (cli.prepare_runtime).
         return []
     return sorted(
-        int(child.name) for child in path.iterdir()
+        int(child.name) for child in children
         if child.name.isdigit() and (child / COMMIT_MARKER).exists()
     )
 

@@ -244,7 +244,14 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> RunSummary:
-    return Trainer(config).run()
+    trainer = Trainer(config)
+    try:
+        return trainer.run()
+    except HostLostError:
+        raise  # no waiting on orbax here: its barriers could hang on the dead peer
+    except BaseException:
+        trainer.store.close()  # orbax's threads must not outlive a failed run
+        raise
 
 
 if __name__ == "__main__":

@@ -2,17 +2,22 @@
 and a 2x4 local pod), transient storage faults, and a half-written step left in the bucket.
 
     .venv/bin/python -m pytest -q tests/test_gcs_checkpoints.py
+    .venv/bin/python -m pytest -q -m soak tests/test_gcs_checkpoints.py   # a save failing on one host
 
 The GCS emulator and the fault proxy are threads of the pytest process; the harness runs
 as a subprocess and reaches them over 127.0.0.1 (HARNESS_GCS_EMULATOR). Every run talks to
 the emulator through a FaultProxy, with no rules where no faults are wanted: straight to
-the emulator, about one gs:// run in four failed its save with tensorstore's "Malformed
-StorageGeneration" on an OCDBT manifest write (0 in 22 through the proxy).
+the emulator, about one gs:// run in four failed a save with tensorstore's "Malformed
+StorageGeneration" on an OCDBT manifest (0 in 22 single-process runs through the proxy;
+pod runs through it still hit it now and then).
 """
 
 from __future__ import annotations
 
+import http.server
 import sys
+import threading
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -32,6 +37,8 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.support.gcs_emulator"]  # the session's `gcs_emulator` fixture
 
 RUN_TIMEOUT_S = 240
+POD_TIMEOUT_S = 150  # a pod run here takes ~15 s; a failed save hangs it (see below)
+SAVE_FAILURE_ENDS_WITHIN_S = 90
 PREFIX = "gcs_checkpoints"  # this module's corner of the session's bucket
 MARKER = "commit_success.txt"
 
@@ -160,7 +167,9 @@ def test_half_written_step_is_neither_counted_nor_resumed(bucket_run):
 
 
 # ---------------------------------------------------------------------------------------
-# A 2x4 local pod: both hosts write their shards of each step into the bucket.
+# A 2x4 local pod: both hosts write their shards of a step into the bucket. One save per
+# run: a pod save to the emulator sometimes fails (see the module docstring) and then
+# hangs the pod (test_pod_whose_save_fails_on_one_host_ends_promptly).
 
 @pytest.fixture(scope="module")
 def pod_bucket_run(gcs, cache, tmp_path_factory):
@@ -168,13 +177,13 @@ def pod_bucket_run(gcs, cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("pod_bucket_run")
     prefix = f"{PREFIX}/pod"
     directory = f"gs://{emulator.bucket}/{prefix}"
-    first = launch_local(2, 4, _pod_command(directory, root / "run", cache, "--num_train_steps", "8",
-                                            "--save_interval", "4"), timeout=RUN_TIMEOUT_S, env=env)
+    first = launch_local(2, 4, _pod_command(directory, root / "run", cache, "--num_train_steps", "4",
+                                            "--save_interval", "4"), timeout=POD_TIMEOUT_S, env=env)
     after_first = emulator.object_names(prefix + "/")
     resumed = None
     if first.returncode == 0:
-        resumed = launch_local(2, 4, _pod_command(directory, root / "run", cache, "--num_train_steps", "12",
-                                                  "--save_interval", "4", "--resume"), timeout=RUN_TIMEOUT_S, env=env)
+        resumed = launch_local(2, 4, _pod_command(directory, root / "run", cache, "--num_train_steps", "8",
+                                                  "--save_interval", "4", "--resume"), timeout=POD_TIMEOUT_S, env=env)
     return {"prefix": prefix, "root": root, "first": first, "after_first": after_first, "resumed": resumed,
             "after_resume": emulator.object_names(prefix + "/")}
 
@@ -183,23 +192,66 @@ def test_pod_saves_every_hosts_shards_to_the_bucket(pod_bucket_run):
     first, prefix, names = pod_bucket_run["first"], pod_bucket_run["prefix"], pod_bucket_run["after_first"]
 
     assert first.returncode == 0, failure_report(first)
-    assert committed_steps(names, prefix) == [4, 8]
-    for step in (4, 8):
-        state = f"{prefix}/{step}/state/"
-        shards = {name.removeprefix(state).split("/")[0] for name in names if name.startswith(state + "ocdbt.")}
-        assert shards == {"ocdbt.process_0", "ocdbt.process_1"}, (step, shards)
+    assert committed_steps(names, prefix) == [4]
+    state = f"{prefix}/4/state/"
+    shards = {name.removeprefix(state).split("/")[0] for name in names if name.startswith(state + "ocdbt.")}
+    assert shards == {"ocdbt.process_0", "ocdbt.process_1"}
 
 
 def test_pod_resume_from_the_bucket_continues_bit_for_bit(pod_bucket_run, cache):
     resumed = pod_bucket_run["resumed"]
     assert resumed is not None, "the first pod run failed"
-    reference = uninterrupted_rows("2x4", 12, workdir=pod_bucket_run["root"] / "reference",
+    reference = uninterrupted_rows("2x4", 8, workdir=pod_bucket_run["root"] / "reference",
                                    extra_args=tuple(cache))
 
     assert resumed.returncode == 0, failure_report(resumed)
-    assert "[host 0] Resumed from checkpoint at step 8" in resumed.stdout.splitlines()
+    assert "[host 0] Resumed from checkpoint at step 4" in resumed.stdout.splitlines()
     assert read_metrics(pod_bucket_run["root"] / "run" / "metrics.jsonl") == reference
-    assert committed_steps(pod_bucket_run["after_resume"], pod_bucket_run["prefix"]) == [4, 8, 12]
+    assert committed_steps(pod_bucket_run["after_resume"], pod_bucket_run["prefix"]) == [4, 8]
+
+
+class _DenyEverything(http.server.BaseHTTPRequestHandler):
+    """A storage endpoint that answers 403 to every request (not retried by clients)."""
+
+    def _deny(self) -> None:
+        body = b'{"error": {"code": 403, "message": "denied by the test"}}'
+        self.send_response(403)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = _deny
+
+    def log_message(self, format: str, *args: object) -> None:
+        del format, args
+
+
+@pytest.mark.soak
+def test_pod_whose_save_fails_on_one_host_ends_promptly(gcs_emulator, cache, tmp_path):
+    """Host 1's array writes are refused (403), host 0's succeed. The pod should fail
+    within the heartbeat timeout plus a margin, saying why; it must not sit in orbax's
+    barrier until its 20-minute async timeout."""
+    deny = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DenyEverything)
+    threading.Thread(target=deny.serve_forever, daemon=True).start()
+    directory = f"gs://{gcs_emulator.bucket}/{PREFIX}/one_host_fails"
+    # The harness's own switch would point tensorstore at the emulator too; set the
+    # clients' variables directly and send host 1's tensorstore to the refusing server.
+    command = ["sh", "-c", f'[ "$HARNESS_PROCESS_ID" = 1 ] && export TENSORSTORE_GCS_HTTP_URL=http://127.0.0.1:'
+               f'{deny.server_address[1]}; exec "$@"', "sh",
+               *_pod_command(directory, tmp_path / "run", cache, "--num_train_steps", "8", "--save_interval", "4",
+                             "--heartbeat_timeout", "10")]
+    env = {key: value for key, value in harness_env(**gcs_emulator.env).items() if key != "HARNESS_GCS_EMULATOR"}
+    try:
+        started = time.monotonic()
+        result = launch_local(2, 4, command, timeout=SAVE_FAILURE_ENDS_WITHIN_S + 60, env=env)
+        took_s = time.monotonic() - started
+    finally:
+        deny.shutdown()
+        deny.server_close()
+
+    assert "PERMISSION_DENIED" in result.stdout + result.stderr, failure_report(result)  # host 1's save did fail
+    assert result.returncode not in (0, 124), failure_report(result)
+    assert took_s < SAVE_FAILURE_ENDS_WITHIN_S, failure_report(result)
 
 
 # ---------------------------------------------------------------------------------------
