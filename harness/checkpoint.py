@@ -13,6 +13,7 @@ finished (it writes to a temporary name and finalizes at the end).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any, Callable
 
@@ -97,6 +98,7 @@ class CheckpointStore:
                     )
                 except Exception as err:  # orbax/tensorstore raise many types for bad data
                     problem = _first_line(err)
+                    _quiet_reads_of_failed_restores()
             if all_hosts_agree(problem is None):
                 return restored[STATE_ITEM], restored[META_ITEM]
             problem = problem or "failed to restore on another host"
@@ -137,6 +139,25 @@ class CheckpointStore:
         self._closed = True
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _quiet_reads_of_failed_restores() -> None:
+    """After orbax gives up on a damaged checkpoint, tensorstore reads that were still in
+    flight finish on the event loop orbax already closed; each then reports
+    "RuntimeError: Event loop is closed" as unraisable, dozens of traceback lines that
+    bury the one-line explanation. Drop exactly those; pass everything else on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_harness_quiet", False):
+        return
+
+    def hook(unraisable: "sys.UnraisableHookArgs") -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._harness_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _first_line(err: Exception) -> str:
