@@ -40,13 +40,15 @@ RESUME_MUST_MATCH = (
 class CheckpointStore:
     """Saves and restores train state + metadata; every host makes the same calls."""
 
-    def __init__(self, directory: str, *, keep: int, async_save: bool):
+    def __init__(self, directory: str, *, keep: int, async_save: bool, timeout_s: int = 600):
         self.directory = directory
         self._manager = ocp.CheckpointManager(
             epath.Path(directory),
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 enable_async_checkpointing=async_save,
+                # Bounds the wait for a save that failed on another host (orbax: 1200 s).
+                async_options=ocp.AsyncOptions(timeout_secs=timeout_s),
                 create=True,
             ),
             item_names=(STATE_ITEM, META_ITEM),

@@ -41,6 +41,7 @@ class TrainConfig:
     overwrite: bool = False
     allow_fresh_start: bool = False  # --resume with only damaged checkpoints: start at 0
     async_checkpointing: bool = True
+    checkpoint_timeout: int = 600  # s a save may wait on other hosts before failing
     # Mesh and devices.
     fsdp_devices: int = 1
     cpu_devices: int = 0  # >0: run on that many (fake) CPU devices; 0: JAX decides
@@ -138,7 +139,7 @@ def validate(config: TrainConfig) -> None:
                 "max_hard_examples_buffer", "save_interval", "keep", "fsdp_devices",
                 "hidden_dim", "num_layers", "image_size", "seq_len", "action_horizon",
                 "max_steps_in_flight", "hard_example_image_size", "initialization_timeout",
-                "heartbeat_timeout")
+                "heartbeat_timeout", "checkpoint_timeout")
     for name in positive:
         if getattr(config, name) <= 0:
             raise UsageError(f"--{name} must be positive, got {getattr(config, name)}")

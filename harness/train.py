@@ -29,6 +29,7 @@ from harness.hard_examples.tracker import HardExampleTracker
 from harness.errors import HostLostError, UsageError
 from harness.mesh import host_local_rows_of, make_global_batch, make_mesh
 from harness.prefetch import Prefetcher
+from harness.watchdog import SILENCE_FRACTION, HostWatchdog
 from harness.preemption import PreemptionWatch, lost_hosts
 from harness.run_outputs import RunOutputs, RunSummary
 from harness.sinks import SCALAR_METRICS, Console, itstime
@@ -87,7 +88,8 @@ class Trainer:
             data_spec(config), config.seed, jax.process_index(), jax.process_count()
         )
         self.store = CheckpointStore(
-            config.checkpoint_dir, keep=config.keep, async_save=config.async_checkpointing
+            config.checkpoint_dir, keep=config.keep, async_save=config.async_checkpointing,
+            timeout_s=config.checkpoint_timeout,
         )
         self.run_dir = Path(config.run_dir)
         self.reporter = self._make_reporter() if config.track_hard_examples else None
@@ -244,6 +246,14 @@ class Trainer:
 
 
 def train(config: TrainConfig) -> RunSummary:
+    watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * config.heartbeat_timeout).start()
+    try:
+        return _train(config)
+    finally:
+        watchdog.stop()
+
+
+def _train(config: TrainConfig) -> RunSummary:
     trainer = Trainer(config)
     try:
         return trainer.run()
