@@ -84,6 +84,7 @@ class CheckpointStore:
         process count is resharded on the way in.
         """
         self.damaged_steps = []
+        _quiet_reads_of_failed_restores()  # before any attempt: late callbacks can be quick
         for step in reversed(self.steps()):
             problem = self._missing_parts(step)
             restored = None
@@ -100,7 +101,6 @@ class CheckpointStore:
                     )
                 except Exception as err:  # orbax/tensorstore raise many types for bad data
                     problem = _first_line(err)
-                    _quiet_reads_of_failed_restores()
             if all_hosts_agree(problem is None):
                 return restored[STATE_ITEM], restored[META_ITEM]
             problem = problem or "failed to restore on another host"
@@ -144,7 +144,7 @@ class CheckpointStore:
 
 
 def _quiet_reads_of_failed_restores() -> None:
-    """After orbax gives up on a damaged checkpoint, tensorstore reads that were still in
+    """If orbax gives up on a damaged checkpoint, tensorstore reads that were still in
     flight finish on the event loop orbax already closed; each then reports
     "RuntimeError: Event loop is closed" as unraisable, dozens of traceback lines that
     bury the one-line explanation. Drop exactly those; pass everything else on."""
