@@ -27,32 +27,41 @@ from bench.common import median, trainer_seconds_per_step
 WARMUP = 10
 
 
-def bare_block(config, steps: int) -> float:
-    """Seconds per step of a plain jitted loop on one pre-built global batch, with the
+def _timed_bare_loop(config, batches) -> float:
+    """Seconds per step of a plain jitted loop over `(step, global batch)` pairs, with the
     same bound on steps in flight as the harness (ENVIRONMENT.md's CPU hang)."""
-    from harness.mesh import make_global_batch, make_mesh
-    from harness.train import data_spec
-    from harness.data import MockDataset
+    from harness.mesh import make_mesh
     from harness.train_step import init_state, make_train_step
 
     mesh = make_mesh(config.fsdp_devices)
     state = init_state(config, mesh)
     step_fn = make_train_step(config, mesh)
-    batch = make_global_batch(MockDataset(data_spec(config), config.seed).batch_at(0), mesh)
     in_flight: collections.deque = collections.deque()
-    start = 0.0
-    for step in range(steps):
+    start, timed = 0.0, 0
+    for step, batch in batches:
         if step == WARMUP:
             jax.block_until_ready(in_flight[-1]["loss"])
             in_flight.clear()
             start = time.perf_counter()
         state, metrics = step_fn(state, batch)
+        timed += step >= WARMUP
         in_flight.append(metrics)
         if len(in_flight) >= config.max_steps_in_flight:
             float(in_flight.popleft()["loss"])
     while in_flight:
         float(in_flight.popleft()["loss"])
-    return (time.perf_counter() - start) / (steps - WARMUP)
+    return (time.perf_counter() - start) / timed
+
+
+def bare_block(config, steps: int) -> float:
+    """The bare loop on one pre-built global batch: no input pipeline at all."""
+    from harness.data import MockDataset
+    from harness.mesh import make_global_batch, make_mesh
+    from harness.train import data_spec
+
+    batch = make_global_batch(MockDataset(data_spec(config), config.seed).batch_at(0),
+                              make_mesh(config.fsdp_devices))
+    return _timed_bare_loop(config, ((step, batch) for step in range(steps)))
 
 
 def bare_with_data_block(config, steps: int) -> float:
@@ -61,31 +70,15 @@ def bare_with_data_block(config, steps: int) -> float:
     from harness.mesh import make_global_batch, make_mesh
     from harness.prefetch import Prefetcher
     from harness.train import data_spec
-    from harness.train_step import init_state, make_train_step
 
     mesh = make_mesh(config.fsdp_devices)
-    state = init_state(config, mesh)
-    step_fn = make_train_step(config, mesh)
     dataset = MockDataset(data_spec(config), config.seed)
     batches = Prefetcher(lambda s: make_global_batch(dataset.batch_at(s), mesh), range(steps),
                          depth=config.max_steps_in_flight)
-    in_flight: collections.deque = collections.deque()
-    start = 0.0
     try:
-        for step, batch in batches:
-            if step == WARMUP:
-                jax.block_until_ready(in_flight[-1]["loss"])
-                in_flight.clear()
-                start = time.perf_counter()
-            state, metrics = step_fn(state, batch)
-            in_flight.append(metrics)
-            if len(in_flight) >= config.max_steps_in_flight:
-                float(in_flight.popleft()["loss"])
-        while in_flight:
-            float(in_flight.popleft()["loss"])
+        return _timed_bare_loop(config, batches)
     finally:
         batches.close()
-    return (time.perf_counter() - start) / (steps - WARMUP)
 
 
 def harness_block(config, steps: int) -> float:
