@@ -206,8 +206,20 @@ def existing_steps(directory: str) -> list[int]:
 
 
 def delete_all(directory: str) -> None:
-    """For `--overwrite` only: removes every step directory under `directory`."""
+    """For `--overwrite` only: removes every step directory under `directory`.
+
+    Every host runs this at start-up, so a directory can vanish under one host because
+    another removed it first; that is fine. (No host saves before all have arrived at
+    the first save's barrier, so nothing new is deleted.)
+    """
     path = epath.Path(directory)
-    for child in path.iterdir() if path.exists() else ():
-        if child.is_dir() and (child.name.isdigit() or ".orbax-checkpoint-tmp" in child.name):
-            child.rmtree()
+    try:
+        children = list(path.iterdir()) if path.exists() else []
+    except FileNotFoundError:
+        return
+    for child in children:
+        if child.name.isdigit() or ".orbax-checkpoint-tmp" in child.name:
+            try:
+                child.rmtree()
+            except FileNotFoundError:
+                pass
