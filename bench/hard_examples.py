@@ -31,7 +31,6 @@ THUMB_SHAPE = (64, 128, 3)  # two 64x64 camera thumbnails side by side (the defa
 
 
 def tracking_on_off(steps: int, repeats: int) -> dict:
-    import jax
 
     from harness.cli import configure_devices
     from harness.config import TrainConfig as _Config

@@ -10,7 +10,6 @@ line on stderr and exits 2 before anything is written.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from typing import Sequence

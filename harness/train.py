@@ -12,14 +12,12 @@ many steps are queued (../shared/ENVIRONMENT.md).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 
 from harness.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
 from harness.config import TrainConfig
