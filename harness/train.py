@@ -6,7 +6,9 @@ Run it:  python -m harness.train --config cpu-8-devices --num_train_steps 100
 At most `max_steps_in_flight` steps are dispatched ahead of the host: each finished
 step's metrics are read back before more work is queued. This keeps host memory flat
 and avoids the all-gather rendezvous abort seen with 8 fake CPU devices on 2 cores when
-many steps are queued (../shared/ENVIRONMENT.md).
+many steps are queued (../shared/ENVIRONMENT.md). The next batches are built in a
+prefetch thread (harness/prefetch.py); checkpoints, hard-example gathers and the
+preemption check happen at the same steps on every host.
 """
 
 from __future__ import annotations
@@ -22,16 +24,16 @@ import jax
 from harness.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
 from harness.config import TrainConfig
 from harness.data import Batch, DataSpec, MockDataset
+from harness.errors import HostLostError, UsageError
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
-from harness.errors import HostLostError, UsageError
 from harness.mesh import host_local_rows_of, make_global_batch, make_mesh
-from harness.prefetch import Prefetcher
-from harness.watchdog import SILENCE_FRACTION, HostWatchdog
 from harness.preemption import PreemptionWatch, lost_hosts
+from harness.prefetch import Prefetcher
 from harness.run_outputs import RunOutputs, RunSummary
 from harness.sinks import SCALAR_METRICS, Console, itstime
 from harness.train_step import TrainState, abstract_state, init_state, make_train_step
+from harness.watchdog import SILENCE_FRACTION, HostWatchdog
 
 BANNER_RULE = "=" * 80
 
