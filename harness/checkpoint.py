@@ -146,8 +146,9 @@ class CheckpointStore:
 def _quiet_reads_of_failed_restores() -> None:
     """If orbax gives up on a damaged checkpoint, tensorstore reads that were still in
     flight finish on the event loop orbax already closed; each then reports
-    "RuntimeError: Event loop is closed" as unraisable, dozens of traceback lines that
-    bury the one-line explanation. Drop exactly those; pass everything else on."""
+    "RuntimeError: Event loop is closed" as unraisable, and its unread read tasks are
+    logged by asyncio at exit: dozens of traceback lines that bury the one-line
+    explanation. Drop exactly those; pass everything else on."""
     previous = sys.unraisablehook
     if getattr(previous, "_harness_quiet", False):
         return
@@ -160,6 +161,14 @@ def _quiet_reads_of_failed_restores() -> None:
 
     hook._harness_quiet = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_drop_orphaned_restore_reads)
+
+
+def _drop_orphaned_restore_reads(record: logging.LogRecord) -> bool:
+    """The same after-effect through asyncio's logger: orbax's read tasks of a failed
+    restore are garbage-collected with their errors unread."""
+    message = record.getMessage()
+    return not ("Task exception was never retrieved" in message and "async_deserialize" in message)
 
 
 def _first_line(err: Exception) -> str:

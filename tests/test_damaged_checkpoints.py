@@ -256,3 +256,36 @@ def test_sigkill_at_a_random_point_then_resume_never_fails(seed, tmp_path, tmp_p
     committed, left, _ = _kill_during_a_save(tmp_path, cache, delay_s=delay_s)
 
     _resume_after_kill(tmp_path, cache, tmp_path_factory, committed, left)
+
+
+def test_noise_filters_drop_only_orbax_failed_restore_after_effects(monkeypatch):
+    """The filters behind the one-line error drop exactly the late read errors of a
+    failed restore; any other unraisable error or asyncio log record passes through."""
+    import logging
+    import sys
+
+    from harness import checkpoint
+
+    passed_on = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: passed_on.append(u.exc_value))
+    asyncio_logger = logging.getLogger("asyncio")
+    monkeypatch.setattr(asyncio_logger, "filters", list(asyncio_logger.filters))
+    checkpoint._quiet_reads_of_failed_restores()
+    checkpoint._quiet_reads_of_failed_restores()  # idempotent: installed once
+
+    class Unraisable:
+        def __init__(self, value):
+            self.exc_value = value
+
+    other = RuntimeError("something else")
+    sys.unraisablehook(Unraisable(RuntimeError("Event loop is closed")))
+    sys.unraisablehook(Unraisable(other))
+    assert passed_on == [other]
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("asyncio", logging.ERROR, "", 0, message, None, None)
+
+    orphan = record("Task exception was never retrieved\nfuture: <Task coro=<async_deserialize() done>>")
+    unrelated = record("Task exception was never retrieved\nfuture: <Task coro=<train_step() done>>")
+    assert not asyncio_logger.filter(orphan) and asyncio_logger.filter(unrelated)
+    assert asyncio_logger.filters.count(checkpoint._drop_orphaned_restore_reads) == 1
