@@ -102,6 +102,8 @@ def prepare_runtime(config: TrainConfig) -> None:
         heartbeat_timeout=config.heartbeat_timeout,
     )
     check_topology(config.batch_size, config.fsdp_devices)
+    if storage.is_gcs_path(config.checkpoint_dir):
+        storage.configure_orbax_gcs_retries(storage.GcsRetryPolicy(max_retries=config.gcs_max_retries))
     problem = storage.checkpoint_path_writable(config.checkpoint_dir)
     if problem:
         raise UsageError(f"checkpoint dir {config.checkpoint_dir}: {problem}")

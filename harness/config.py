@@ -42,6 +42,7 @@ class TrainConfig:
     allow_fresh_start: bool = False  # --resume with only damaged checkpoints: start at 0
     async_checkpointing: bool = True
     checkpoint_timeout: int = 600  # s a save may wait on other hosts before failing
+    gcs_max_retries: int = 32  # per GCS request (tensorstore's backoff: 1 s doubling to 32 s)
     # Mesh and devices.
     fsdp_devices: int = 1
     cpu_devices: int = 0  # >0: run on that many (fake) CPU devices; 0: JAX decides

@@ -21,7 +21,6 @@ class Progress:
         )
         self._last_time = time.perf_counter()
         self._last_step = initial
-        self.rate: float | None = None  # steps/s since the previous `rate_since_last` call
 
     @property
     def live(self) -> bool:
@@ -38,7 +37,6 @@ class Progress:
         now = time.perf_counter()
         rate = (step - self._last_step) / (now - self._last_time) if step > self._last_step else None
         self._last_time, self._last_step = now, step
-        self.rate = rate
         return rate
 
     def write(self, text: str) -> None:

@@ -28,7 +28,7 @@ from harness.errors import HostLostError, UsageError
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.mesh import host_local_rows_of, make_global_batch, make_mesh
-from harness.preemption import PreemptionWatch, lost_hosts
+from harness.preemption import PreemptionWatch
 from harness.prefetch import Prefetcher
 from harness.run_outputs import RunOutputs, RunSummary
 from harness.sinks import SCALAR_METRICS, Console, itstime
@@ -181,12 +181,18 @@ class Trainer:
         if self.reporter is not None:
             self.reporter.sinks.append(outputs.hard_examples_logged)
         watch = PreemptionWatch()
+        watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * config.heartbeat_timeout).start()
         try:
             state, end_step, last, preempted = self._loop(state, start_step, outputs, watch)
         except jax.errors.JaxRuntimeError as err:
-            raise self._host_lost(err) from err
+            if jax.process_count() == 1:
+                raise  # not a lost host: a plain runtime error
+            watchdog.wait_for_verdict()  # names a dead host and exits, if there is one
+            raise HostLostError(f"host {jax.process_index()}: a collective failed while every host "
+                                f"still answers: {_first_line(err)}") from err
         finally:
             watch.close()
+            watchdog.stop()
         if end_step > start_step and end_step not in self.store.saved_steps:
             self.store.save(end_step, state, self._checkpoint_meta(end_step))
         self.store.close()
@@ -236,24 +242,11 @@ class Trainer:
             last = self._finish_step(in_flight.popleft(), outputs)
         return state, max(start_step, config.num_train_steps), last, False
 
-    def _host_lost(self, err: Exception) -> HostLostError:
-        """A collective failed: name the hosts that stopped answering, if we can tell."""
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        missing = lost_hosts(timeout_s=self.config.heartbeat_timeout + 5)
-        who = (f"host(s) {', '.join(map(str, missing))} stopped responding" if missing
-               else "a collective failed (no host reported missing)")
-        return HostLostError(f"host {jax.process_index()}: {who}: {first_line}")
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def train(config: TrainConfig) -> RunSummary:
-    watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * config.heartbeat_timeout).start()
-    try:
-        return _train(config)
-    finally:
-        watchdog.stop()
-
-
-def _train(config: TrainConfig) -> RunSummary:
     trainer = Trainer(config)
     try:
         return trainer.run()

@@ -43,6 +43,12 @@ class HostWatchdog:
             self._thread.start()
         return self
 
+    def wait_for_verdict(self) -> None:
+        """Called when a collective failed: give the watchdog the time it needs to name a
+        silent host (it then exits the process). Returns if every host keeps answering."""
+        if self._thread is not None:
+            self._stop.wait(self.silence_s + 3 * BEAT_S)
+
     def stop(self) -> None:
         """Stops watching and tells the others this host is done (not lost)."""
         self._stop.set()
