@@ -25,16 +25,16 @@ STEPS_AFTER = 10
 
 
 def measure(repeats: int) -> dict:
-    from harness.cli import configure_devices
+    from harness.train.cli import configure_devices
     from harness.config import TrainConfig as _Config
 
     configure_devices(_Config(cpu_devices=8))
-    from harness.checkpoint import CheckpointStore
+    from harness.runtime.checkpoint import CheckpointStore
     from harness.config import TrainConfig
-    from harness.data import MockDataset
-    from harness.mesh import make_global_batch, make_mesh
-    from harness.train import data_spec
-    from harness.train_step import init_state, make_train_step
+    from harness.mock.data import MockDataset
+    from harness.runtime.mesh import make_global_batch, make_mesh
+    from harness.train.loop import data_spec
+    from harness.train.step import init_state, make_train_step
 
     config = TrainConfig(batch_size=16, fsdp_devices=8, hidden_dim=512, vocab_size=4096, image_size=64)
     mesh = make_mesh(config.fsdp_devices)

@@ -54,8 +54,8 @@ def python() -> str:
 def trainer_seconds_per_step(config, *, warmup: int) -> float:
     """Steady-state seconds per step of the real `Trainer` (run to `config.num_train_steps`
     in a temporary dir), timed between finished steps after `warmup` steps (compiling)."""
-    from harness import run_outputs
-    from harness.train import Trainer
+    from harness.outputs import run_outputs
+    from harness.train.loop import Trainer
 
     stamps: dict[int, float] = {}
     original = run_outputs.RunOutputs.step_finished

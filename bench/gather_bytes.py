@@ -12,8 +12,8 @@ import json
 import jax
 import numpy as np
 
-from harness import distributed
-from harness.data import DataSpec, MockDataset
+from harness.runtime import distributed
+from harness.mock.data import DataSpec, MockDataset
 from harness.hard_examples.gather import gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
 

@@ -32,7 +32,7 @@ THUMB_SHAPE = (64, 128, 3)  # two 64x64 camera thumbnails side by side (the defa
 
 def tracking_on_off(steps: int, repeats: int) -> dict:
 
-    from harness.cli import configure_devices
+    from harness.train.cli import configure_devices
     from harness.config import TrainConfig as _Config
 
     configure_devices(_Config(cpu_devices=8))

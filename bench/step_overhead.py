@@ -30,8 +30,8 @@ WARMUP = 10
 def _timed_bare_loop(config, batches) -> float:
     """Seconds per step of a plain jitted loop over `(step, global batch)` pairs, with the
     same bound on steps in flight as the harness (ENVIRONMENT.md's CPU hang)."""
-    from harness.mesh import make_mesh
-    from harness.train_step import init_state, make_train_step
+    from harness.runtime.mesh import make_mesh
+    from harness.train.step import init_state, make_train_step
 
     mesh = make_mesh(config.fsdp_devices)
     state = init_state(config, mesh)
@@ -55,9 +55,9 @@ def _timed_bare_loop(config, batches) -> float:
 
 def bare_block(config, steps: int) -> float:
     """The bare loop on one pre-built global batch: no input pipeline at all."""
-    from harness.data import MockDataset
-    from harness.mesh import make_global_batch, make_mesh
-    from harness.train import data_spec
+    from harness.mock.data import MockDataset
+    from harness.runtime.mesh import make_global_batch, make_mesh
+    from harness.train.loop import data_spec
 
     batch = make_global_batch(MockDataset(data_spec(config), config.seed).batch_at(0),
                               make_mesh(config.fsdp_devices))
@@ -66,10 +66,10 @@ def bare_block(config, steps: int) -> float:
 
 def bare_with_data_block(config, steps: int) -> float:
     """The bare loop, but each step gets a fresh batch from the harness's prefetcher."""
-    from harness.data import MockDataset
-    from harness.mesh import make_global_batch, make_mesh
-    from harness.prefetch import Prefetcher
-    from harness.train import data_spec
+    from harness.mock.data import MockDataset
+    from harness.runtime.mesh import make_global_batch, make_mesh
+    from harness.train.prefetch import Prefetcher
+    from harness.train.loop import data_spec
 
     mesh = make_mesh(config.fsdp_devices)
     dataset = MockDataset(data_spec(config), config.seed)
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from harness.cli import configure_devices
+    from harness.train.cli import configure_devices
     from harness.config import TrainConfig as _Config
 
     configure_devices(_Config(cpu_devices=8))

@@ -4,7 +4,7 @@
         python -m harness.train --config smoke
 
 Each child gets HARNESS_COORDINATOR_ADDRESS / HARNESS_NUM_PROCESSES / HARNESS_PROCESS_ID
-(read by harness/distributed.py), JAX_PLATFORMS=cpu and an XLA device-count flag. Its
+(read by harness/runtime/distributed.py), JAX_PLATFORMS=cpu and an XLA device-count flag. Its
 output lines come back prefixed `[host i] `. The first host to fail stops the others,
 because survivors of a dead peer hang in their next collective until a heartbeat timeout
 aborts them. SIGTERM/SIGINT to the launcher is forwarded as SIGTERM to every host, which

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import distributed
-from harness.checkpoint import existing_steps
+from harness.runtime import distributed
+from harness.runtime.checkpoint import existing_steps
 from harness.config import available_presets
 from tests.support.runs import compile_cache_flags, harness_env, run_harness, tree_snapshot
 

@@ -9,8 +9,8 @@ import dataclasses
 
 import pytest
 
-from harness import distributed
-from harness.cli import parse_config
+from harness.runtime import distributed
+from harness.train.cli import parse_config
 from harness.config import CONFIGS_DIR, TrainConfig, apply_overrides, available_presets, load_preset, validate
 from harness.errors import UsageError
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.checkpoint import existing_steps
-from harness.sinks import read_metrics
+from harness.runtime.checkpoint import existing_steps
+from harness.outputs.sinks import read_metrics
 from tests.support.runs import (
     compile_cache_flags, failure_report, run_harness, start_harness, tree_snapshot,
     uninterrupted_rows, wait_for_output,
@@ -264,7 +264,7 @@ def test_noise_filters_drop_only_orbax_failed_restore_after_effects(monkeypatch)
     import logging
     import sys
 
-    from harness import checkpoint
+    from harness.runtime import checkpoint
 
     passed_on = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: passed_on.append(u.exc_value))

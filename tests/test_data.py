@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from harness.data import ACTION_DIM, CAMERA_NAMES, STATE_DIM, Batch, DataSpec, MockDataset
-from harness.tokenizer import BOS, EOS, PAD, SEP, SPECIAL_TOKENS, MockTokenizer
+from harness.mock.data import ACTION_DIM, CAMERA_NAMES, STATE_DIM, Batch, DataSpec, MockDataset
+from harness.mock.tokenizer import BOS, EOS, PAD, SEP, SPECIAL_TOKENS, MockTokenizer
 from tests.support.runs import REPO_ROOT
 
 TEXTS = (
@@ -38,7 +38,7 @@ def _batch_bytes(batch: Batch) -> dict[str, tuple[str, tuple[int, ...], bytes]]:
 def test_encoding_is_the_same_in_another_process():
     """blake2b, not Python's salted hash: a fresh interpreter (new hash seed) agrees."""
     code = (
-        "import sys; from harness.tokenizer import MockTokenizer; t = MockTokenizer()\n"
+        "import sys; from harness.mock.tokenizer import MockTokenizer; t = MockTokenizer()\n"
         "for line in sys.stdin.read().splitlines(): print(t.encode(line).tolist())"
     )
     other = subprocess.run(

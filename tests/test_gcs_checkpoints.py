@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.sinks import read_metrics
+from harness.outputs.sinks import read_metrics
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.runs import (
     compile_cache_flags, failure_report, harness_env, launch_local, run_harness, uninterrupted_rows,

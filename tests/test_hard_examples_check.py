@@ -1,4 +1,4 @@
-"""`python -m harness.hard_examples_check`: passes on one process and on two under the
+"""`python -m harness.hard_examples.check`: passes on one process and on two under the
 launcher, and its checks can fail (a swapped image or an altered loss is caught).
 
     .venv/bin/python -m pytest -q tests/test_hard_examples_check.py
@@ -14,10 +14,10 @@ import sys
 import numpy as np
 import pytest
 
-from harness.data import DataSpec, MockDataset
+from harness.mock.data import DataSpec, MockDataset
 from harness.hard_examples.gather import GatherResult, gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
-from harness.hard_examples_check import Checks, LossModel, check_interval
+from harness.hard_examples.check import Checks, LossModel, check_interval
 from tests.support.runs import REPO_ROOT, failure_report, harness_env, host_lines, launch_local
 
 CHECK_ARGS = ["--steps", "12", "--batch_size", "16", "--buffer_size", "8", "--log_interval", "6"]
@@ -37,7 +37,7 @@ def assert_passed(lines: list[str]) -> None:
 
 
 def test_passes_on_one_process():
-    result = subprocess.run([sys.executable, "-m", "harness.hard_examples_check", *CHECK_ARGS],
+    result = subprocess.run([sys.executable, "-m", "harness.hard_examples.check", *CHECK_ARGS],
                             cwd=REPO_ROOT, env=harness_env(), capture_output=True, text=True, timeout=TIMEOUT_S)
 
     assert result.returncode == 0, failure_report(result)
@@ -46,7 +46,7 @@ def test_passes_on_one_process():
 
 
 def test_passes_on_two_processes_under_the_launcher():
-    result = launch_local(2, 1, [sys.executable, "-m", "harness.hard_examples_check", *CHECK_ARGS],
+    result = launch_local(2, 1, [sys.executable, "-m", "harness.hard_examples.check", *CHECK_ARGS],
                           timeout=TIMEOUT_S)
 
     assert result.returncode == 0, failure_report(result)

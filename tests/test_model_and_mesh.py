@@ -17,11 +17,11 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from harness.config import TrainConfig
-from harness.data import MockDataset
-from harness.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, host_local_rows, make_global_batch, make_mesh
-from harness.model import per_sample_outputs
-from harness.train import data_spec
-from harness.train_step import TrainState, init_state, make_train_step, model_spec, state_shardings
+from harness.mock.data import MockDataset
+from harness.runtime.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, host_local_rows, make_global_batch, make_mesh
+from harness.mock.model import per_sample_outputs
+from harness.train.loop import data_spec
+from harness.train.step import TrainState, init_state, make_train_step, model_spec, state_shardings
 
 CONFIG = TrainConfig(batch_size=16, image_size=32, hidden_dim=32, seq_len=64, warmup_steps=5,
                      fsdp_devices=8, use_wandb=False)

@@ -40,7 +40,7 @@ TOPOLOGIES = {"2x4": (2, 4, "local-2x4"), "4x2": (4, 2, "local-4x2")}
 
 
 def owner(sample_id: int, batch_size: int, num_processes: int) -> int:
-    """The host that draws a sample (harness/data.py: step*B + host*(B/N) + row)."""
+    """The host that draws a sample (harness/mock/data.py: step*B + host*(B/N) + row)."""
     return (sample_id % batch_size) // (batch_size // num_processes)
 
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.data import DataSpec, MockDataset
+from harness.mock.data import DataSpec, MockDataset
 from harness.hard_examples.entry import HardExample
-from harness.pictures import read_contact_sheet_layout, render_contact_sheet, save_contact_sheet, save_loss_curve
+from harness.outputs.pictures import read_contact_sheet_layout, render_contact_sheet, save_contact_sheet, save_loss_curve
 
 
 def make_entries(count: int, *, image_size: int = 64, num_cameras: int = 2) -> list[HardExample]:

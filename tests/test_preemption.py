@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.checkpoint import existing_steps
-from harness.sinks import read_metrics
+from harness.runtime.checkpoint import existing_steps
+from harness.outputs.sinks import read_metrics
 from tests.support.runs import (
     compile_cache_flags, failure_report, launch_local, local_pod_hosts, run_harness,
     start_harness, start_local_pod, stop_local_pod, uninterrupted_rows, wait_for_output,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.checkpoint import existing_steps
-from harness.sinks import read_metrics
+from harness.runtime.checkpoint import existing_steps
+from harness.outputs.sinks import read_metrics
 from tests.support.runs import REPO_ROOT, compile_cache_flags, harness_env, run_harness, start_harness, tree_snapshot
 
 STEPS = 60
@@ -179,11 +179,11 @@ def test_checkpoints_without_resume_or_overwrite_fail_then_overwrite_starts_over
 
 
 # The CLI, dying like `kill -9` (no cleanup, no flush) as soon as the save of step
-# DIE_AFTER_SAVE returns. Importing harness.checkpoint (and so jax) first is what
+# DIE_AFTER_SAVE returns. Importing harness.runtime.checkpoint (and so jax) first is what
 # `python -m harness.train` does too.
 DYING_CLI = """
 import os, sys
-from harness.checkpoint import CheckpointStore
+from harness.runtime.checkpoint import CheckpointStore
 
 save = CheckpointStore.save
 
@@ -193,7 +193,7 @@ def save_then_die(self, step, state, meta):
         os._exit(137)
 
 CheckpointStore.save = save_then_die
-from harness.cli import main
+from harness.train.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from harness.pictures import read_contact_sheet_layout
-from harness.wandb_sink import TABLE_COLUMNS
+from harness.outputs.pictures import read_contact_sheet_layout
+from harness.outputs.wandb_sink import TABLE_COLUMNS
 from tests.support.runs import harness_env, run_harness
 from tests.support.wandb_offline import read_offline_run
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import storage
+from harness.runtime import storage
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401 (fixture)
 
@@ -39,7 +39,7 @@ import sys
 
 config = json.loads(sys.argv[1])
 
-from harness import storage
+from harness.runtime import storage
 
 storage.configure_gcs_emulator(config["emulator_url"])  # Before orbax starts.
 
@@ -330,7 +330,7 @@ def test_failed_save_is_never_resumed_and_can_be_redone(
     assert committed_steps(gcs_emulator, prefix) == [0, 1]
 
 
-# --- harness.storage helpers ---------------------------------------------------
+# --- harness.runtime.storage helpers ---------------------------------------------------
 
 
 class _Transient(ConnectionError):

@@ -8,7 +8,6 @@ harness/train.py; `real_harness_checkout()` ships /work/main with the real harne
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -291,9 +290,6 @@ def test_all_workers_succeed_with_per_worker_logs(make_fake_pod: MakePod, tmp_pa
     run_pod_and_check(standin_checkout(tmp_path), make_fake_pod(), tmp_path)
 
 
-@pytest.mark.skipif(
-    not importlib.util.find_spec("harness.train"), reason="harness/train.py does not exist yet"
-)
 def test_real_harness_runs_on_the_fake_pod(make_fake_pod: MakePod, tmp_path: Path) -> None:
     run_pod_and_check(
         real_harness_checkout(tmp_path), make_fake_pod(num_workers=2, devices_per_worker=4), tmp_path

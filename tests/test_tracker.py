@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from harness.data import DataSpec, MockDataset
+from harness.mock.data import DataSpec, MockDataset
 from harness.hard_examples.entry import Candidate, HardExample
 from harness.hard_examples.tracker import HardExampleTracker
-from harness.tokenizer import DIRECTIONS
+from harness.mock.tokenizer import DIRECTIONS
 from tests.support.oracles import interval_stats_oracle, top_k_oracle
 
 BATCH = 8

@@ -7,10 +7,10 @@ import base64
 import numpy as np
 import pytest
 
-from harness.data import DataSpec, MockDataset
+from harness.mock.data import DataSpec, MockDataset
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
-from harness.sinks import Console
+from harness.outputs.sinks import Console
 
 
 def _tracker_after(steps: range, dataset: MockDataset) -> HardExampleTracker:

@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from harness.checkpoint import existing_steps
-from harness.sinks import SCALAR_METRICS, MetricsFile, format_metrics_line, itstime, read_metrics
+from harness.runtime.checkpoint import existing_steps
+from harness.outputs.sinks import SCALAR_METRICS, MetricsFile, format_metrics_line, itstime, read_metrics
 from tests.support.runs import compile_cache_flags, run_harness
 
 NUMBER = r"-?\d+\.\d{4}"

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.pictures import render_contact_sheet
+from harness.outputs.pictures import render_contact_sheet
 from harness.hard_examples.merge import GlobalStats
-from harness.wandb_sink import RUN_ID_FILE, TABLE_COLUMNS, WandbSink
+from harness.outputs.wandb_sink import RUN_ID_FILE, TABLE_COLUMNS, WandbSink
 from tests.support.wandb_offline import read_offline_run
 from tests.test_pictures import make_entries
 
@@ -199,7 +199,7 @@ def test_other_hosts_and_no_wandb_never_import_wandb(tmp_path):
 import sys
 from pathlib import Path
 from harness.hard_examples.merge import GlobalStats
-from harness.wandb_sink import WandbSink
+from harness.outputs.wandb_sink import WandbSink
 from tests.test_pictures import make_entries
 for enabled, is_primary in ((False, True), (True, False)):
     run_dir = Path({str(tmp_path)!r}) / f"run_{{enabled}}_{{is_primary}}"

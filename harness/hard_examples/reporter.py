@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from harness.data import Batch
+from harness.mock.data import Batch
 from harness.hard_examples.codec import CandidatePayload, PayloadError, decode_payload, encode_payload
 from harness.hard_examples.gather import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -28,7 +28,7 @@ from harness.hard_examples.gather import (
     gather_hard_examples,
 )
 from harness.hard_examples.tracker import HardExampleTracker
-from harness.sinks import Console
+from harness.outputs.sinks import Console
 
 PRINTED_ENTRIES = 5
 STATE_VERSION = 1

@@ -19,9 +19,9 @@ from collections.abc import Callable, Collection, Sequence
 import numpy as np
 from PIL import Image
 
-from harness.data import Batch
+from harness.mock.data import Batch
 from harness.hard_examples.entry import Candidate, HardExample, IntervalStats
-from harness.tokenizer import SEP, MockTokenizer
+from harness.mock.tokenizer import SEP, MockTokenizer
 
 # Thumbnails are made once per interval for at most K samples, so speed hardly matters:
 # LANCZOS takes ~0.2 ms per 128x128 camera and ~0.5 ms per 224x224 one (2-3x BILINEAR,

@@ -13,7 +13,7 @@ test process. Environment:
 Supported: `describe NAME` (JSON with N networkEndpoints), `scp SRC NAME:DEST
 --worker=W` (copies to <root>/worker-<i>/DEST), `ssh NAME --worker=W --command CMD` (runs
 `bash -c CMD` in the worker's directory). ssh gives the command the environment a TPU
-pod's metadata gives jax, in the form harness/distributed.py reads for a local pod:
+pod's metadata gives jax, in the form harness/runtime/distributed.py reads for a local pod:
 HARNESS_COORDINATOR_ADDRESS, HARNESS_NUM_PROCESSES, HARNESS_PROCESS_ID, JAX_PLATFORMS=cpu
 and the XLA device-count flag. Every invocation's argv goes to <root>/calls.jsonl.
 

@@ -4,7 +4,7 @@ Sits on a free loopback port in front of the GCS emulator and forwards every
 request, except those a rule picks to fail. Faults are deterministic: a rule
 fails the next N matching requests, or every k-th one, so a test can assert
 exactly how many were injected. Point clients at `proxy.url` instead of the
-emulator's url (`harness.storage.gcs_emulator_env(proxy.url)`).
+emulator's url (`harness.runtime.storage.gcs_emulator_env(proxy.url)`).
 
     with FaultProxy(emulator.url) as proxy:
         proxy.add_rule(Fault.UNAVAILABLE, count=3, method="POST", path="/upload/")

@@ -32,8 +32,8 @@ import sys
 
 import numpy as np
 
-from harness import distributed
-from harness.data import DataSpec, MockDataset
+from harness.runtime import distributed
+from harness.mock.data import DataSpec, MockDataset
 from harness.hard_examples.codec import CandidatePayload, encode_payload
 from harness.hard_examples.gather import DEFAULT_MAX_PAYLOAD_BYTES, gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker

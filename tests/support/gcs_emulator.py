@@ -9,7 +9,7 @@ or import it into a test module), or the `running_gcs_emulator()` context manage
         subprocess.run(cmd, env={**os.environ, **emulator.env}, timeout=60)
 
 `emulator.env` holds every variable the storage libraries need; see
-`harness.storage.gcs_emulator_env`.
+`harness.runtime.storage.gcs_emulator_env`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import pytest
 from gcp_storage_emulator.server import RequestHandler
 from gcp_storage_emulator.storage import Storage
 
-from harness.storage import gcs_emulator_env
+from harness.runtime.storage import gcs_emulator_env
 
 DEFAULT_BUCKET = "podharness-test"
 _HTTP_TIMEOUT_S = 10.0

@@ -217,7 +217,7 @@ def uninterrupted_rows(topology: str, num_steps: int, *, workdir: Path, env: dic
     receives the run when one is needed; `extra_args` are flags that leave the metrics
     alone (a compilation cache).
     """
-    from harness.sinks import read_metrics
+    from harness.outputs.sinks import read_metrics
 
     rows = _REFERENCE_ROWS.get(topology, [])
     if len(rows) < num_steps:

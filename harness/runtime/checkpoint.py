@@ -24,7 +24,7 @@ from etils import epath
 
 from harness.errors import UsageError
 
-logger = logging.getLogger("harness.checkpoint")
+logger = logging.getLogger("harness.runtime.checkpoint")
 
 STATE_ITEM, META_ITEM = "state", "meta"
 COMMIT_MARKER = "commit_success.txt"

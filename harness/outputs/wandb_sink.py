@@ -35,7 +35,7 @@ import numpy as np
 
 from harness.hard_examples.entry import HardExample
 from harness.hard_examples.merge import GlobalStats
-from harness.pictures import render_contact_sheet
+from harness.outputs.pictures import render_contact_sheet
 
 logger = logging.getLogger("harness.wandb")
 

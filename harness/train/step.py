@@ -14,9 +14,9 @@ import optax
 from jax.sharding import Mesh
 
 from harness.config import TrainConfig
-from harness.data import Batch
-from harness.mesh import batch_sharding, fsdp_shardings, replicated
-from harness.model import ModelSpec, init_params, per_sample_outputs
+from harness.mock.data import Batch
+from harness.runtime.mesh import batch_sharding, fsdp_shardings, replicated
+from harness.mock.model import ModelSpec, init_params, per_sample_outputs
 
 
 class TrainState(NamedTuple):

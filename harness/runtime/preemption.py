@@ -1,4 +1,4 @@
-"""Stopping together on preemption (SIGTERM); lost hosts are harness/watchdog.py's job.
+"""Stopping together on preemption (SIGTERM); lost hosts are harness/runtime/watchdog.py's job.
 
 Preemption: a TPU maintenance event or a spot reclaim sends SIGTERM to some hosts,
 not necessarily all, and not at the same instant. With `jax.distributed` running, JAX's

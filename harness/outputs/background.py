@@ -12,7 +12,7 @@ import queue
 import threading
 from typing import Any, Callable
 
-logger = logging.getLogger("harness.background")
+logger = logging.getLogger("harness.outputs.background")
 
 _STOP = object()
 

@@ -1,8 +1,8 @@
 """Focused check of hard-example tracking, one process or many.
 
-    python -m harness.hard_examples_check --steps 50 --batch_size 16 --buffer_size 50 --log_interval 10
+    python -m harness.hard_examples.check --steps 50 --batch_size 16 --buffer_size 50 --log_interval 10
     python -m launch.local --num_processes 2 --devices_per_process 1 -- \\
-        python -m harness.hard_examples_check --steps 20
+        python -m harness.hard_examples.check --steps 20
 
 Losses come from the mock model at fixed parameters, fed to the tracker in shuffled row
 order (pairing must go by sample_id). At each interval every host gathers; process 0
@@ -23,13 +23,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 from PIL import Image
 
-from harness import distributed
-from harness.data import Batch, DataSpec, MockDataset
+from harness.runtime import distributed
+from harness.mock.data import Batch, DataSpec, MockDataset
 from harness.errors import UsageError
 from harness.hard_examples.gather import GatherResult, gather_hard_examples
 from harness.hard_examples.reporter import format_block
 from harness.hard_examples.tracker import RESAMPLE, HardExampleTracker
-from harness.model import ModelSpec, init_params, per_sample_outputs
+from harness.mock.model import ModelSpec, init_params, per_sample_outputs
 
 RULE = "=" * 80
 
@@ -49,7 +49,7 @@ class Checks:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m harness.hard_examples_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.hard_examples.check", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--buffer_size", type=int, default=50)

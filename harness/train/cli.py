@@ -85,13 +85,13 @@ def configure_devices(config: TrainConfig) -> None:
 def prepare_runtime(config: TrainConfig) -> None:
     """Everything that must happen before JAX picks its devices, then the checks that
     need devices. Raises UsageError; writes nothing."""
-    from harness import storage
+    from harness.runtime import storage
 
     storage.configure_gcs_emulator_from_env()
     configure_devices(config)
 
-    from harness import distributed
-    from harness.mesh import check_topology
+    from harness.runtime import distributed
+    from harness.runtime.mesh import check_topology
 
     distributed.initialize(
         config.distributed,
@@ -111,7 +111,7 @@ def prepare_runtime(config: TrainConfig) -> None:
 
 
 def _check_existing_checkpoints(config: TrainConfig) -> None:
-    from harness.checkpoint import existing_steps
+    from harness.runtime.checkpoint import existing_steps
 
     steps = existing_steps(config.checkpoint_dir)
     if steps and not (config.resume or config.overwrite):
@@ -130,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
 
-    from harness.checkpoint import delete_all
-    from harness.train import train
+    from harness.runtime.checkpoint import delete_all
+    from harness.train.loop import train
 
     if config.overwrite:
         delete_all(config.checkpoint_dir)

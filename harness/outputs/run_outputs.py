@@ -12,13 +12,13 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from harness.background import BackgroundWriter
+from harness.outputs.background import BackgroundWriter
 from harness.config import TrainConfig
 from harness.hard_examples.gather import GatherResult
-from harness.pictures import save_contact_sheet, save_loss_curve
-from harness.progress import Progress
-from harness.sinks import Console, MetricsFile, PerSampleLossFile, format_metrics_line, read_metrics
-from harness.wandb_sink import WandbSink
+from harness.outputs.pictures import save_contact_sheet, save_loss_curve
+from harness.outputs.progress import Progress
+from harness.outputs.sinks import Console, MetricsFile, PerSampleLossFile, format_metrics_line, read_metrics
+from harness.outputs.wandb_sink import WandbSink
 
 _INTERVAL_FILE = re.compile(r"step_(\d+)\.json$")
 CURVE_METRICS = ("loss", "max_per_sample_loss")

@@ -1,39 +1,38 @@
 """The mock training loop: data -> jitted FSDP step -> metrics, checkpoints.
 
 Run it:  python -m harness.train --config cpu-8-devices --num_train_steps 100
-(`harness-train` is the same entry point; flags are in harness/cli.py.)
+(`harness-train` is the same entry point; flags are in harness/train/cli.py.)
 
 At most `max_steps_in_flight` steps are dispatched ahead of the host: each finished
 step's metrics are read back before more work is queued. This keeps host memory flat
 and avoids the all-gather rendezvous abort seen with 8 fake CPU devices on 2 cores when
 many steps are queued (../shared/ENVIRONMENT.md). The next batches are built in a
-prefetch thread (harness/prefetch.py); checkpoints, hard-example gathers and the
+prefetch thread (harness/train/prefetch.py); checkpoints, hard-example gathers and the
 preemption check happen at the same steps on every host.
 """
 
 from __future__ import annotations
 
 import collections
-import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 
-from harness.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
+from harness.runtime.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
 from harness.config import TrainConfig
-from harness.data import Batch, DataSpec, MockDataset
+from harness.mock.data import Batch, DataSpec, MockDataset
 from harness.errors import HostLostError, UsageError
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
-from harness.mesh import host_local_rows_of, make_global_batch, make_mesh
-from harness.preemption import PreemptionWatch
-from harness.prefetch import Prefetcher
-from harness.run_outputs import RunOutputs, RunSummary
-from harness.sinks import SCALAR_METRICS, Console, itstime
-from harness.train_step import TrainState, abstract_state, init_state, make_train_step
-from harness.watchdog import SILENCE_FRACTION, HostWatchdog
+from harness.runtime.mesh import host_local_rows_of, make_global_batch, make_mesh
+from harness.runtime.preemption import PreemptionWatch
+from harness.train.prefetch import Prefetcher
+from harness.outputs.run_outputs import RunOutputs, RunSummary
+from harness.outputs.sinks import SCALAR_METRICS, Console, itstime
+from harness.train.step import TrainState, abstract_state, init_state, make_train_step
+from harness.runtime.watchdog import SILENCE_FRACTION, HostWatchdog
 
 BANNER_RULE = "=" * 80
 
@@ -256,8 +255,3 @@ def train(config: TrainConfig) -> RunSummary:
         trainer.store.close()  # orbax's threads must not outlive a failed run
         raise
 
-
-if __name__ == "__main__":
-    from harness.cli import main
-
-    sys.exit(main())

@@ -6,7 +6,7 @@ models: a token head that predicts the language action, and an action head that 
 the trunk plus the language action and predicts the action chunk.
 
 Per-sample loss = action MSE + `token_loss_weight` * token cross-entropy. Hard samples
-carry label noise (see harness/data.py), so their loss stays ~3-10 while the easy ones'
+carry label noise (see harness/mock/data.py), so their loss stays ~3-10 while the easy ones'
 falls towards ~0.5-1.5.
 """
 
@@ -17,7 +17,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from harness.data import ACTION_DIM, STATE_DIM, Batch
+from harness.mock.data import ACTION_DIM, STATE_DIM, Batch
 
 PATCH_GRID = 4  # each camera is pooled to a 4x4 grid of mean colours
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from harness.tokenizer import BOS, DIRECTIONS, EOS, MAX_AMOUNT, SEP, MockTokenizer
+from harness.mock.tokenizer import BOS, DIRECTIONS, EOS, MAX_AMOUNT, SEP, MockTokenizer
 
 STATE_DIM = 7
 ACTION_DIM = 7
