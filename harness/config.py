@@ -8,6 +8,7 @@ style). Unknown keys fail loudly, with the file and key named.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,6 +27,8 @@ class TrainConfig:
     seed: int = 0
     run_dir: str = "/tmp/mock_training_run"
     max_steps_in_flight: int = 2
+    on_nonfinite: str = "error"  # a nan/inf loss, gradient or parameter: "error" stops, "skip" drops the update
+    testing_nonfinite_step: int = -1  # testing only: make this step's loss and gradients nan
     # Hard examples.
     track_hard_examples: bool = True
     hard_example_log_interval: int = 50
@@ -80,6 +83,7 @@ class TrainConfig:
         return apply_overrides(self, changes, source="overrides")
 
 
+NONFINITE_POLICIES = ("error", "skip")
 FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 _PYTHON_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
@@ -150,6 +154,14 @@ def validate(config: TrainConfig) -> None:
         raise UsageError(f"--hard_fraction must be in [0, 1], got {config.hard_fraction}")
     if not 0.0 <= config.dropout_rate < 1.0:
         raise UsageError(f"--dropout_rate must be in [0, 1), got {config.dropout_rate}")
+    for name, kind in FIELD_TYPES.items():
+        if kind == "float" and not math.isfinite(getattr(config, name)):
+            raise UsageError(f"--{name} must be a finite number, got {getattr(config, name)}")
+    for name in ("learning_rate", "weight_decay", "grad_clip_norm", "token_loss_weight"):
+        if getattr(config, name) < 0:
+            raise UsageError(f"--{name} must be >= 0, got {getattr(config, name)}")
+    if config.on_nonfinite not in NONFINITE_POLICIES:
+        raise UsageError(f"--on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {config.on_nonfinite!r}")
     if config.resume and config.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pick one")
     if config.num_train_steps * config.batch_size >= 2**31:

@@ -15,3 +15,10 @@ class HostLostError(Exception):
     (`os._exit`), since JAX's shutdown would otherwise wait for the dead peer."""
 
     exit_code = 3
+
+
+class NonFiniteStateError(Exception):
+    """The loss, the gradients or the state went nan/inf. The run stops without saving
+    that state (so no good checkpoint is pruned for it); exit 1."""
+
+    exit_code = 1

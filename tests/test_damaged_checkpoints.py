@@ -193,6 +193,68 @@ def test_allow_fresh_start_starts_at_0_and_keeps_the_damaged_steps(all_damaged, 
 
 
 # ---------------------------------------------------------------------------------------
+# Silent corruption: one flipped byte in the array data is caught by the checksums.
+
+def _flip_one_byte_in_every_data_file(step_dir: Path) -> None:
+    """XORs the middle byte of each array data file: the files stay readable, so only a
+    checksum of what was restored can tell."""
+    data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data_files, f"no array data under {step_dir}"
+    for path in data_files:
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def flipped(pristine, tmp_path_factory, cache):
+    root = _copy_run(pristine, tmp_path_factory.mktemp("flipped"))
+    _flip_one_byte_in_every_data_file(root / "ckpt" / "12")
+    result = run_harness(_args(root, cache, "--num_train_steps", "12", "--save_interval", "4", "--keep", "5",
+                               "--resume"), timeout=RUN_TIMEOUT_S)
+    return root, result
+
+
+def test_a_flipped_byte_in_array_data_is_reported_as_damage(flipped):
+    _, result = flipped
+
+    assert result.returncode == 0, failure_report(result)
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING: checkpoint step")]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: checkpoint step 12 is damaged ("), warnings
+    assert "Resumed from checkpoint at step 8 (newer damaged steps skipped: 12)" in result.stdout.splitlines()
+    assert result.stderr == "", f"a successful fallback printed on stderr:\n{result.stderr}"
+
+
+def test_a_run_resumed_past_a_flipped_byte_logs_the_uninterrupted_metrics(flipped, pristine):
+    root, result = flipped
+
+    assert result.returncode == 0, failure_report(result)
+    assert (root / "run" / "metrics.jsonl").read_text() == (pristine / "run" / "metrics.jsonl").read_text()
+
+
+# ---------------------------------------------------------------------------------------
+# Other settings are a usage error, never damage: nothing is renamed, even when asked to
+# start fresh.
+
+@pytest.mark.parametrize("change, field", [(("--hidden_dim", "64"), "hidden_dim: checkpoint 32 vs now 64"),
+                                           (("--num_layers", "3"), "num_layers: checkpoint 2 vs now 3")])
+@pytest.mark.parametrize("fresh", [(), ("--allow_fresh_start",)], ids=["resume", "allow_fresh_start"])
+def test_resume_with_other_model_shapes_names_the_setting_and_renames_nothing(
+        change, field, fresh, pristine, tmp_path, cache):
+    root = _copy_run(pristine, tmp_path / "copy")
+    before = tree_snapshot(root)
+
+    result = run_harness(_args(root, cache, "--num_train_steps", "16", "--resume", *change, *fresh),
+                         timeout=RUN_TIMEOUT_S)
+
+    assert result.returncode == 2, failure_report(result)
+    assert result.stderr.splitlines() == [
+        f"harness-train: error: cannot resume from {root / 'ckpt'} step 12: settings differ ({field})"
+    ], failure_report(result)
+    assert tree_snapshot(root) == before
+
+
+# ---------------------------------------------------------------------------------------
 # SIGKILL while an async save is being written.
 
 def _kill_during_a_save(root: Path, cache: list[str], *, delay_s: float | None,

@@ -22,7 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from harness.errors import UsageError
+from harness.errors import NonFiniteStateError, UsageError
+from harness.runtime.integrity import inspect_state, mismatched_leaves
 
 logger = logging.getLogger("harness.runtime.checkpoint")
 
@@ -62,7 +63,14 @@ class CheckpointStore:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Starts a save (async by default: returns once the arrays are copied off the
-        devices; the next save waits for this one)."""
+        devices; the next save waits for this one). The metadata gets each array's
+        checksum and the state's shapes; a state with a non-finite value is refused
+        (NonFiniteStateError), so it can neither be saved nor make orbax prune a good
+        checkpoint. A collective: every host calls it at the same step."""
+        checksums, bad = inspect_state(state)
+        if bad:
+            raise NonFiniteStateError(f"not saving step {step}: non-finite values in {', '.join(bad[:3])}")
+        meta = {**meta, "checksums": checksums, "state_signature": state_signature(state)}
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -73,41 +81,71 @@ class CheckpointStore:
         self.saved_steps.append(step)
 
     def restore_latest(
-        self, abstract_state: Any, on_skip: Callable[[int, str], None] | None = None
+        self,
+        abstract_state: Any,
+        check_meta: Callable[[int, dict], None],
+        on_skip: Callable[[int, str], None] | None = None,
     ) -> tuple[Any, dict] | None:
         """The newest checkpoint that restores cleanly on every host, or None.
 
-        A step counts only with its commit marker (orbax writes `commit_success.txt`
-        last) and when all hosts restore it without error; steps that fail are
-        reported through `on_skip` and remembered in `damaged_steps`. `abstract_state`
-        carries the target shardings, so a checkpoint written on another mesh or
-        process count is resharded on the way in.
+        For each step, newest first: the commit marker and both items must be there; the
+        metadata is read and handed to `check_meta(step, meta)`, which raises UsageError
+        when the run's settings differ (a usage error, never damage: nothing is skipped
+        or renamed); then the state is restored and its checksums compared with the
+        saved ones. Only real damage (missing parts, unreadable data, a checksum
+        mismatch) skips a step; it is reported through `on_skip` and remembered in
+        `damaged_steps`. Every host reaches the same verdict on every step.
+        `abstract_state` carries the target shardings, so a checkpoint written on another
+        mesh or process count is resharded on the way in.
         """
         self.damaged_steps = []
         _quiet_reads_of_failed_restores()  # before any attempt: late callbacks can be quick
+        signature = state_signature(abstract_state)
         for step in reversed(self.steps()):
-            problem = self._missing_parts(step)
-            restored = None
-            if problem is None:
-                try:
-                    restored = self._manager.restore(
-                        step,
-                        args=ocp.args.Composite(
-                            **{
-                                STATE_ITEM: ocp.args.StandardRestore(abstract_state),
-                                META_ITEM: ocp.args.JsonRestore(),
-                            }
-                        ),
-                    )
-                except Exception as err:  # orbax/tensorstore raise many types for bad data
-                    problem = _first_line(err)
+            meta, problem = self._read_meta(step)
             if all_hosts_agree(problem is None):
-                return restored[STATE_ITEM], restored[META_ITEM]
+                check_meta(step, meta)
+                saved_signature = meta.get("state_signature")
+                if saved_signature is not None and saved_signature != signature:
+                    raise UsageError(f"cannot resume from {self.directory} step {step}: the state's "
+                                     f"shapes differ ({describe_signature_change(saved_signature, signature)})")
+                state, problem = self._read_state(step, abstract_state, meta)
+                if all_hosts_agree(problem is None):
+                    return state, meta
             problem = problem or "failed to restore on another host"
             self.damaged_steps.append(step)
             if on_skip is not None:
                 on_skip(step, problem)
         return None
+
+    def _read_meta(self, step: int) -> tuple[dict, str | None]:
+        problem = self._missing_parts(step)
+        if problem:
+            return {}, problem
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+        except Exception as err:  # orbax raises many types for unreadable files
+            return {}, f"metadata unreadable: {_first_line(err)}"
+        meta = restored[META_ITEM]
+        if not isinstance(meta, dict) or not isinstance(meta.get("checksums", {}), dict):
+            return {}, "metadata is not a harness checkpoint's"
+        return meta, None
+
+    def _read_state(self, step: int, abstract_state: Any, meta: dict) -> tuple[Any, str | None]:
+        try:
+            restored = self._manager.restore(
+                step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state)})
+            )
+            state = restored[STATE_ITEM]
+        except Exception as err:  # orbax/tensorstore raise many types for bad data
+            return None, _first_line(err)
+        if "checksums" not in meta:  # written before checksums existed: nothing to verify
+            return state, None
+        differ = mismatched_leaves(meta["checksums"], inspect_state(state)[0])
+        if differ:
+            shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+            return None, f"checksum mismatch in {shown}"
+        return state, None
 
     def _missing_parts(self, step: int) -> str | None:
         path = epath.Path(self.directory) / str(step)
@@ -120,13 +158,14 @@ class CheckpointStore:
         """Renames damaged steps to `damaged-<step>-<time>` (never deletes them), so new
         saves can reuse their step numbers. Primary host only; returns the new names."""
         moved = []
-        if jax.process_index() == 0:
+        if self.damaged_steps and jax.process_index() == 0:
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             for step in self.damaged_steps:
                 source = epath.Path(self.directory) / str(step)
                 target = epath.Path(self.directory) / f"damaged-{step}-{stamp}"
                 source.rename(target)
                 moved.append(str(target))
+        all_hosts_agree(True)  # a barrier: no host reloads before the renames are done
         self._manager.reload()
         self.damaged_steps = []
         return moved
@@ -184,6 +223,19 @@ def all_hosts_agree(ok: bool) -> bool:
 
     flags = multihost_utils.process_allgather(np.asarray([int(ok)], dtype=np.int32))
     return bool(np.all(np.asarray(flags)))
+
+
+def state_signature(tree: Any) -> dict[str, str]:
+    """`{leaf path: "float32[32,32]"}`: what a restore must find (works on abstract trees)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(path): f"{np.dtype(leaf.dtype).name}{list(leaf.shape)}" for path, leaf in flat}
+
+
+def describe_signature_change(saved: dict, now: dict) -> str:
+    """The first few leaves whose shape or dtype changed, for a one-line error."""
+    changes = [f"{path}: checkpoint {saved.get(path, 'absent')} vs now {now.get(path, 'absent')}"
+               for path in sorted(saved.keys() | now.keys()) if saved.get(path) != now.get(path)]
+    return "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
 
 
 def check_resume_compatible(saved: dict, current: dict, *, where: str) -> None:

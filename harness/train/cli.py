@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from harness.config import FIELD_TYPES, TrainConfig, apply_overrides, load_preset, validate
-from harness.errors import HostLostError, UsageError
+from harness.errors import HostLostError, NonFiniteStateError, UsageError
 
 PROG = "harness-train"
 
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         delete_all(config.checkpoint_dir)
     try:
         train(config)
-    except UsageError as err:
+    except (UsageError, NonFiniteStateError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
     except HostLostError as err:

@@ -14,6 +14,7 @@ preemption check happen at the same steps on every host.
 from __future__ import annotations
 
 import collections
+import math
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,7 +24,7 @@ import jax
 from harness.runtime.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
 from harness.config import TrainConfig
 from harness.mock.data import Batch, DataSpec, MockDataset
-from harness.errors import HostLostError, UsageError
+from harness.errors import HostLostError, NonFiniteStateError, UsageError
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.runtime.mesh import host_local_rows_of, make_global_batch, make_mesh
@@ -35,6 +36,7 @@ from harness.train.step import TrainState, abstract_state, init_state, make_trai
 from harness.runtime.watchdog import SILENCE_FRACTION, HostWatchdog
 
 BANNER_RULE = "=" * 80
+NONFINITE_WATCHED = ("loss", "grad_norm", "param_norm")
 
 
 class _InFlight(NamedTuple):
@@ -92,6 +94,7 @@ class Trainer:
         )
         self.run_dir = Path(config.run_dir)
         self.reporter = self._make_reporter() if config.track_hard_examples else None
+        self.skipped_updates = 0
 
     def _make_reporter(self) -> HardExampleReporter:
         config = self.config
@@ -109,7 +112,8 @@ class Trainer:
         config = self.config
         if not config.resume:
             return init_state(config, self.mesh), 0
-        restored = self.store.restore_latest(abstract_state(config, self.mesh), on_skip=self._report_skipped)
+        restored = self.store.restore_latest(abstract_state(config, self.mesh), self._check_resume_settings,
+                                             on_skip=self._report_skipped)
         damaged = list(self.store.damaged_steps)
         if restored is None and damaged and not config.allow_fresh_start:
             raise UsageError(
@@ -124,8 +128,6 @@ class Trainer:
             self.console.print("No valid checkpoint to resume from: starting at step 0")
             return init_state(config, self.mesh), 0
         state, meta = restored
-        check_resume_compatible(meta.get("resume", {}), resume_fingerprint(config),
-                                where=f"{config.checkpoint_dir} step {meta.get('step')}")
         step = int(jax.device_get(state.step))
         if self.reporter is not None:
             problem = self.reporter.restore_state(meta.get("hard_examples"), step=step,
@@ -135,6 +137,11 @@ class Trainer:
         self.console.print(f"Resumed from checkpoint at step {step}"
                            + (f" (newer damaged steps skipped: {', '.join(map(str, damaged))})" if damaged else ""))
         return state, step
+
+    def _check_resume_settings(self, step: int, meta: dict) -> None:
+        saved = meta.get("resume")
+        check_resume_compatible(saved if isinstance(saved, dict) else {}, resume_fingerprint(self.config),
+                                where=f"{self.config.checkpoint_dir} step {step}")
 
     def _report_skipped(self, step: int, problem: str) -> None:
         self.console.print(f"WARNING: checkpoint step {step} is damaged ({problem}); trying an older one")
@@ -165,11 +172,30 @@ class Trainer:
         last_step = self.config.num_train_steps - 1
         log = itstime(pending.step, self.config.log_interval, last_step)
         outputs.step_finished(pending.step, scalars, pending.metrics, log=log)
+        self._check_finite(pending, scalars)
         if self.reporter is not None:
             losses, sample_ids = host_local_rows_of([pending.metrics["per_sample_loss"], pending.metrics["sample_id"]])
             self.reporter.observe(pending.step, pending.local_batch, losses, sample_ids)
             self.reporter.end_of_step(pending.step, last_step)
         return scalars
+
+    def _check_finite(self, pending: _InFlight, scalars: dict[str, float]) -> None:
+        """The non-finite policy (`--on_nonfinite`). The scalars are replicated, so every
+        host reaches the same verdict at the same step."""
+        bad = [f"{name}={scalars[name]}" for name in NONFINITE_WATCHED if not math.isfinite(scalars[name])]
+        if not bad:
+            return
+        if "update_skipped" in pending.metrics:
+            self.skipped_updates += 1
+            self.console.print(f"WARNING: step {pending.step}: non-finite {', '.join(bad)}; update skipped "
+                               f"(--on_nonfinite skip; {self.skipped_updates} skipped so far)")
+            return
+        saved = ", ".join(map(str, self.store.saved_steps)) or "none"
+        raise NonFiniteStateError(
+            f"step {pending.step}: non-finite {', '.join(bad)}; stopped without saving this state "
+            f"(checkpoints written by this run: {saved}; none was pruned for it). "
+            f"--on_nonfinite skip drops such updates instead"
+        )
 
     def run(self) -> RunSummary:
         config = self.config

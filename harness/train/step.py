@@ -84,6 +84,7 @@ def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Ba
     """
     spec = model_spec(config)
     optimizer = make_optimizer(config)
+    skip_nonfinite = config.on_nonfinite == "skip"
 
     def loss_fn(params, batch: Batch, dropout_key):
         per_sample_loss, token_hits, token_count = per_sample_outputs(params, batch, spec, dropout_key)
@@ -96,13 +97,25 @@ def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Ba
         (loss, (per_sample_loss, token_hits, token_count)), grads = jax.value_and_grad(
             loss_fn, has_aux=True
         )(state.params, batch, dropout_key)
+        if config.testing_nonfinite_step >= 0:  # fault injection for tests: a nan loss and gradient
+            poison = jnp.where(state.step == config.testing_nonfinite_step, jnp.nan, 1.0)
+            loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(params)
+        skip_metrics = {}
+        if skip_nonfinite:  # keep the old params and moments when anything went nan/inf
+            ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+            params, opt_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                             (params, opt_state), (state.params, state.opt_state))
+            param_norm = optax.tree.norm(params)
+            skip_metrics["update_skipped"] = ~ok
         valid = batch.sample_mask
         metrics = {
+            **skip_metrics,
             "loss": loss,
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),
+            "grad_norm": grad_norm,
+            "param_norm": param_norm,
             "token_acc": (token_hits * valid).sum() / jnp.maximum((token_count * valid).sum(), 1.0),
             "max_per_sample_loss": jnp.max(jnp.where(valid, per_sample_loss, -jnp.inf)),
             "per_sample_loss": per_sample_loss,
@@ -114,6 +127,8 @@ def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Ba
     rows, scalar = batch_sharding(mesh), replicated(mesh)
     metric_sh = {name: scalar for name in ("loss", "grad_norm", "param_norm", "token_acc", "max_per_sample_loss")}
     metric_sh |= {"per_sample_loss": rows, "sample_id": rows}
+    if skip_nonfinite:
+        metric_sh["update_skipped"] = scalar
     return jax.jit(
         step,
         in_shardings=(state_sh, rows),
