@@ -25,10 +25,9 @@ STEPS_AFTER = 10
 
 
 def measure(repeats: int) -> dict:
-    from harness.train.cli import configure_devices
-    from harness.config import TrainConfig as _Config
+    from harness.runtime.devices import configure_devices
 
-    configure_devices(_Config(cpu_devices=8))
+    configure_devices(cpu_devices=8)
     from harness.runtime.checkpoint import CheckpointStore
     from harness.config import TrainConfig
     from harness.mock.data import MockDataset

@@ -32,10 +32,9 @@ THUMB_SHAPE = (64, 128, 3)  # two 64x64 camera thumbnails side by side (the defa
 
 def tracking_on_off(steps: int, repeats: int) -> dict:
 
-    from harness.train.cli import configure_devices
-    from harness.config import TrainConfig as _Config
+    from harness.runtime.devices import configure_devices
 
-    configure_devices(_Config(cpu_devices=8))
+    configure_devices(cpu_devices=8)
     from harness.config import TrainConfig
 
     def block(track: bool) -> float:

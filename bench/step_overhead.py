@@ -114,10 +114,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from harness.train.cli import configure_devices
-    from harness.config import TrainConfig as _Config
+    from harness.runtime.devices import configure_devices
 
-    configure_devices(_Config(cpu_devices=8))
+    configure_devices(cpu_devices=8)
     result = measure(args.steps, args.repeats)
     print("harness step / bare jitted step (8 fake devices, batch 16):", json.dumps(result))
     print("RESULT " + json.dumps({"step_overhead": result}))

@@ -162,6 +162,9 @@ def validate(config: TrainConfig) -> None:
             raise UsageError(f"--{name} must be >= 0, got {getattr(config, name)}")
     if config.on_nonfinite not in NONFINITE_POLICIES:
         raise UsageError(f"--on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, got {config.on_nonfinite!r}")
+    for name in ("checkpoint_dir", "run_dir"):
+        if not getattr(config, name).strip():
+            raise UsageError(f"--{name} must not be empty")
     if config.resume and config.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pick one")
     if config.num_train_steps * config.batch_size >= 2**31:

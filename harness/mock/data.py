@@ -76,6 +76,14 @@ class DataSpec:
     def camera_names(self) -> tuple[str, ...]:
         return CAMERA_NAMES[: self.num_cameras]
 
+    @property
+    def sample_bytes(self) -> int:
+        """Host bytes of one sample of a `Batch`: cameras, prompt tokens and their four
+        masks, state, actions, the sample mask and id."""
+        images = self.num_cameras * self.image_size * self.image_size * 3
+        tokens = self.seq_len * (4 + 4)
+        return images + tokens + 4 * STATE_DIM + 4 * self.action_horizon * ACTION_DIM + 1 + 4
+
 
 class MockDataset:
     """Host-local batches for one process of a (possibly multi-host) run."""

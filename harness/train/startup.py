@@ -1,0 +1,97 @@
+"""Everything between a parsed config and the first step: the runtime (GCS emulator,
+devices, `jax.distributed`), then the start-up checks that need it.
+
+Every check runs on every host and the verdict is agreed (harness/runtime/agree.py):
+one bad host makes every host exit 2 with the same line, before anything is written.
+"""
+
+from __future__ import annotations
+
+from harness.config import TrainConfig
+from harness.errors import UsageError
+from harness.runtime import distributed, storage
+from harness.runtime.agree import agreed_problem
+from harness.runtime.devices import configure_devices
+from harness.runtime.memory import available_host_bytes, format_bytes
+
+# A batch is alive on the host this many times over per step in flight: in the prefetch
+# queue, being built, as the host copy a step keeps for the tracker, and (on CPU
+# devices) as the global array itself.
+BATCH_COPIES_PER_STEP_IN_FLIGHT = 3
+# The part of the available memory the batches may take; the rest is the model,
+# optimizer, XLA and the Python process itself.
+BATCH_MEMORY_SHARE = 0.5
+
+
+def prepare_runtime(config: TrainConfig) -> None:
+    """Starts the runtime and runs the start-up checks. Raises UsageError (the same on
+    every host); writes nothing."""
+    storage.configure_gcs_emulator_from_env()
+    configure_devices(cpu_devices=config.cpu_devices, cpu_fast_compile=config.cpu_fast_compile,
+                      compilation_cache_dir=config.compilation_cache_dir)
+    distributed.initialize(
+        config.distributed,
+        coordinator_address=config.coordinator_address,
+        num_processes=config.num_processes,
+        process_id=config.process_id,
+        initialization_timeout=config.initialization_timeout,
+        heartbeat_timeout=config.heartbeat_timeout,
+    )
+    problem = agreed_problem(_first_problem(config))
+    if problem:
+        raise UsageError(problem)
+
+
+def _first_problem(config: TrainConfig) -> str | None:
+    """This host's first failing check, as one line, or None."""
+    from harness.runtime.mesh import check_topology
+
+    try:
+        check_topology(config.batch_size, config.fsdp_devices)
+    except UsageError as err:
+        return str(err)
+    checks = (_batch_memory_problem, _run_dir_problem, _checkpoint_dir_problem, _existing_checkpoints_problem)
+    for check in checks:
+        problem = check(config)
+        if problem:
+            return problem
+    return None
+
+
+def _batch_memory_problem(config: TrainConfig) -> str | None:
+    import jax
+
+    from harness.train.loop import data_spec
+
+    per_batch = data_spec(config).sample_bytes * (config.batch_size // jax.process_count())
+    needed = per_batch * BATCH_COPIES_PER_STEP_IN_FLIGHT * (config.max_steps_in_flight + 1)
+    available = available_host_bytes()
+    if available is None or needed <= BATCH_MEMORY_SHARE * available:
+        return None
+    return (f"--batch_size={config.batch_size} needs ~{format_bytes(needed)} of host memory for its batches "
+            f"({format_bytes(per_batch)} per host batch, {config.max_steps_in_flight} steps in flight), "
+            f"more than half of the {format_bytes(available)} available")
+
+
+def _run_dir_problem(config: TrainConfig) -> str | None:
+    if storage.is_gcs_path(config.run_dir):
+        return f"run dir {config.run_dir}: must be a local directory (checkpoints can go to gs://)"
+    problem = storage.checkpoint_path_writable(config.run_dir)
+    return f"run dir {config.run_dir}: {problem}" if problem else None
+
+
+def _checkpoint_dir_problem(config: TrainConfig) -> str | None:
+    if storage.is_gcs_path(config.checkpoint_dir):
+        storage.configure_orbax_gcs_retries(storage.GcsRetryPolicy(max_retries=config.gcs_max_retries))
+    problem = storage.checkpoint_path_writable(config.checkpoint_dir)
+    return f"checkpoint dir {config.checkpoint_dir}: {problem}" if problem else None
+
+
+def _existing_checkpoints_problem(config: TrainConfig) -> str | None:
+    from harness.runtime.checkpoint import existing_steps
+
+    steps = existing_steps(config.checkpoint_dir)
+    if steps and not (config.resume or config.overwrite):
+        return (f"{config.checkpoint_dir} already holds checkpoints (latest step {steps[-1]}): "
+                f"pass --resume to continue or --overwrite to start over")
+    return None
