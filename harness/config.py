@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.errors import UsageError
+from harness.models.names import BUILTIN_MODELS, PARAM_DTYPES, REMAT_POLICIES, TRANSFORMER_SIZES, is_import_path
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -51,7 +52,16 @@ class TrainConfig:
     cpu_devices: int = 0  # >0: run on that many (fake) CPU devices; 0: JAX decides
     cpu_fast_compile: bool = True  # with cpu_devices: skip LLVM's expensive passes (faster compile)
     compilation_cache_dir: str = ""  # JAX persistent compilation cache ("" = off)
+    # The TPU target harness-fit compiles for (harness/fit/topology.py); training uses the devices it finds.
+    topology: str = ""  # a product (v5litepod-16) or a libtpu topology (v5e:4x4)
+    chip_config: str = ""  # "" = the product's own (megacore on v4/v5p, default elsewhere)
+    num_slices: int = 1  # slices joined over DCN (the mesh's `slice` axis)
     # Model and optimizer.
+    model: str = "mlp"  # mlp | transformer | my_pkg.my_module:make_model (harness/models/)
+    model_size: str = ""  # transformer: tiny|10m|100m|1b|3b|8b; "" = from hidden_dim/num_layers
+    param_dtype: str = "float32"  # float32 | bfloat16 (optimizer moments follow)
+    compute_dtype: str = "float32"  # float32 | bfloat16: activations and matmuls
+    remat: str = "none"  # none | full | dots: recompute transformer blocks in the backward pass
     hidden_dim: int = 128
     num_layers: int = 2
     dropout_rate: float = 0.1
@@ -144,7 +154,7 @@ def validate(config: TrainConfig) -> None:
                 "max_hard_examples_buffer", "save_interval", "keep", "fsdp_devices",
                 "hidden_dim", "num_layers", "image_size", "seq_len", "action_horizon",
                 "max_steps_in_flight", "hard_example_image_size", "initialization_timeout",
-                "heartbeat_timeout", "checkpoint_timeout")
+                "heartbeat_timeout", "checkpoint_timeout", "num_slices")
     for name in positive:
         if getattr(config, name) <= 0:
             raise UsageError(f"--{name} must be positive, got {getattr(config, name)}")
@@ -165,7 +175,28 @@ def validate(config: TrainConfig) -> None:
     for name in ("checkpoint_dir", "run_dir"):
         if not getattr(config, name).strip():
             raise UsageError(f"--{name} must not be empty")
+    _validate_model(config)
     if config.resume and config.overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pick one")
     if config.num_train_steps * config.batch_size >= 2**31:
         raise UsageError("num_train_steps * batch_size must stay below 2**31 (int32 sample ids)")
+
+
+def _validate_model(config: TrainConfig) -> None:
+    """Model choices; a user model (an import path) gets the settings as they are."""
+    if config.model not in BUILTIN_MODELS and not is_import_path(config.model):
+        raise UsageError(f"--model must be one of {', '.join(BUILTIN_MODELS)} or an import path "
+                         f"like my_pkg.my_module:make_model, got {config.model!r}")
+    for name in ("param_dtype", "compute_dtype"):
+        if getattr(config, name) not in PARAM_DTYPES:
+            raise UsageError(f"--{name} must be one of {', '.join(PARAM_DTYPES)}, got {getattr(config, name)!r}")
+    if config.remat not in REMAT_POLICIES:
+        raise UsageError(f"--remat must be one of {', '.join(REMAT_POLICIES)}, got {config.remat!r}")
+    if config.model == "transformer" and config.model_size not in ("", *TRANSFORMER_SIZES):
+        raise UsageError(f"unknown --model_size {config.model_size!r} (transformer sizes: "
+                         f"{', '.join(TRANSFORMER_SIZES)}, or \"\" for --hidden_dim/--num_layers)")
+    if config.model == "mlp":
+        defaults = TrainConfig()
+        for name in ("model_size", "param_dtype", "compute_dtype", "remat"):
+            if getattr(config, name) != getattr(defaults, name):
+                raise UsageError(f"--{name} applies to --model transformer (or your own model), not the mlp")

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from harness.config import TrainConfig
 from harness.mock.data import MockDataset
 from harness.runtime.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, host_local_rows, make_global_batch, make_mesh
-from harness.mock.model import per_sample_outputs
+from harness.models.mlp import per_sample_outputs
 from harness.train.loop import data_spec
 from harness.train.step import TrainState, init_state, make_train_step, model_spec, state_shardings
 

@@ -29,7 +29,7 @@ from harness.errors import UsageError
 from harness.hard_examples.gather import GatherResult, gather_hard_examples
 from harness.hard_examples.reporter import format_block
 from harness.hard_examples.tracker import RESAMPLE, HardExampleTracker
-from harness.mock.model import ModelSpec, init_params, per_sample_outputs
+from harness.models.mlp import ModelSpec, init_params, per_sample_outputs
 
 RULE = "=" * 80
 

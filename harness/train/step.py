@@ -16,7 +16,8 @@ from jax.sharding import Mesh
 from harness.config import TrainConfig
 from harness.mock.data import Batch
 from harness.runtime.mesh import batch_sharding, fsdp_shardings, replicated
-from harness.mock.model import ModelSpec, init_params, per_sample_outputs
+from harness.models.interface import Model, ModelSpec
+from harness.models.registry import load_model
 
 
 class TrainState(NamedTuple):
@@ -32,7 +33,14 @@ def model_spec(config: TrainConfig) -> ModelSpec:
         vocab_size=config.vocab_size, seq_len=config.seq_len,
         num_cameras=config.num_cameras, action_horizon=config.action_horizon,
         dropout_rate=config.dropout_rate, token_loss_weight=config.token_loss_weight,
+        image_size=config.image_size, model_size=config.model_size, param_dtype=config.param_dtype,
+        compute_dtype=config.compute_dtype, remat=config.remat,
     )
+
+
+def build_model(config: TrainConfig) -> Model:
+    """The run's model (`--model`: built-in or import path), behind the model interface."""
+    return load_model(config.model, model_spec(config))
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -47,7 +55,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
 def _init_fn(config: TrainConfig, optimizer: optax.GradientTransformation) -> Callable[[], TrainState]:
     def init() -> TrainState:
         init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
-        params = init_params(model_spec(config), init_key)
+        params = build_model(config).init(init_key)
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
 
     return init
@@ -82,12 +90,12 @@ def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Ba
     Metrics are replicated scalars plus the batch-sharded `per_sample_loss` and
     `sample_id`, which each host reads from its own shards to pair losses with samples.
     """
-    spec = model_spec(config)
+    model = build_model(config)
     optimizer = make_optimizer(config)
     skip_nonfinite = config.on_nonfinite == "skip"
 
     def loss_fn(params, batch: Batch, dropout_key):
-        per_sample_loss, token_hits, token_count = per_sample_outputs(params, batch, spec, dropout_key)
+        per_sample_loss, token_hits, token_count = model.per_sample_outputs(params, batch, dropout_key)
         valid = batch.sample_mask.astype(jnp.float32)
         loss = (per_sample_loss * valid).sum() / jnp.maximum(valid.sum(), 1.0)
         return loss, (per_sample_loss, token_hits, token_count)

@@ -1,4 +1,5 @@
-"""A tiny vision-language-action model whose loss really depends on its parameters.
+"""The default model (`--model mlp`): a tiny vision-language-action MLP whose loss
+really depends on its parameters.
 
 Inputs: pooled camera patches, the task words of the prompt, the robot state. The trunk
 (an MLP, `num_layers` x `hidden_dim`) feeds two heads, as in chain-of-thought VLA
@@ -12,28 +13,15 @@ falls towards ~0.5-1.5.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
 from harness.mock.data import ACTION_DIM, STATE_DIM, Batch
+from harness.models.interface import ModelSpec, SampleOutputs
 
 PATCH_GRID = 4  # each camera is pooled to a 4x4 grid of mean colours
 
 Params = dict[str, jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-    hidden_dim: int = 128
-    num_layers: int = 2
-    vocab_size: int = 256
-    seq_len: int = 128
-    num_cameras: int = 2
-    action_horizon: int = 4
-    dropout_rate: float = 0.1
-    token_loss_weight: float = 0.05
 
 
 def init_params(spec: ModelSpec, key: jax.Array) -> Params:
@@ -75,7 +63,7 @@ def _masked_mean_embedding(params: Params, tokens: jax.Array, mask: jax.Array) -
     return embedded.sum(axis=1) / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
 
 
-def per_sample_outputs(params: Params, batch: Batch, spec: ModelSpec, dropout_key: jax.Array):
+def per_sample_outputs(params: Params, batch: Batch, spec: ModelSpec, dropout_key: jax.Array) -> SampleOutputs:
     """Per-sample loss (B,), per-sample token hits (B,), per-sample scored tokens (B,)."""
     prefix_mask = batch.tokenized_prompt_mask & ~batch.token_ar_mask
     h = (
@@ -107,4 +95,31 @@ def per_sample_outputs(params: Params, batch: Batch, spec: ModelSpec, dropout_ke
     action_mse = jnp.mean((predicted - batch.actions) ** 2, axis=(1, 2))
 
     loss = action_mse + spec.token_loss_weight * token_ce
-    return loss, token_hits, scored.sum(axis=1)
+    return SampleOutputs(loss, token_hits, scored.sum(axis=1))
+
+
+class VlaMlp:
+    """The MLP behind the model interface (harness/models/interface.py)."""
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+
+    def init(self, key: jax.Array) -> Params:
+        return init_params(self.spec, key)
+
+    def per_sample_outputs(self, params: Params, batch: Batch, dropout_key: jax.Array) -> SampleOutputs:
+        return per_sample_outputs(params, batch, self.spec, dropout_key)
+
+    def train_flops(self, batch_size: int) -> float:
+        """Matmul FLOPs of forward + backward (3x forward); the position @ token-head
+        product is computed once per batch, not per sample."""
+        s = self.spec
+        d, v = s.hidden_dim, s.vocab_size
+        image_features = s.num_cameras * PATCH_GRID * PATCH_GRID * 3
+        per_sample = 2 * d * (image_features + STATE_DIM + s.num_layers * d + v + s.action_horizon * ACTION_DIM)
+        per_batch = 2 * s.seq_len * d * v
+        return 3.0 * (batch_size * per_sample + per_batch)
+
+
+def make_model(spec: ModelSpec) -> VlaMlp:
+    return VlaMlp(spec)

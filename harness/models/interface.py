@@ -1,0 +1,70 @@
+"""The model interface: what the train step needs from a model, and nothing more.
+
+A model module exposes a factory `make_model(spec: ModelSpec) -> Model`. The built-in
+models (`mlp`, `transformer`) and a user's own (`--model my_pkg.my_module:make_model`,
+see examples/user_model.py) are all loaded through `harness.models.registry.load_model`
+and trained by the same jitted step (harness/train/step.py):
+
+    model = make_model(spec)
+    params = model.init(key)                               # any pytree of arrays
+    out = model.per_sample_outputs(params, batch, dropout_key)
+    out.loss                                               # (B,) float32, per sample
+
+The step averages `out.loss` over valid samples and differentiates it; the per-sample
+values feed the hard-example tracker, so a sample's loss must depend only on that
+sample. Every parameter leaf is sharded over the mesh's `fsdp` axis by its shape
+(`harness.runtime.mesh.fsdp_spec`: the largest axis `fsdp` divides), so give large
+weights at least one axis that common `fsdp` sizes (powers of two) divide.
+
+Optional: `train_flops(batch_size) -> float`, the analytic matmul FLOPs of one training
+step (forward + backward) for a global batch; harness-fit reports it when present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import jax
+
+from harness.mock.data import Batch
+
+Params = Any  # a pytree of arrays
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a model is built from: the data it reads and its size (from the run's config)."""
+
+    hidden_dim: int = 128
+    num_layers: int = 2
+    vocab_size: int = 256
+    seq_len: int = 128
+    num_cameras: int = 2
+    action_horizon: int = 4
+    dropout_rate: float = 0.1
+    token_loss_weight: float = 0.05
+    image_size: int = 128
+    model_size: str = ""          # a named size (transformer); "" = from hidden_dim/num_layers
+    param_dtype: str = "float32"  # float32 | bfloat16
+    compute_dtype: str = "float32"
+    remat: str = "none"           # none | full | dots (see harness/models/transformer.py)
+
+
+class SampleOutputs(NamedTuple):
+    """Per-sample results, each shaped (B,): the loss the step minimises, and the token
+    predictions scored and hit (the step reports their ratio as `token_acc`; a model
+    without tokens returns zeros)."""
+
+    loss: jax.Array
+    token_hits: jax.Array
+    token_count: jax.Array
+
+
+@runtime_checkable
+class Model(Protocol):
+    def init(self, key: jax.Array) -> Params:
+        """Fresh parameters; a pure function of `key` (the same on any mesh)."""
+
+    def per_sample_outputs(self, params: Params, batch: Batch, dropout_key: jax.Array) -> SampleOutputs:
+        """Per-sample loss and metrics of a (global, batch-sharded) batch."""
