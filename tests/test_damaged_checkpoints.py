@@ -111,6 +111,7 @@ def test_resume_reports_each_damaged_step_and_resumes_from_the_newest_valid_one(
                            "trying an older one")
     assert "Resumed from checkpoint at step 4 (newer damaged steps skipped: 12, 8)" in lines
     assert "Training complete!" in lines
+    assert result.stderr == "", f"a successful fallback printed on stderr:\n{result.stderr}"
 
 
 def test_damaged_steps_are_renamed_with_their_contents_untouched(partly_damaged):

@@ -92,7 +92,7 @@ class HardExampleReporter:
         self.out_dir = run_dir / "hard_examples"
         self.console = console
         self.sinks = list(sinks)
-        self.results: list[GatherResult] = []
+        self.intervals_logged = 0  # a count, not the results: those hold every interval's images
 
     def observe(self, step: int, batch: Batch, per_sample_loss: np.ndarray, sample_id: np.ndarray) -> None:
         self.tracker.update(step, batch, per_sample_loss, sample_id)
@@ -104,7 +104,7 @@ class HardExampleReporter:
             return None
         result = gather_hard_examples(self.tracker, step=completed, k=self.k)
         self.tracker.reset()
-        self.results.append(result)
+        self.intervals_logged += 1
         if self.console.is_primary:
             for line in format_block(result):
                 self.console.print(line)

@@ -70,7 +70,6 @@ class DataSpec:
     action_horizon: int = 4
     vocab_size: int = 256
     hard_fraction: float = 0.12
-    invalid_fraction: float = 0.0
 
     @property
     def camera_names(self) -> tuple[str, ...]:
@@ -122,7 +121,7 @@ class MockDataset:
             name: self._render(rng, camera, state, colors, hard)
             for camera, name in enumerate(self.spec.camera_names)
         }
-        sample_mask = rng.random(n) >= self.spec.invalid_fraction
+        sample_mask = np.ones(n, dtype=bool)  # mock data has no invalid samples
         return Batch(
             images=images,
             tokenized_prompt=tokens,

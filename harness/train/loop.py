@@ -233,7 +233,7 @@ class Trainer:
             start_step=start_step, end_step=end_step,
             wall_time_s=time.perf_counter() - started, checkpoints=list(self.store.saved_steps),
             run_dir=str(self.run_dir), checkpoint_dir=config.checkpoint_dir, final_metrics=last,
-            hard_example_intervals=len(self.reporter.results) if self.reporter else 0,
+            hard_example_intervals=self.reporter.intervals_logged if self.reporter else 0,
             preempted=preempted,
         )
         outputs.finish(summary)
