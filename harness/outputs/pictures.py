@@ -22,10 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 from harness.hard_examples.entry import HardExample
@@ -66,7 +63,11 @@ class ContactSheet:
 
 @functools.cache
 def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans ships inside matplotlib, so it exists wherever this module imports."""
+    """DejaVu Sans ships inside matplotlib, so it exists wherever the harness is installed.
+    (matplotlib is imported where it is used: it costs ~0.7 s, and a run needs it only
+    for pictures, which are drawn off the training loop.)"""
+    import matplotlib
+
     name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
     return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name), size)
 
@@ -247,6 +248,9 @@ def save_loss_curve(
     "max_per_sample_loss" are skipped for that line. Dashed lines mark the steps at
     which hard examples were collected.
     """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(10, 5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()

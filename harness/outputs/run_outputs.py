@@ -60,15 +60,26 @@ class RunOutputs:
             PerSampleLossFile(self.run_dir / "per_sample_losses.jsonl", is_primary=primary, start_step=start_step)
             if config.record_per_sample_losses else None
         )
-        self.wandb = WandbSink(
+        self.progress = Progress(is_primary=primary, total=config.num_train_steps, initial=start_step)
+        console.attach(self.progress)
+        self.writer = BackgroundWriter()  # PNGs and wandb calls, in order, off the loop
+        # wandb starts on the writer too (importing it and starting its service takes
+        # ~1 s); every later wandb call is queued behind this one.
+        self.wandb: WandbSink | None = None
+        self.writer.submit(self._open_wandb, WandbSink, dict(
             enabled=config.use_wandb, project=config.wandb_project,
             run_name=config.wandb_run_name or None, run_dir=self.run_dir,
             config=dataclasses.asdict(config), is_primary=primary,
             resume=config.resume and start_step > 0,
-        )
-        self.progress = Progress(is_primary=primary, total=config.num_train_steps, initial=start_step)
-        console.attach(self.progress)
-        self.writer = BackgroundWriter()  # PNGs and wandb calls, in order, off the loop
+        ))
+
+    def _open_wandb(self, sink: type[WandbSink], arguments: dict[str, Any]) -> None:
+        self.wandb = sink(**arguments)
+
+    def _to_wandb(self, method: str, *args: Any) -> None:
+        """Runs on the writer thread, after `_open_wandb`."""
+        if self.wandb is not None:
+            getattr(self.wandb, method)(*args)
 
     def step_finished(self, step: int, scalars: Mapping[str, float], metrics: Mapping[str, Any], *, log: bool) -> None:
         """Per finished step; `metrics` holds the device arrays (for the loss record)."""
@@ -80,7 +91,7 @@ class RunOutputs:
             rate = self.progress.rate_since_last(step)
             self.console.print(format_metrics_line(step, scalars, steps_per_s=rate))
             self.metrics_file.write(step, scalars)
-            self.writer.submit(self.wandb.log_metrics, step, dict(scalars))
+            self.writer.submit(self._to_wandb, "log_metrics", step, dict(scalars))
 
     def hard_examples_logged(self, result: GatherResult) -> None:
         """Reporter sink, called on process 0 only: contact sheet PNG and wandb table,
@@ -88,7 +99,7 @@ class RunOutputs:
         sheet = self.run_dir / "hard_examples" / f"step_{result.step}.png"
         self.writer.submit(save_contact_sheet, result.examples, sheet, step=result.step,
                            threshold=result.stats.threshold)
-        self.writer.submit(self.wandb.log_hard_examples, result.step, result.examples, result.stats)
+        self.writer.submit(self._to_wandb, "log_hard_examples", result.step, result.examples, result.stats)
 
     def hard_example_steps(self) -> list[int]:
         """Every interval logged in this run dir (before a resume too)."""
@@ -98,6 +109,11 @@ class RunOutputs:
 
     def finish(self, summary: RunSummary) -> None:
         self.progress.close()
+        self.writer.submit(self._to_wandb, "log_summary", {
+            "steps_run": summary.steps_run, "wall_time_s": summary.wall_time_s,
+            "steps_per_s": summary.steps_per_s, "preempted": summary.preempted,
+        })
+        self.writer.submit(self._to_wandb, "finish")
         self.writer.close(timeout_s=OUTPUTS_TIMEOUT_S)
         if self.console.is_primary:
             history = self.run_dir / "loss_history.jsonl"
@@ -105,19 +121,14 @@ class RunOutputs:
             save_loss_curve(rows, self.run_dir / "loss_curve.png", hard_example_steps=self.hard_example_steps())
         for line in summary_lines(summary, self):
             self.console.print(line)
-        self.wandb.log_summary({
-            "steps_run": summary.steps_run, "wall_time_s": summary.wall_time_s,
-            "steps_per_s": summary.steps_per_s, "preempted": summary.preempted,
-        })
-        self.wandb.finish()
 
 
 def summary_lines(summary: RunSummary, outputs: RunOutputs) -> list[str]:
     run_dir = outputs.run_dir
     checkpoints = ", ".join(map(str, summary.checkpoints)) or "none"
-    if outputs.wandb.url:
+    if outputs.wandb is not None and outputs.wandb.url:
         wandb_line = outputs.wandb.url
-    elif outputs.wandb.run_path:
+    elif outputs.wandb is not None and outputs.wandb.run_path:
         wandb_line = f"{outputs.wandb.run_path} (offline; upload with: wandb sync {outputs.wandb.run_path})"
     else:
         wandb_line = "off"
