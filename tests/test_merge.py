@@ -1,4 +1,6 @@
-"""The cross-host round-robin merge and the global stats, against independent oracles.
+"""The cross-host round-robin merge and the global stats, against independent oracles,
+and on anything the codec lets through (extreme finite floats, ids shared by hosts):
+ValueError or a finite result, nothing else.
 
 Run: .venv/bin/python -m pytest -q tests/test_merge.py
 """
@@ -6,7 +8,10 @@ Run: .venv/bin/python -m pytest -q tests/test_merge.py
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 import random
+import sys
 import time
 
 import numpy as np
@@ -14,9 +19,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness.hard_examples.codec import CandidatePayload, decode_payload, encode_payload
 from harness.hard_examples.entry import Candidate, IntervalStats
-from harness.hard_examples.merge import merge_round_robin, merge_stats
+from harness.hard_examples.merge import GlobalStats, merge_round_robin, merge_stats
 from tests.support.oracles import merge_oracle, merge_stats_oracle
+from tests.test_codec import ANY_FINITE, hostile
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Few distinct losses so ties decide a lot; -0.0 equals 0.0.
@@ -149,7 +156,8 @@ def host_stats(draw, host: int) -> IntervalStats:
     nonfinite = draw(st.integers(0, num_samples))
     finite = num_samples - nonfinite
     low, high = sorted(draw(st.lists(TIED_LOSS, min_size=2, max_size=2))) if finite else (None, None)
-    loss_sum = draw(st.integers(0, 4000)) / 8 if finite else 0.0
+    # Eighths, so every sum is exact; between finite * low and finite * high, as a real sum is.
+    loss_sum = draw(st.integers(int(finite * low * 8), int(finite * high * 8))) / 8 if finite else 0.0
     return IntervalStats(host, first, first + draw(st.integers(0, 50)), num_samples, loss_sum, high, low,
                          draw(st.integers(0, finite)), nonfinite, low)
 
@@ -162,3 +170,83 @@ def test_merge_stats_matches_sums(data, num_hosts, k):
     merged = merge_round_robin(per_host, k)
     got = merge_stats(stats, merged)
     assert dataclasses.asdict(got) == merge_stats_oracle(stats, merged)
+
+
+def test_two_hosts_with_loss_sums_of_1_7e308_merge():
+    """Both payloads decode; math.fsum of the sums raised OverflowError. The exact mean
+    is 1.7e308."""
+    payloads = [
+        decode_payload(encode_payload(CandidatePayload(
+            host, 5, IntervalStats(host, 0, 5, 1, 1.7e308, 1.7e308, 1.7e308, 1, 0, None), [])), CandidatePayload)
+        for host in (0, 1)
+    ]
+    assert merge_stats([p.stats for p in payloads], []) == GlobalStats(
+        num_hosts=2, first_step=0, last_step=5, num_samples=2, num_nonfinite=0, num_high_loss=2,
+        loss_mean=1.7e308, loss_max=1.7e308, loss_min=1.7e308, threshold=None)
+
+
+BIG = sys.float_info.max
+
+
+@pytest.mark.parametrize("sums, finite, low, high, mean", [
+    ([BIG, BIG, BIG, -BIG], 1, -BIG, BIG, BIG / 2),  # exact: two BIGs over four samples
+    ([1.7e308, 1.7e308], 10, 1.0, 2.0, 2.0),  # sums that don't fit the extremes: kept within them
+    ([-1.7e308, -1.7e308], 10, -3.0, -1.0, -3.0),
+    ([0.1, 0.1, 0.1], 1, 0.1, 0.1, 0.1),  # a float sum would give 0.10000000000000002 > loss_max
+    ([5e-324, 5e-324], 1, 5e-324, 5e-324, 5e-324),
+], ids=["max-floats", "too-high", "too-low", "rounding", "subnormal"])
+def test_merge_stats_mean_is_exact_and_within_the_extremes(sums, finite, low, high, mean):
+    stats = [IntervalStats(h, 0, 0, finite, s, high, low, 0, 0, None) for h, s in enumerate(sums)]
+    assert merge_stats(stats, []).loss_mean == mean
+
+
+def test_merge_stats_refuses_finite_losses_without_extremes():
+    stats = [IntervalStats(0, 0, 0, 1, 1.0, None, None, 0, 0, None)]
+    with pytest.raises(ValueError, match="^the stats count 1 finite losses but give no loss_max/loss_min$"):
+        merge_stats(stats, [])
+
+
+@st.composite
+def decoded_payloads(draw) -> list[CandidatePayload]:
+    """1-4 hosts' candidate payloads with any finite floats, through the codec: what a
+    gather hands the merge. Sample ids come from a small pool, so hosts sometimes share one."""
+    payloads = []
+    for host in range(draw(st.integers(1, 4))):
+        ids = draw(st.lists(st.integers(0, 40), max_size=5, unique=True))
+        candidates = [Candidate(i, draw(ANY_FINITE), 0, host) for i in ids]
+        finite, nonfinite = draw(st.integers(0, 3)), draw(st.integers(0, 2))
+        low, high = sorted([draw(ANY_FINITE), draw(ANY_FINITE)]) if finite else (None, None)
+        stats = IntervalStats(host, 0, 0, finite + nonfinite, draw(ANY_FINITE), high, low, finite, nonfinite, None)
+        payloads.append(decode_payload(encode_payload(CandidatePayload(host, 0, stats, candidates)),
+                                       CandidatePayload))
+    return payloads
+
+
+@hostile(1500)
+@given(payloads=decoded_payloads(), k=st.integers(0, 8))
+def test_anything_decoded_merges_or_raises_value_error(payloads, k):
+    per_host = [p.candidates for p in payloads]
+    shared = any(
+        {c.sample_id for c in a} & {c.sample_id for c in b} for a, b in itertools.combinations(per_host, 2))
+    if shared and k:
+        with pytest.raises(ValueError, match="comes from several hosts"):
+            merge_round_robin(per_host, k)
+        merged = []
+    else:
+        merged = merge_round_robin(per_host, k)
+        assert merged == merge_oracle(per_host, k)
+
+    stats = [p.stats for p in payloads]
+    got = merge_stats(stats, merged)
+    assert {**dataclasses.asdict(got), "loss_mean": None} == {**merge_stats_oracle(stats, merged), "loss_mean": None}
+    finite = sum(s.num_finite for s in stats)
+    if not finite:
+        assert got.loss_mean is None
+        return
+    assert math.isfinite(got.loss_mean) and got.loss_min <= got.loss_mean <= got.loss_max
+    try:
+        total = math.fsum(s.loss_sum for s in stats)  # exact too, when it doesn't overflow
+    except OverflowError:
+        return
+    expected = min(max(total / finite, got.loss_min), got.loss_max)
+    assert math.isclose(got.loss_mean, expected, rel_tol=1e-15, abs_tol=1e-300)

@@ -29,8 +29,16 @@ steps in [0, 2**63), texts of at most `MAX_TEXT_CHARS`, stats that hang together
 sample_id twice). Our encoder always writes floats as floats, so an int where a float
 belongs means a foreign or broken writer and is refused. Any failure, truncation and
 trailing bytes included, raises `PayloadError` naming the source, the place and the
-problem. `encode_payload` runs the same checks first, so a host can't send what the
-others would reject.
+problem, and nothing else escapes: msgpack stops nesting at 1024 levels (StackError),
+the checks here never recurse, and a RecursionError or MemoryError while unpacking
+becomes a `PayloadError` too. Messages quote the sender's values through a bounded repr
+(a few levels deep, a few dozen characters) and are cut at `MAX_MESSAGE_CHARS`, so a
+16 MB string or a 1000-level map costs a line in the log, not a crash or a flood.
+`encode_payload` runs the same checks first, so a host can't send what the others
+would reject.
+
+Finite is all the codec asks of a loss: 1.7e308 and subnormals pass, and
+`merge.merge_stats` is what keeps sums of them from overflowing.
 
 `pad_to` and `unpad` frame payloads into the equal-length rows an allgather needs; the
 true lengths travel separately.
@@ -44,6 +52,7 @@ import dataclasses
 import itertools
 import math
 import operator
+import reprlib
 from typing import Any, NoReturn, TypeVar
 
 import msgpack
@@ -55,6 +64,7 @@ PAYLOAD_VERSION = 1
 DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_MAX_ENTRIES = 1024
 MAX_TEXT_CHARS = 4096
+MAX_MESSAGE_CHARS = 500
 
 _INT_LIMIT = 2**63 - 1
 _TOKEN_LEN_LIMIT = 2**31 - 1
@@ -70,7 +80,33 @@ _IMAGE_KEYS = ("bytes", "shape", "dtype")
 
 
 class PayloadError(ValueError):
-    """A payload that can't be encoded or decoded; the message says where and why."""
+    """A payload that can't be encoded or decoded; the message says where and why, in at
+    most `MAX_MESSAGE_CHARS` characters (it ends up in every host's log)."""
+
+    def __init__(self, message: str):
+        if len(message) > MAX_MESSAGE_CHARS:
+            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
+        super().__init__(message)
+
+
+class _BoundedRepr(reprlib.Repr):
+    """repr() for values another host sent. The builtin recurses (a 1000-level map is a
+    RecursionError) and quotes a 64 MiB bin in full; this one stops 3 levels down, cuts
+    strings and bytes to 40 characters before quoting them, and the whole to 100."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = self.maxother = 40
+
+    repr_bytes = reprlib.Repr.repr_str
+
+    def repr(self, value: Any) -> str:
+        text = super().repr(value)
+        return text if len(text) <= 100 else text[:97] + "..."
+
+
+_quote = _BoundedRepr().repr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +171,7 @@ def decode_payload(
         mapping = dict(pairs)
         if len(mapping) != len(pairs):
             keys = [key for key, _ in pairs]
-            repeated = sorted({repr(key) for key in keys if keys.count(key) > 1})
+            repeated = sorted({_quote(key) for key in keys if keys.count(key) > 1})
             raise PayloadError(f"{source}: a map repeats the keys {', '.join(repeated)}")
         return mapping
 
@@ -153,8 +189,13 @@ def decode_payload(
         )
     except PayloadError:
         raise
+    except (RecursionError, MemoryError) as err:
+        # The bytes decide how deep and how big the unpacked objects get: running out of
+        # either is a bad payload, to be skipped like any other, not a crash.
+        raise PayloadError(f"{source}: too deep or too large to unpack ({type(err).__name__})") from err
     except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as err:
-        raise PayloadError(f"{source}: not a valid msgpack payload ({type(err).__name__}: {err})") from err
+        why = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__  # StackError has no text
+        raise PayloadError(f"{source}: not a valid msgpack payload ({why})") from err
     return _Reader(source, max_entries=max_entries).payload(wire, kind)
 
 
@@ -228,10 +269,10 @@ class _Reader:
             self.fail("missing key 'version'")
         version = wire["version"]
         if type(version) is not int or version != PAYLOAD_VERSION:
-            self.fail(f"version {version!r} is not the supported version {PAYLOAD_VERSION}")
+            self.fail(f"version {_quote(version)} is not the supported version {PAYLOAD_VERSION}")
         expected = _KINDS[kind]
         if wire.get("kind") != expected:
-            self.fail(f"field 'kind' must be {expected!r}, got {wire.get('kind')!r}")
+            self.fail(f"field 'kind' must be {expected!r}, got {_quote(wire.get('kind'))}")
         body = ("stats", "candidates") if kind is CandidatePayload else ("examples",)
         self.keys(wire, "top level", ("version", "kind", "host", "step", *body))
         host = self.integer(wire["host"], "field 'host'")
@@ -249,7 +290,7 @@ class _Reader:
             self.fail(f"{where}: missing keys {missing}")
         unknown = [key for key in value if key not in keys]
         if unknown:
-            self.fail(f"{where}: unknown keys {unknown}")
+            self.fail(f"{where}: unknown keys {_quote(unknown)}")
         return value
 
     def integer(
@@ -368,10 +409,10 @@ class _Reader:
     def image(self, value: Any, where: str) -> np.ndarray:
         fields = self.keys(value, where, _IMAGE_KEYS)
         if type(fields["dtype"]) is not str or fields["dtype"] != "uint8":
-            self.fail(f"{where}: dtype must be 'uint8', got {fields['dtype']!r}")
+            self.fail(f"{where}: dtype must be 'uint8', got {_quote(fields['dtype'])}")
         shape = fields["shape"]
         if type(shape) is not list or len(shape) != 3:
-            self.fail(f"{where}: shape must be an array of 3 ints, got {shape!r}")
+            self.fail(f"{where}: shape must be an array of 3 ints, got {_quote(shape)}")
         for axis, size in enumerate(shape):
             self.integer(size, f"{where}: shape[{axis}]", limit=_IMAGE_SIDE_LIMIT)
         if shape[2] != 3 or min(shape) < 1:

@@ -9,14 +9,22 @@ whatever the number of hosts.
 
 Each allgather first shares the byte lengths, then pads every payload to the longest
 (`process_allgather` needs equal shapes). A payload longer than `max_payload_bytes`, or
-one that does not decode, is reported by host index and skipped; the other hosts'
-entries are still merged and logged. Since every host sees the same bytes, they all make
-the same skip decisions, so the next collective still lines up.
+one that does not decode (`decode_payload` raises nothing but `PayloadError`, whatever
+the bytes), is reported by host index and skipped; the other hosts' entries are still
+merged and logged. Since every host sees the same bytes, they all make the same skip
+decisions and the same merge (which fails on all hosts or none), so every host goes on
+to phase 2's collectives, in the same order. A host makes examples only for winners it
+holds, so bytes that decoded but did not match its buffer can't make it raise alone
+between the collectives; process 0 names a host that sent no example for a winner.
+
+Tests: `.venv/bin/python -m pytest -q tests/test_gather_hostile.py` (in one process,
+simulated hosts) and `tests/test_multihost_hard_examples.py` (real processes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from typing import Callable, Sequence
 
 import jax
@@ -129,7 +137,10 @@ def gather_hard_examples(
         bad[-1] = f"merge refused this interval's candidates: {err}"
     stats = merge_stats([p.stats for p in payloads if p is not None], winners)
 
-    mine = [c.sample_id for c in winners if c.host == host]
+    # Only what this host holds: bytes that decoded but were damaged on the way out
+    # could name other samples, and materialize() would raise between collectives.
+    held = {c.sample_id for c in own.candidates}
+    mine = [c.sample_id for c in winners if c.host == host and c.sample_id in held]
     examples_payload = ExamplePayload(host=host, step=step, examples=tracker.materialize(mine))
     blobs_2, width_2 = allgather_bytes(encode_payload(examples_payload),
                                        max_payload_bytes=max_payload_bytes, allgather=allgather)
@@ -142,5 +153,8 @@ def gather_hard_examples(
             (e.host, e.sample_id): e for p in decoded_2 if p is not None for e in p.examples
         }
         examples = [by_key[(c.host, c.sample_id)] for c in winners if (c.host, c.sample_id) in by_key]
+        unsent = Counter(c.host for c in winners if (c.host, c.sample_id) not in by_key and c.host not in bad)
+        for h, count in sorted(unsent.items()):
+            bad[h] = f"payload from host {h}: no example for {count} of its winners"
     return GatherResult(step=step, examples=examples, stats=stats, bad_hosts=bad,
                         bytes_sent={"candidates": width_1, "examples": width_2})

@@ -6,14 +6,19 @@ filling the whole log: each round takes every host's next-best entry, whole roun
 taken while they fit in `k`, and only the slots left after that go to the highest
 losses overall.
 
+Both take anything `codec.decode_payload` lets through, extreme finite floats included
+(1.7e308, subnormals): `merge_round_robin` fails only with ValueError (two hosts
+claiming one sample), which the gather turns into an interval that logs nothing, and
+`merge_stats` does not fail on decoded stats.
+
 Tests: `.venv/bin/python -m pytest -q tests/test_merge.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
+from fractions import Fraction
 
 import numpy as np
 
@@ -22,9 +27,9 @@ from harness.hard_examples.entry import Candidate, IntervalStats
 
 @dataclasses.dataclass(frozen=True)
 class GlobalStats:
-    """The interval over all hosts. `loss_mean` averages the finite losses; `threshold`
-    is the lowest loss among the merged (logged) candidates. Loss fields are None when
-    there is nothing to take them from."""
+    """The interval over all hosts. `loss_mean` averages the finite losses (exactly, and
+    within [loss_min, loss_max]); `threshold` is the lowest loss among the merged
+    (logged) candidates. Loss fields are None when there is nothing to take them from."""
 
     num_hosts: int
     first_step: int | None
@@ -112,13 +117,16 @@ def _best(pool: np.ndarray, count: int, hosts: np.ndarray, ids: np.ndarray, loss
 
 
 def merge_stats(per_host_stats: Sequence[IntervalStats], merged: Sequence[Candidate]) -> GlobalStats:
-    """Sums the hosts' interval stats; `merged` is what `merge_round_robin` returned."""
+    """Sums the hosts' interval stats; `merged` is what `merge_round_robin` returned.
+    Never overflows (see `_mean`); ValueError only for stats that count finite losses
+    without a loss_max/loss_min, which `decode_payload` refuses."""
     num_samples = sum(s.num_samples for s in per_host_stats)
     num_finite = sum(s.num_finite for s in per_host_stats)
     first_steps = [s.first_step for s in per_host_stats if s.first_step is not None]
     last_steps = [s.last_step for s in per_host_stats if s.last_step is not None]
     maxima = [s.loss_max for s in per_host_stats if s.loss_max is not None]
     minima = [s.loss_min for s in per_host_stats if s.loss_min is not None]
+    loss_max, loss_min = max(maxima, default=None), min(minima, default=None)
     return GlobalStats(
         num_hosts=len(per_host_stats),
         first_step=min(first_steps, default=None),
@@ -126,8 +134,21 @@ def merge_stats(per_host_stats: Sequence[IntervalStats], merged: Sequence[Candid
         num_samples=num_samples,
         num_nonfinite=sum(s.num_nonfinite for s in per_host_stats),
         num_high_loss=sum(s.num_high_loss for s in per_host_stats),
-        loss_mean=math.fsum(s.loss_sum for s in per_host_stats) / num_finite if num_finite else None,
-        loss_max=max(maxima, default=None),
-        loss_min=min(minima, default=None),
+        loss_mean=_mean([s.loss_sum for s in per_host_stats], num_finite, loss_min, loss_max),
+        loss_max=loss_max,
+        loss_min=loss_min,
         threshold=min((c.loss for c in merged), default=None),
     )
+
+
+def _mean(sums: Sequence[float], num_finite: int, low: float | None, high: float | None) -> float | None:
+    """The mean of the finite losses from the hosts' sums, in exact arithmetic: two
+    hosts' finite sums of 1.7e308 overflow any float sum (math.fsum raises). The result
+    is rounded once and kept within [low, high], where a mean of losses must lie; that
+    absorbs the hosts' own rounding and makes it finite whatever finite sums arrive."""
+    if not num_finite:
+        return None
+    if low is None or high is None:
+        raise ValueError(f"the stats count {num_finite} finite losses but give no loss_max/loss_min")
+    mean = sum(map(Fraction, sums), Fraction(0)) / num_finite
+    return float(min(max(mean, Fraction(low)), Fraction(high)))
