@@ -8,6 +8,8 @@ Stall of an async save = the time `CheckpointStore.save()` blocks the loop (the 
 -> host copy); sync save = `save()` + `wait()` with async checkpointing off. Reported
 apart: how much slower the next 10 steps ran while the write went on in the background
 (on 2 cores the writer competes with the step for CPU). Saves alternate async/sync.
+Also the part of every save spent on the integrity checksums and the non-finite check
+(`inspect_state`, run on the devices), timed alone beside each save.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def measure(repeats: int) -> dict:
 
     configure_devices(cpu_devices=8)
     from harness.runtime.checkpoint import CheckpointStore
+    from harness.runtime.integrity import inspect_state
     from harness.config import TrainConfig
     from harness.mock.data import MockDataset
     from harness.runtime.mesh import make_global_batch, make_mesh
@@ -51,7 +54,8 @@ def measure(repeats: int) -> dict:
         return time.perf_counter() - start
 
     run_steps(5)  # compile
-    async_stalls, sync_times, baselines, slowdowns = [], [], [], []
+    inspect_state(state)  # compile
+    async_stalls, sync_times, baselines, slowdowns, inspections = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         async_store = CheckpointStore(f"{tmp}/async", keep=2, async_save=True)
         sync_store = CheckpointStore(f"{tmp}/sync", keep=2, async_save=False)
@@ -68,6 +72,9 @@ def measure(repeats: int) -> dict:
             sync_store.save(i + 1, state, {"step": i + 1})
             sync_store.wait()
             sync_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            inspect_state(state)
+            inspections.append(time.perf_counter() - t0)
         async_store.close()
         sync_store.close()
     ratios = [a / s for a, s in zip(async_stalls, sync_times)]
@@ -77,6 +84,8 @@ def measure(repeats: int) -> dict:
         "sync_save_ms": [round(1e3 * x, 1) for x in sync_times],
         "stall_ratio_median": round(median(ratios), 3),
         "steps_during_write_extra_ms": [round(1e3 * x, 1) for x in slowdowns],
+        "checksum_ms": [round(1e3 * x, 1) for x in inspections],
+        "checksum_share_of_sync_save_median": round(median([c / s for c, s in zip(inspections, sync_times)]), 3),
     }
 
 
