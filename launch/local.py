@@ -7,8 +7,14 @@ Each child gets HARNESS_COORDINATOR_ADDRESS / HARNESS_NUM_PROCESSES / HARNESS_PR
 (read by harness/runtime/distributed.py), JAX_PLATFORMS=cpu and an XLA device-count flag. Its
 output lines come back prefixed `[host i] `. The first host to fail stops the others,
 because survivors of a dead peer hang in their next collective until a heartbeat timeout
-aborts them. SIGTERM/SIGINT to the launcher is forwarded as SIGTERM to every host, which
-is how preemption is simulated.
+aborts them. The failure report names the host that failed, or, when that host is a
+survivor whose watchdog named a silent peer (exit 3), the peer:
+
+    launch.local: host 1 stopped responding (named by host 0); host 0 failed (exit code 3)
+
+and such a peer gets SIGKILL at once (a frozen process does not act on SIGTERM).
+SIGTERM/SIGINT to the launcher is forwarded as SIGTERM to every host, which is how
+preemption is simulated.
 
 Exit status: 0 if every host exits 0 (also after a forwarded SIGTERM); otherwise the
 status of the first host to fail (its exit code, or 128+N if killed by signal N); 124

@@ -10,12 +10,18 @@ until a heartbeat timeout aborts them), so the rules here are:
 - every output line is relayed as it arrives, prefixed with the process's label;
 - the first failure stops everything: a graceful stop (SIGTERM by default), then
   SIGKILL once the grace period is over;
+- a host the others name as unresponsive (the harness watchdog's `host(s) N stopped
+  responding` line, harness/runtime/watchdog.py) is what the failure report names, and it
+  gets SIGKILL at once: it does not answer, so a graceful stop would only wait out the
+  grace. Process i of the supervisor is host i (launch.local's HARNESS_PROCESS_ID, a TPU
+  pod's worker number);
 - no wait is unbounded: everything polls against a deadline.
 """
 
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -31,6 +37,17 @@ KILL_WAIT_S = 5.0
 # How long to wait for the output relays to drain after all processes are gone.
 RELAY_DRAIN_S = 2.0
 EXIT_TIMED_OUT = 124
+# harness/runtime/watchdog.py's `lost_hosts_line`: "harness-train: error: host R: host(s)
+# L[, L...] stopped responding: WHY; exiting". Launchers must not import the harness (jax).
+_LOST_HOSTS_LINE = re.compile(r"harness-train: error: host (\d+): host\(s\) (\d+(?:, \d+)*) stopped responding: ")
+
+
+def parse_lost_hosts_line(line: str) -> tuple[int, tuple[int, ...]] | None:
+    """(reporting host, hosts it names) from a watchdog's line, else None."""
+    match = _LOST_HOSTS_LINE.search(line)
+    if match is None:
+        return None
+    return int(match[1]), tuple(int(host) for host in match[2].split(", "))
 
 
 def describe_returncode(returncode: int) -> str:
@@ -53,7 +70,8 @@ class PodResult:
     """How a supervised pod ended.
 
     `returncodes` follow Popen: -N means killed by signal N. `first_failure` is the index
-    of the process whose failure ended the run (None if none failed).
+    of the process whose failure ended the run (None if none failed). `unresponsive`:
+    the processes that others named as no longer responding.
     """
 
     returncodes: tuple[int, ...]
@@ -61,6 +79,7 @@ class PodResult:
     timed_out: bool = False
     running_at_timeout: tuple[int, ...] = ()
     interrupted: bool = False
+    unresponsive: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -104,11 +123,16 @@ class _LineSink:
                     self._log.flush()
 
 
-def _relay_lines(pipe: IO[bytes], sink: _LineSink) -> None:
-    """Copy lines from a child's pipe to the sink until EOF, keeping a final partial line."""
+def _relay_lines(pipe: IO[bytes], sink: _LineSink, member: "_Member") -> None:
+    """Copy lines from a child's pipe to the sink until EOF, keeping a final partial line;
+    note the hosts the child names as lost."""
     with pipe:
         for raw in iter(pipe.readline, b""):
-            sink.write_line(raw.decode("utf-8", errors="replace"))
+            line = raw.decode("utf-8", errors="replace")
+            report = parse_lost_hosts_line(line)
+            if report is not None:
+                member.named.extend(report[1])
+            sink.write_line(line)
 
 
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
@@ -121,8 +145,9 @@ def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
 class _Member:
     label: str
     process: subprocess.Popen
-    relays: list[threading.Thread]
     log: TextIO | None
+    relays: list[threading.Thread] = dataclasses.field(default_factory=list)
+    named: list[int] = dataclasses.field(default_factory=list)  # hosts it reported lost
     swept: bool = False
 
 
@@ -184,17 +209,18 @@ class Supervisor:
                 log.close()
             raise
         prefix = f"[{label}] "
-        relays = [
+        member = _Member(label, process, log)
+        member.relays = [
             threading.Thread(
                 target=_relay_lines,
-                args=(pipe, _LineSink(prefix, stream, self._lock, log)),
+                args=(pipe, _LineSink(prefix, stream, self._lock, log), member),
                 name=f"relay {label}",
                 daemon=True,
             )
             for pipe, stream in ((process.stdout, self._stdout), (process.stderr, self._stderr))
         ]
-        self._members.append(_Member(label, process, relays, log))
-        for relay in relays:
+        self._members.append(member)
+        for relay in member.relays:
             relay.start()
         if stdin_data is not None:
             with contextlib.suppress(BrokenPipeError):
@@ -224,6 +250,7 @@ class Supervisor:
             codes = self._poll()
             failed = [i for i, rc in enumerate(codes) if rc not in (None, 0)]
             if failed:
+                self._drain_relays(self._members[failed[0]])  # its last line may name a lost host
                 self._report_failure(failed[0], codes[failed[0]])
                 self._shut_down(kill_grace, graceful_stop)
                 return self._result(first_failure=failed[0])
@@ -248,10 +275,16 @@ class Supervisor:
                 member.swept = True
         deadline = time.monotonic() + RELAY_DRAIN_S
         for member in self._members:
-            for relay in member.relays:
-                relay.join(timeout=max(0.0, deadline - time.monotonic()))
+            self._drain_relays(member, deadline)
             if member.log is not None:
                 member.log.close()
+
+    @staticmethod
+    def _drain_relays(member: _Member, deadline: float | None = None) -> None:
+        """Wait (bounded) until the relays have read everything an exited process wrote."""
+        deadline = time.monotonic() + RELAY_DRAIN_S if deadline is None else deadline
+        for relay in member.relays:
+            relay.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _poll(self) -> list[int | None]:
         """Return codes so far; kill the group of every newly exited leader right away.
@@ -280,8 +313,17 @@ class Supervisor:
         while self._running() and time.monotonic() < deadline:
             time.sleep(POLL_S)
 
+    def _unresponsive(self) -> list[int]:
+        """Processes that another process named as lost (a host never counts naming itself)."""
+        return sorted({host for i, member in enumerate(self._members) for host in member.named
+                       if host != i and 0 <= host < len(self._members)})
+
     def _shut_down(self, grace: float, graceful_stop: Callable[[], None] | None) -> None:
-        """Graceful stop, then SIGKILL for whatever is still running after `grace` seconds."""
+        """SIGKILL for processes named unresponsive, a graceful stop for the rest, then
+        SIGKILL for whatever is still running after `grace` seconds."""
+        for i in self._unresponsive():
+            if self._members[i].process.poll() is None:
+                _signal_group(self._members[i].process, signal.SIGKILL)
         stopper = threading.Thread(
             target=graceful_stop or (lambda: self._signal_running(signal.SIGTERM)),
             name="graceful stop",
@@ -308,10 +350,20 @@ class Supervisor:
             self.say(
                 f"{self._members[i].label} ended with {describe_returncode(codes[i])} after the stop request"
             )
-        return PodResult(codes, first_failure=failed[0] if failed else None, interrupted=True)
+        return PodResult(codes, first_failure=failed[0] if failed else None, interrupted=True,
+                         unresponsive=tuple(self._unresponsive()))
 
     def _report_failure(self, index: int, returncode: int) -> None:
-        self.say(f"{self._members[index].label} failed ({describe_returncode(returncode)})")
+        """Name the host the failed process reported lost, if it did, else the process."""
+        member = self._members[index]
+        failed = f"{member.label} failed ({describe_returncode(returncode)})"
+        named = sorted({host for host in member.named if host != index})
+        if not named:
+            self.say(failed)
+            return
+        lost = ", ".join(self._members[host].label if host < len(self._members) else f"host {host}"
+                         for host in named)
+        self.say(f"{lost} stopped responding (named by {member.label}); {failed}")
 
     def _labels(self, indices: Sequence[int]) -> str:
         return ", ".join(self._members[i].label for i in indices) or "none"
@@ -321,7 +373,7 @@ class Supervisor:
         return tuple(-signal.SIGKILL if rc is None else rc for rc in self._poll())
 
     def _result(self, **fields: object) -> PodResult:
-        return PodResult(self._final_codes(), **fields)
+        return PodResult(self._final_codes(), unresponsive=tuple(self._unresponsive()), **fields)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,10 @@ Why one ssh per worker instead of `--worker=all`: the latter interleaves every w
 output into one stream and reports only one exit status at the end. Separate processes
 give one log per worker (<log_dir>/worker-<i>.log, plus a merged `[worker i] ` view on
 the terminal), say which worker failed, and let the launcher stop the others at once.
+When the worker that failed is a survivor whose watchdog named a silent peer, the
+report names the peer (on a single-slice pod, worker i is JAX process i):
+`launch.tpu_pod: worker 1 stopped responding (named by worker 0); worker 0 failed
+(exit code 3)`.
 
 Stopping: when a worker fails, --timeout passes, or the launcher gets SIGTERM/SIGINT, it
 runs a stop script on all workers (`--worker=all`): SIGTERM to the harness (which saves

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.runtime.watchdog import EXIT_HOST_LOST, lost_hosts_line
 from launch.local import free_port
 from launch.tpu_pod import take_snapshot, write_archive
 
@@ -48,6 +49,7 @@ from pathlib import Path
 parser = argparse.ArgumentParser()
 parser.add_argument("--config")
 parser.add_argument("--fail_worker", type=int, default=-1)
+parser.add_argument("--report", help="a line the failing worker prints on stderr first")
 parser.add_argument("--hold", action="store_true", help="run until SIGTERM")
 args, extra = parser.parse_known_args()
 worker = int(os.environ["HARNESS_PROCESS_ID"])
@@ -66,6 +68,8 @@ report = {
 print("stand-in " + json.dumps(report), flush=True)
 print(f"stand-in worker {worker} on stderr", file=sys.stderr, flush=True)
 if worker == args.fail_worker:
+    if args.report:
+        print(args.report, file=sys.stderr, flush=True)
     sys.exit(3)
 deadline = time.monotonic() + 120
 while args.hold and time.monotonic() < deadline:
@@ -299,14 +303,29 @@ def test_real_harness_runs_on_the_fake_pod(make_fake_pod: MakePod, tmp_path: Pat
 def test_a_failing_worker_stops_the_others(make_fake_pod: MakePod, tmp_path: Path) -> None:
     pod = make_fake_pod()
     checkout = standin_checkout(tmp_path)
-    started = time.monotonic()
     flags = shlex.split("--num_workers 3 --preset smoke -- --hold --fail_worker=1")
     result = run_launcher(pod, *fake_pod_flags(checkout.repo, tmp_path / "logs"), *flags)
-    assert time.monotonic() - started < 30
     assert result.returncode == 3, result.stdout + result.stderr
-    assert "launch.tpu_pod: worker 1 failed (exit code 3)" in result.stderr
+    launcher_lines = [line for line in result.stderr.splitlines() if line.startswith("launch.tpu_pod: ")]
+    assert launcher_lines == ["launch.tpu_pod: worker 1 failed (exit code 3)",
+                              "launch.tpu_pod: stopping the harness on all workers"]
     stop_calls = [argv for argv in pod.ssh_calls() if "--worker=all" in argv]
     assert len(stop_calls) == 1
+    assert processes_under(pod.root) == []
+
+
+def test_the_worker_a_survivor_names_is_reported(make_fake_pod: MakePod, tmp_path: Path) -> None:
+    """Worker 0 plays a survivor whose watchdog named worker 1 (the real line, exit 3)."""
+    pod = make_fake_pod(num_workers=2)
+    checkout = standin_checkout(tmp_path)
+    report = lost_hosts_line(0, [1], "no heartbeat for 6 s")
+    flags = ["--num_workers", "2", "--preset", "smoke", "--", "--hold", "--fail_worker=0", f"--report={report}"]
+    result = run_launcher(pod, *fake_pod_flags(checkout.repo, tmp_path / "logs"), *flags)
+    assert result.returncode == EXIT_HOST_LOST, result.stdout + result.stderr
+    assert f"[worker 0] {report}" in result.stderr.splitlines()
+    launcher_lines = [line for line in result.stderr.splitlines() if line.startswith("launch.tpu_pod: ")]
+    assert launcher_lines[:1] == [
+        "launch.tpu_pod: worker 1 stopped responding (named by worker 0); worker 0 failed (exit code 3)"]
     assert processes_under(pod.root) == []
 
 

@@ -9,8 +9,11 @@ Three ways a run starts (`--distributed`):
   from its metadata (the TPU presets set this).
 - `off`: never initialize, even if the environment says otherwise.
 
-The initialization and heartbeat timeouts are passed on, so a peer that never starts
-or dies is detected within `heartbeat_timeout` seconds instead of JAX's default 100.
+The initialization timeout is passed on as it is. The heartbeat timeout JAX gets is
+derived from `--heartbeat_timeout` so that the harness's watchdog always names a lost
+host before JAX aborts everyone: JAX can abort half its heartbeat timeout after a host
+freezes, so it gets `jax_heartbeat_timeout(SILENCE_FRACTION * heartbeat_timeout)`,
+twice the watchdog's threshold plus a margin (harness/runtime/watchdog.py says why).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 import jax
 
 from harness.errors import UsageError
+from harness.runtime.watchdog import SILENCE_FRACTION, jax_heartbeat_timeout
 
 ENV_ADDRESS = "HARNESS_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "HARNESS_NUM_PROCESSES"
@@ -75,12 +79,16 @@ def initialize(
     initialization_timeout: int = 300,
     heartbeat_timeout: int = 60,
 ) -> None:
-    """Starts the distributed runtime if this run spans several processes."""
+    """Starts the distributed runtime if this run spans several processes.
+
+    `heartbeat_timeout` is the harness's (`--heartbeat_timeout`), not JAX's: see the
+    module docstring.
+    """
     if mode not in MODES:
         raise UsageError(f"--distributed must be one of {', '.join(MODES)}, got {mode!r}")
     timeouts = dict(
         initialization_timeout=initialization_timeout,
-        heartbeat_timeout_seconds=heartbeat_timeout,
+        heartbeat_timeout_seconds=jax_heartbeat_timeout(SILENCE_FRACTION * heartbeat_timeout),
     )
     if mode == "off":
         return

@@ -197,6 +197,21 @@ def wait_for_output(log_path: Path, pattern: str, process: subprocess.Popen, *, 
         time.sleep(0.05)
 
 
+def processes_in_groups(groups: set[int]) -> list[int]:
+    """Live (not zombie) processes whose process group is one of `groups`: what is left of
+    a pod whose hosts each led their own group."""
+    found = []
+    for stat_path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            stat = stat_path.read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2:].split()[:3]
+        if int(pgrp) in groups and state != "Z":
+            found.append(int(stat_path.parent.name))
+    return found
+
+
 # --- Reference runs for exact-resume tests.
 
 REFERENCE_TOPOLOGIES = {"1x8": (1, 8, "smoke"), "2x4": (2, 4, "local-2x4")}
