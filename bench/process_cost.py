@@ -5,8 +5,11 @@
 Runs `harness-train --config cpu-8-devices --num_train_steps 100 --batch_size 16` (8
 fake CPU devices, checkpoints, hard examples, wandb offline) as a child process, in
 variants alternated round by round: with a cold compilation cache (emptied before each
-run), with a warm one, and without the XLA CPU compile-speed flags the CPU presets set.
-Peak RSS is the child's own (wait4 rusage).
+run), with a warm one, and without the XLA CPU compile-speed flags the CPU presets set;
+and, in the same rounds, a bare process that only imports jax and runs one jitted op on
+8 CPU devices (`BARE`), the floor any JAX command pays. Reported: each variant's time,
+and the warm-cache run as a ratio to the bare process. Peak RSS is the child's own
+(wait4 rusage).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from pathlib import Path
 
 from bench.common import child_env, median, python, run_measured
 
+BARE = ("import jax; jax.config.update('jax_platforms', 'cpu'); jax.config.update('jax_num_cpu_devices', 8); "
+        "import jax.numpy as jnp; print(jax.jit(lambda x: x.sum())(jnp.arange(8.0)))")
 COMMAND = ["--config", "cpu-8-devices", "--num_train_steps", "100", "--batch_size", "16", "--overwrite"]
 
 
@@ -33,6 +38,10 @@ def measure(repeats: int) -> dict:
             "cold_no_fast_compile_flags": ["--compilation_cache_dir", "", "--no_cpu_fast_compile"],
         }
         for _ in range(repeats):
+            wall, rss = run_measured([python(), "-c", BARE], env=child_env())
+            entry = results.setdefault("bare_jax", {"wall_s": [], "peak_rss_mb": []})
+            entry["wall_s"].append(round(wall, 2))
+            entry["peak_rss_mb"].append(round(rss, 1))
             for name, extra in variants.items():
                 if name.startswith("cold"):
                     shutil.rmtree(cache, ignore_errors=True)
@@ -43,8 +52,11 @@ def measure(repeats: int) -> dict:
                 entry = results.setdefault(name, {"wall_s": [], "peak_rss_mb": []})
                 entry["wall_s"].append(round(wall, 2))
                 entry["peak_rss_mb"].append(round(rss, 1))
-    return {name: {**r, "wall_s_median": median(r["wall_s"]), "peak_rss_mb_median": median(r["peak_rss_mb"])}
-            for name, r in results.items()}
+    summary = {name: {**r, "wall_s_median": median(r["wall_s"]), "peak_rss_mb_median": median(r["peak_rss_mb"])}
+               for name, r in results.items()}
+    ratios = [w / b for w, b in zip(results["warm_cache"]["wall_s"], results["bare_jax"]["wall_s"])]
+    summary["warm_cache_over_bare_jax"] = {"ratios": [round(r, 2) for r in ratios], "median": round(median(ratios), 2)}
+    return summary
 
 
 def main() -> None:
