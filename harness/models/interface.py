@@ -18,6 +18,9 @@ weights at least one axis that common `fsdp` sizes (powers of two) divide.
 
 Optional: `train_flops(batch_size) -> float`, the analytic matmul FLOPs of one training
 step (forward + backward) for a global batch; harness-fit reports it when present.
+
+The step traces the model under its mesh (an abstract mesh context), so a model may pin
+activations with `batch_sharded(x)`: FSDP gathers weights, never activations.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import dataclasses
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
+from jax.sharding import PartitionSpec as P
 
 from harness.mock.data import Batch
 
@@ -68,3 +72,16 @@ class Model(Protocol):
 
     def per_sample_outputs(self, params: Params, batch: Batch, dropout_key: jax.Array) -> SampleOutputs:
         """Per-sample loss and metrics of a (global, batch-sharded) batch."""
+
+
+def batch_sharded(x: jax.Array) -> jax.Array:
+    """`x` with its leading (batch) axis split over every mesh axis, like the batch.
+
+    Without it the partitioner may follow a sharded weight instead and all-gather
+    whole-batch activations, which no FSDP memory plan survives. Outside a mesh (a plain
+    `jax.jit`, as in unit tests) it returns `x` unchanged.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, P(tuple(mesh.axis_names)))

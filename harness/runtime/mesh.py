@@ -1,8 +1,9 @@
 """The device mesh and how every array is laid out on it.
 
 Mesh axes are (`data`, `fsdp`): `fsdp` devices share one copy of the parameters and
-optimizer state (each holds a slice, FSDP-style), `data` replicates that group. The
-batch is split over all devices. Global batches are built from host-local data with
+optimizer state (each holds a slice, FSDP-style), `data` replicates that group. Devices
+from several TPU slices (joined over DCN) get a leading `slice` axis, so FSDP traffic
+stays on a slice's ICI links. The batch is split over all devices. Global batches are built from host-local data with
 `jax.make_array_from_process_local_data`, so the same code is right on one host and on
 many.
 """
@@ -13,11 +14,12 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from harness.errors import UsageError
 
-DATA_AXIS, FSDP_AXIS = "data", "fsdp"
+DATA_AXIS, FSDP_AXIS, SLICE_AXIS = "data", "fsdp", "slice"
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
 
 
@@ -38,11 +40,35 @@ def check_topology(batch_size: int, fsdp_devices: int) -> None:
         )
 
 
-def make_mesh(fsdp_devices: int) -> Mesh:
-    """A (data, fsdp) mesh; each fsdp group is consecutive devices, so on a pod it stays
-    within a host when `fsdp_devices` <= devices per host."""
-    devices = np.asarray(jax.devices())
-    return Mesh(devices.reshape(devices.size // fsdp_devices, fsdp_devices), BATCH_AXES)
+def make_mesh(fsdp_devices: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh of `devices` (default: all of this run's), for training and harness-fit.
+
+    One slice: (data, fsdp). On CPU each fsdp group is consecutive devices; on TPU
+    `mesh_utils.create_device_mesh` lays the axes onto the physical torus, `fsdp` (the
+    chattiest) on the best-connected chips. Several slices (devices with a
+    `slice_index`): (slice, data, fsdp) from `create_hybrid_device_mesh`, one slice per
+    index of the DCN axis; `fsdp_devices` must divide each slice's devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+    per_slice = len(devices) // num_slices
+    if per_slice % fsdp_devices:
+        raise UsageError(f"--fsdp_devices={fsdp_devices} does not divide the {per_slice} devices of a slice")
+    shape = (per_slice // fsdp_devices, fsdp_devices)
+    if num_slices == 1:
+        return Mesh(_device_grid(shape, devices), BATCH_AXES)
+    grid = mesh_utils.create_hybrid_device_mesh((1, *shape), (num_slices, 1, 1), devices,
+                                                allow_split_physical_axes=True)
+    return Mesh(grid, (SLICE_AXIS, *BATCH_AXES))
+
+
+def _device_grid(shape: tuple[int, int], devices: list[jax.Device]) -> np.ndarray:
+    """Devices in a `shape` grid: torus-aware on TPU (splitting a physical axis only
+    if no other layout exists), `devices` order elsewhere."""
+    try:
+        return mesh_utils.create_device_mesh(shape, devices)
+    except (ValueError, NotImplementedError):
+        return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
@@ -64,8 +90,8 @@ def fsdp_shardings(abstract_tree: Any, mesh: Mesh) -> Any:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis over every device; trailing axes whole."""
-    return NamedSharding(mesh, P(BATCH_AXES))
+    """Leading (batch) axis over every device (every mesh axis); trailing axes whole."""
+    return NamedSharding(mesh, P(tuple(mesh.axis_names)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

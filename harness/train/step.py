@@ -95,7 +95,8 @@ def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Ba
     skip_nonfinite = config.on_nonfinite == "skip"
 
     def loss_fn(params, batch: Batch, dropout_key):
-        per_sample_loss, token_hits, token_count = model.per_sample_outputs(params, batch, dropout_key)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # lets models pin activations (batch_sharded)
+            per_sample_loss, token_hits, token_count = model.per_sample_outputs(params, batch, dropout_key)
         valid = batch.sample_mask.astype(jnp.float32)
         loss = (per_sample_loss * valid).sum() / jnp.maximum(valid.sum(), 1.0)
         return loss, (per_sample_loss, token_hits, token_count)

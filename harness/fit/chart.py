@@ -1,0 +1,52 @@
+"""A PNG bar chart of per-device memory by kind against HBM (matplotlib, imported here
+only, so the rest of harness-fit starts without it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.fit.report import FitReport
+from harness.fit.units import GIB, format_bytes
+
+COLORS = {"parameters": "#4C72B0", "optimizer state": "#55A868", "batch": "#C44E52", "step and rng": "#8172B2",
+          "argument padding": "#CCB974", "temporaries": "#64B5CD", "outputs not aliased": "#DD8452",
+          "generated code": "#937860"}
+
+
+def write_chart(report: FitReport, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = report.memory.kinds()
+    hbm = report.memory.hbm / GIB
+    used = report.used_bytes
+    figure, axis = plt.subplots(figsize=(11, 4.2), dpi=120)
+    rows = ("by kind", "peak (compiler)" if report.fits else "required (compiler)")
+    left = 0.0
+    for name, value in kinds.items():
+        axis.barh(rows[0], value / GIB, left=left, color=COLORS.get(name, "#999999"), edgecolor="white",
+                  linewidth=0.5, label=f"{name}: {format_bytes(value)}")
+        left += value / GIB
+    axis.text(left, 0, f"  {format_bytes(sum(kinds.values()))} summed", va="center", fontsize=10)
+    if used is not None:
+        axis.barh(rows[1], used / GIB, color="#2A9D8F" if report.fits else "#D62828")
+        axis.text(used / GIB, 1, f"  {format_bytes(used)}", va="center", fontsize=10, fontweight="bold")
+    axis.axvline(hbm, color="black", linestyle="--", linewidth=1.5)
+    axis.text(hbm, 1.5, f" HBM {format_bytes(report.memory.hbm)}", va="center", fontsize=10)
+    axis.set_xlim(0, max(hbm, left, (used or 0) / GIB) * 1.3)
+    axis.set_ylim(-0.6, 1.8)
+    axis.set_xlabel("GiB per device")
+    headroom = report.headroom_percent
+    slices = f" x{report.target.num_slices}" if report.target.num_slices > 1 else ""
+    axis.set_title(f"{report.model['name']} {report.model.get('size') or ''} on {report.target.product}{slices}, "
+                   f"global batch {report.batch_size}: {report.verdict}"
+                   + ("" if headroom is None else f" ({headroom:+.1f}% headroom)"), fontsize=11)
+    axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, frameon=False)
+    figure.text(0.01, 0.01, "The peak is what must fit: the compiler's figure for memory live at once, "
+                "not the sum of the kinds.", fontsize=8, color="#555555")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)

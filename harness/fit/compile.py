@@ -1,0 +1,142 @@
+"""Compile the training step ahead of time, as training would run it, and read what the
+compiler says about memory.
+
+The step is `harness.train.step.make_train_step(config, mesh)`, the very function the
+loop calls, lowered with abstract inputs: the state as a checkpoint restores it
+(`abstract_state`) and a batch of ShapeDtypeStructs shaped like the mock data's. On a
+mesh of compile-only TPU devices this runs the real TPU compiler; running out of HBM is
+an outcome (`fits=False` with the compiler's numbers), not an exception.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from harness.config import TrainConfig
+from harness.fit.libtpu import parse_bytes
+from harness.mock.data import Batch, MockDataset
+from harness.runtime.mesh import batch_sharding
+from harness.train.loop import data_spec
+from harness.train.step import TrainState, abstract_state, make_train_step
+
+_REQUIRED = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)")
+_USED = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
+
+
+def abstract_batch(config: TrainConfig, mesh: Mesh) -> Batch:
+    """The global batch's shapes and dtypes (one real sample, scaled), batch-sharded."""
+    spec = dataclasses.replace(data_spec(config), global_batch_size=1)
+    sample = MockDataset(spec, config.seed).batch_at(0)
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((config.batch_size, *x.shape[1:]),
+                                       jax.dtypes.canonicalize_dtype(x.dtype), sharding=sharding),
+        sample)
+
+
+def lower_train_step(config: TrainConfig, mesh: Mesh) -> jax.stages.Lowered:
+    """The loop's jitted step, lowered for `mesh` without allocating anything."""
+    return make_train_step(config, mesh).lower(abstract_state(config, mesh), abstract_batch(config, mesh))
+
+
+def shard_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded ShapeDtypeStructs (its largest shard)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape)
+        total += math.prod(shape) * leaf.dtype.itemsize
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class ArgumentBytes:
+    """Per-device bytes of the step's inputs, from their shapes and shardings."""
+
+    params: int
+    optimizer: int
+    batch: int
+    other: int  # step counter, rng key
+
+    @property
+    def total(self) -> int:
+        return self.params + self.optimizer + self.batch + self.other
+
+
+def argument_bytes(config: TrainConfig, mesh: Mesh) -> ArgumentBytes:
+    state: TrainState = abstract_state(config, mesh)
+    return ArgumentBytes(params=shard_bytes(state.params), optimizer=shard_bytes(state.opt_state),
+                         batch=shard_bytes(abstract_batch(config, mesh)),
+                         other=shard_bytes((state.step, state.rng)))
+
+
+@dataclasses.dataclass(frozen=True)
+class OutOfMemory:
+    """The compiler's refusal: its message and the figures in it."""
+
+    message: str
+    required_bytes: int | None
+    available_bytes: int | None
+
+
+@dataclasses.dataclass
+class CompileOutcome:
+    batch_size: int
+    seconds: float
+    memory: dict[str, int] | None = None        # memory_analysis(), per device
+    cost: dict[str, float] | None = None        # cost_analysis(), per device
+    oom: OutOfMemory | None = None
+    hlo_text: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def fits(self) -> bool:
+        return self.oom is None
+
+
+def _out_of_memory(err: Exception) -> OutOfMemory | None:
+    text = str(err)
+    if "RESOURCE_EXHAUSTED" not in text:
+        return None
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    message = next((line for line in lines if "RESOURCE_EXHAUSTED" in line), lines[0])
+    required = available = None
+    if match := _REQUIRED.search(text):
+        required, available = parse_bytes(*match.groups()[:2]), parse_bytes(*match.groups()[2:])
+    elif match := _USED.search(text):
+        required, available = parse_bytes(*match.groups()[:2]), parse_bytes(*match.groups()[2:])
+    return OutOfMemory(message=message[:500], required_bytes=required, available_bytes=available)
+
+
+def _memory(compiled: jax.stages.Compiled) -> dict[str, int]:
+    stats = compiled.memory_analysis()
+    names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+             "temp_size_in_bytes", "generated_code_size_in_bytes", "peak_memory_in_bytes")
+    return {name.removesuffix("_in_bytes"): int(getattr(stats, name)) for name in names}
+
+
+def _cost(compiled: jax.stages.Compiled) -> dict[str, float]:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return {key: float(analysis[key]) for key in ("flops", "bytes accessed") if key in (analysis or {})}
+
+
+def compile_train_step(config: TrainConfig, mesh: Mesh, *, keep_hlo: bool = False) -> CompileOutcome:
+    """Lower and compile the training step; an out-of-HBM refusal is returned, not
+    raised. Any other compiler error propagates."""
+    started = time.perf_counter()
+    lowered = lower_train_step(config, mesh)
+    try:
+        compiled = lowered.compile()
+    except Exception as err:
+        oom = _out_of_memory(err)
+        if oom is None:
+            raise
+        return CompileOutcome(config.batch_size, time.perf_counter() - started, oom=oom)
+    return CompileOutcome(config.batch_size, time.perf_counter() - started, memory=_memory(compiled),
+                          cost=_cost(compiled), hlo_text=compiled.as_text() if keep_hlo else None)

@@ -1,0 +1,109 @@
+"""What harness-fit found, as one plain record: the verdict, memory by kind, the batch
+search, FLOPs, collectives and the step-time bound. `fit.json` is this record."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from harness.fit.census import KindCount
+from harness.fit.compile import ArgumentBytes, OutOfMemory
+from harness.fit.roofline import StepTimeBound
+from harness.fit.search import SearchResult
+from harness.fit.topology import Target
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryByKind:
+    """Per-device bytes. The argument kinds come from shapes and shardings; the rest is
+    the compiler's `memory_analysis()` (absent when it ran out of memory)."""
+
+    arguments: ArgumentBytes
+    compiler_arguments: int | None
+    temporaries: int | None
+    outputs_not_aliased: int | None
+    generated_code: int | None
+    peak: int | None                 # the figure to hold against HBM
+    hbm: int                         # usable HBM per device, as the compiler states it
+
+    def kinds(self) -> dict[str, int]:
+        """Bytes by kind, in display order (argument padding is the compiler's surplus)."""
+        out = {"parameters": self.arguments.params, "optimizer state": self.arguments.optimizer,
+               "batch": self.arguments.batch, "step and rng": self.arguments.other}
+        if self.compiler_arguments is not None:
+            out["argument padding"] = max(0, self.compiler_arguments - self.arguments.total)
+        for name, value in (("temporaries", self.temporaries), ("outputs not aliased", self.outputs_not_aliased),
+                            ("generated code", self.generated_code)):
+            if value is not None:
+                out[name] = value
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class FitReport:
+    target: Target
+    model: dict[str, Any]            # name, size, parameter count, dtypes, remat
+    mesh: dict[str, int]
+    batch_size: int
+    fits: bool
+    memory: MemoryByKind
+    oom: OutOfMemory | None
+    compile_seconds: float
+    census: dict[str, KindCount] | None
+    bound: StepTimeBound | None
+    compiler_cost: dict[str, float] | None
+    search: SearchResult | None
+    wall_seconds: float = 0.0
+
+    @property
+    def used_bytes(self) -> int | None:
+        """Peak memory if it fits; the compiler's required figure if not."""
+        return self.memory.peak if self.fits else (self.oom.required_bytes if self.oom else None)
+
+    @property
+    def headroom_percent(self) -> float | None:
+        used = self.used_bytes
+        return None if used is None else 100.0 * (self.memory.hbm - used) / self.memory.hbm
+
+    @property
+    def verdict(self) -> str:
+        return "FITS" if self.fits else "DOES NOT FIT"
+
+    def to_dict(self) -> dict[str, Any]:
+        target = dataclasses.asdict(self.target)
+        target["devices"] = self.target.num_devices
+        target["hosts_per_slice"] = self.target.hosts_per_slice
+        return {
+            "verdict": self.verdict,
+            "headroom_percent": self.headroom_percent,
+            "target": target,
+            "model": self.model,
+            "mesh": self.mesh,
+            "global_batch_size": self.batch_size,
+            "memory_per_device_bytes": {**self.memory.kinds(), "peak": self.memory.peak, "hbm": self.memory.hbm},
+            "out_of_memory": dataclasses.asdict(self.oom) if self.oom else None,
+            "largest_batch": dataclasses.asdict(self.search) if self.search else None,
+            "flops": None if self.bound is None else {
+                "per_step": self.bound.flops_per_step, "per_device": self.bound.flops_per_device,
+                "source": self.bound.flops_source,
+                "compiler_per_device": (self.compiler_cost or {}).get("flops"),
+            },
+            "step_time_lower_bound": None if self.bound is None else {
+                "seconds": self.bound.seconds, "limited_by": self.bound.limited_by,
+                "compute_seconds": self.bound.compute_s, "hbm_seconds": self.bound.memory_s,
+                "hbm_bytes_per_device": self.bound.hbm_bytes_per_device,
+                "peak_bf16_flops": self.target.chip.peak_bf16_flops,
+                "hbm_bytes_per_s": self.target.chip.hbm_bytes_per_s, "source": self.target.chip.source,
+            },
+            "collectives": None if self.census is None else {k: dataclasses.asdict(v) for k, v in self.census.items()},
+            "compiler_bytes_accessed_per_device": (self.compiler_cost or {}).get("bytes accessed"),
+            "compile_seconds": self.compile_seconds,
+            "wall_seconds": self.wall_seconds,
+        }
+
+
+def write_json(report: FitReport, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")

@@ -1,0 +1,25 @@
+"""Numbers for people: binary sizes (the TPU compiler's "G" is a GiB), SI rates, durations."""
+
+from __future__ import annotations
+
+GIB = 1 << 30
+
+
+def format_bytes(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for scale, unit in ((GIB, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{int(value)} B"
+
+
+def format_si(value: float, unit: str) -> str:
+    for scale, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if value >= scale:
+            return f"{value / scale:.3g} {prefix}{unit}"
+    return f"{value:.3g} {unit}"
+
+
+def format_duration(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
