@@ -2,14 +2,11 @@
 and a 2x4 local pod), transient storage faults, and a half-written step left in the bucket.
 
     .venv/bin/python -m pytest -q tests/test_gcs_checkpoints.py
-    .venv/bin/python -m pytest -q -m soak tests/test_gcs_checkpoints.py   # a save failing on one host
+    .venv/bin/python -m pytest -q -m soak tests/test_gcs_checkpoints.py   # 2x4 pods, a save failing on one host
 
-The GCS emulator and the fault proxy are threads of the pytest process; the harness runs
-as a subprocess and reaches them over 127.0.0.1 (HARNESS_GCS_EMULATOR). Every run talks to
-the emulator through a FaultProxy, with no rules where no faults are wanted: straight to
-the emulator, about one gs:// run in four failed a save with tensorstore's "Malformed
-StorageGeneration" on an OCDBT manifest (0 in 22 single-process runs through the proxy;
-pod runs through it still hit it now and then).
+The GCS emulator (fake-gcs-server) is a subprocess of the session and the harness runs as
+a subprocess; they meet over 127.0.0.1 (HARNESS_GCS_EMULATOR). Runs talk to the emulator
+directly; only the transient-fault runs go through a FaultProxy (threads of pytest).
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from __future__ import annotations
 import http.server
 import sys
 import threading
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -37,7 +33,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.support.gcs_emulator"]  # the session's `gcs_emulator` fixture
 
 RUN_TIMEOUT_S = 240
-POD_TIMEOUT_S = 150  # a pod run here takes ~15 s; a failed save hangs it (see below)
+POD_TIMEOUT_S = 150  # a pod run here takes ~15 s
 SAVE_FAILURE_ENDS_WITHIN_S = 90
 PREFIX = "gcs_checkpoints"  # this module's corner of the session's bucket
 MARKER = "commit_success.txt"
@@ -72,7 +68,7 @@ def _object_url(emulator: GcsEmulator, name: str) -> str:
 
 
 def copy_object(emulator: GcsEmulator, source: str, target: str) -> None:
-    """Copies one object's bytes straight through the emulator (no proxy)."""
+    """Copies one object's bytes through the emulator's JSON API."""
     with urllib.request.urlopen(_object_url(emulator, source), timeout=30) as response:
         payload = response.read()
     upload = urllib.request.Request(
@@ -92,9 +88,8 @@ def cache(tmp_path_factory) -> list[str]:
 
 @pytest.fixture(scope="module")
 def gcs(gcs_emulator: GcsEmulator):
-    """The emulator behind a proxy without rules, and the harness environment for it."""
-    with FaultProxy(gcs_emulator.url, timeout_s=30) as proxy:
-        yield gcs_emulator, harness_env(HARNESS_GCS_EMULATOR=proxy.url)
+    """The emulator, and the harness environment that points at it."""
+    return gcs_emulator, harness_env(HARNESS_GCS_EMULATOR=gcs_emulator.url)
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,9 +162,8 @@ def test_half_written_step_is_neither_counted_nor_resumed(bucket_run):
 
 
 # ---------------------------------------------------------------------------------------
-# A 2x4 local pod: both hosts write their shards of a step into the bucket. One save per
-# run: a pod save to the emulator sometimes fails (see the module docstring) and then
-# hangs the pod (test_pod_whose_save_fails_on_one_host_ends_promptly).
+# A 2x4 local pod: both hosts write their shards of a step into the bucket. Soak: two pods
+# and a 2x4 reference run take ~50 s on 2 cores.
 
 @pytest.fixture(scope="module")
 def pod_bucket_run(gcs, cache, tmp_path_factory):
@@ -188,6 +182,7 @@ def pod_bucket_run(gcs, cache, tmp_path_factory):
             "after_resume": emulator.object_names(prefix + "/")}
 
 
+@pytest.mark.soak
 def test_pod_saves_every_hosts_shards_to_the_bucket(pod_bucket_run):
     first, prefix, names = pod_bucket_run["first"], pod_bucket_run["prefix"], pod_bucket_run["after_first"]
 
@@ -198,6 +193,7 @@ def test_pod_saves_every_hosts_shards_to_the_bucket(pod_bucket_run):
     assert shards == {"ocdbt.process_0", "ocdbt.process_1"}
 
 
+@pytest.mark.soak
 def test_pod_resume_from_the_bucket_continues_bit_for_bit(pod_bucket_run, cache):
     resumed = pod_bucket_run["resumed"]
     assert resumed is not None, "the first pod run failed"
@@ -245,13 +241,11 @@ def test_pod_whose_save_fails_on_one_host_ends_promptly(gcs_emulator, cache, tmp
             command = ["sh", "-c", deny_host_1, "sh",
                        *_pod_command(directory, tmp_path / f"run{attempt}", cache, "--num_train_steps", "8",
                                      "--save_interval", "4", "--heartbeat_timeout", "10")]
-            started = time.monotonic()
-            result = launch_local(2, 4, command, timeout=SAVE_FAILURE_ENDS_WITHIN_S + 30, env=env)
-            took_s = time.monotonic() - started
+            # The launcher stops the pod and exits 124 after SAVE_FAILURE_ENDS_WITHIN_S.
+            result = launch_local(2, 4, command, timeout=SAVE_FAILURE_ENDS_WITHIN_S, env=env)
 
             assert "PERMISSION_DENIED" in result.stdout + result.stderr, failure_report(result)  # it did fail
             assert result.returncode not in (0, 124), f"attempt {attempt}: {failure_report(result)}"
-            assert took_s < SAVE_FAILURE_ENDS_WITHIN_S, f"attempt {attempt}: {failure_report(result)}"
     finally:
         deny.shutdown()
         deny.server_close()
@@ -270,8 +264,10 @@ def faulty_run(gcs_emulator: GcsEmulator, cache, tmp_path_factory):
         # tensorstore uploads array data with a percent-encoded name; gcsfs uploads the
         # metadata and the commit markers (resumable uploads) with a plain one.
         array_data = "name=" + urllib.parse.quote(f"{prefix}/4/state/ocdbt.process_0/d/", safe="")
+        # One of each kind on array data: tensorstore's backoff (1 s, doubling) is not
+        # settable from the command line, and each fault on the same upload doubles it.
         rules = [
-            proxy.add_rule(Fault.UNAVAILABLE, method="POST", path=array_data, count=2),
+            proxy.add_rule(Fault.UNAVAILABLE, method="POST", path=array_data, count=1),
             proxy.add_rule(Fault.DROP, method="POST", path=array_data, count=1),
             proxy.add_rule(Fault.DROP_AFTER_FORWARD, method="POST", path=array_data, count=1),
             proxy.add_rule(Fault.UNAVAILABLE, method="POST", path=f"name={prefix}/4/{MARKER}&uploadType=resumable"),
@@ -292,7 +288,7 @@ def test_save_through_503s_and_dropped_connections_succeeds(faulty_run):
 
     assert first.returncode == 0, failure_report(first)
     assert injected["per_rule"] == faulty_run["expected"]
-    assert injected["counts"] == {"503": 3, "drop": 2, "drop_after_forward": 1}
+    assert injected["counts"] == {"503": 2, "drop": 2, "drop_after_forward": 1}
     assert committed_steps(faulty_run["after_first"], faulty_run["prefix"]) == [4]
 
 

@@ -1,30 +1,41 @@
-"""Checkpoints on gs:// against a real local GCS emulator, with injected faults.
+"""Checkpoints on gs:// against fake-gcs-server, the start-up check of a gs:// path, and
+the orbax internals the retry policy relies on.
 
     .venv/bin/python -m pytest -q tests/test_storage_gcs.py
 
-The orbax parts run in a child process each (`_ORBAX_JOB`) with 8 fake CPU
-devices, so their XLA flags never meet other test modules' JAX. The emulator
-and the fault proxy run as threads of the test process; the child reaches them
-over 127.0.0.1 only.
+The orbax parts run in a child process each (`_ORBAX_JOB`) with 8 fake CPU devices, so
+their XLA flags never meet other test modules' JAX. The emulator is a subprocess of the
+session (tests/support/gcs_emulator.py); tests talk to it directly, except the
+fault-injection ones, which put a FaultProxy (threads of the test process) in between.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pathlib
-import random
+import socket
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from harness.runtime import storage
 from tests.support.fault_proxy import Fault, FaultProxy
-from tests.support.gcs_emulator import GcsEmulator, gcs_emulator  # noqa: F401 (fixture)
+from tests.support.runs import failure_report, harness_env, run_harness
+
+if TYPE_CHECKING:
+    from tests.support.gcs_emulator import GcsEmulator
+
+# The session's `gcs_emulator` fixture. Nothing here imports that module before pytest
+# does (the recipe-loop tests import it inside), so pytest can rewrite its assertions.
+pytest_plugins = ["tests.support.gcs_emulator"]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT_S = 120
@@ -32,6 +43,12 @@ CHILD_TIMEOUT_S = 120
 # fault fail the save quickly and deterministically.
 FAST_RETRIES = {"max_retries": 8, "initial_delay_s": 0.01, "max_delay_s": 0.2}
 FRAGILE_RETRIES = {"max_retries": 1, "initial_delay_s": 0.01, "max_delay_s": 0.01}
+# What would let a child find credentials or an emulator without being told.
+_CREDENTIAL_VARIABLES = (
+    "GOOGLE_APPLICATION_CREDENTIALS", "CLOUDSDK_CONFIG", "GOOGLE_AUTH_TOKEN_FOR_TESTING", "NO_GCE_CHECK",
+    "GCE_METADATA_HOST", "GCE_METADATA_ROOT", "GCE_METADATA_IP", storage.EMULATOR_ENV_VAR,
+    "STORAGE_EMULATOR_HOST", "TENSORSTORE_GCS_HTTP_URL",
+)
 
 _ORBAX_JOB = r'''
 import json
@@ -88,8 +105,7 @@ def save_and_wait(mgr, step):
 
 
 def error_report(error):
-    return {"type": type(error).__name__, "message": str(error)[:500],
-            "transient": storage.is_transient_storage_error(error)}
+    return {"type": type(error).__name__, "message": str(error)[:500]}
 
 
 report = {}
@@ -115,14 +131,7 @@ elif config["scenario"] == "resume":
         restores_bitwise(mgr, 1)
     except Exception as error:
         report["restore_uncommitted_error"] = error_report(error)
-    attempts = []
-
-    def save_step_1():
-        attempts.append(len(attempts))
-        save_and_wait(mgr, 1)
-
-    storage.retry_transient(save_step_1, attempts=3, initial_delay=0.01, max_delay=0.05)
-    report["save_attempts"] = len(attempts)
+    save_and_wait(mgr, 1)
     report["all_steps_after_save"] = list(mgr.all_steps())
     report["bitwise_resaved"] = restores_bitwise(mgr, 1)
 mgr.close()
@@ -218,6 +227,40 @@ def test_emulator_serves_epath(emulator_env: GcsEmulator, prefix: str) -> None:
     assert emulator_env.object_names(prefix) == []
 
 
+def test_emulator_sends_the_generation_with_media_downloads(gcs_emulator: GcsEmulator, prefix: str) -> None:
+    """tensorstore takes an object's generation from `x-goog-generation` (GCS sends it with
+    every media download); without it, it records generation 0 and refuses its next
+    conditional write as "Malformed StorageGeneration" (gcp-storage-emulator's bug)."""
+    name = urllib.parse.quote(f"{prefix}/object", safe="")
+    upload = urllib.request.Request(
+        f"{gcs_emulator.url}/upload/storage/v1/b/{gcs_emulator.bucket}/o?uploadType=media&name={name}",
+        data=b"payload", method="POST")
+    with urllib.request.urlopen(upload, timeout=10) as response:
+        generation = json.loads(response.read())["generation"]
+    media = f"{gcs_emulator.url}/storage/v1/b/{gcs_emulator.bucket}/o/{name}?alt=media"
+    with urllib.request.urlopen(media, timeout=10) as response:
+        assert (response.read(), response.headers["x-goog-generation"]) == (b"payload", generation)
+    assert int(generation) > 0
+
+
+def test_emulator_serves_tensorstore_ocdbt_from_a_fresh_cache(gcs_emulator: GcsEmulator, prefix: str) -> None:
+    """The second write opens the OCDBT database with an empty cache, so it reads the
+    manifest's generation from the emulator before its conditional write."""
+    code = """if True:
+        import sys
+        import tensorstore as ts
+        spec = {"driver": "ocdbt", "base": {"driver": "gcs", "bucket": sys.argv[1], "path": sys.argv[2]}}
+        for key in ("first", "second"):
+            ts.KvStore.open(spec, context=ts.Context()).result().write(key, b"value").result()
+        print(sorted(ts.KvStore.open(spec, context=ts.Context()).result().list().result()))
+    """
+    result = subprocess.run([sys.executable, "-c", code, gcs_emulator.bucket, f"{prefix}/db/"], cwd=REPO_ROOT,
+                            env={**os.environ, **gcs_emulator.env}, capture_output=True, text=True,
+                            timeout=CHILD_TIMEOUT_S, check=False)
+    assert result.returncode == 0, failure_report(result)
+    assert result.stdout == "[b'first', b'second']\n"
+
+
 def test_fault_proxy_injects_each_fault_kind(
     fault_proxy: FaultProxy, gcs_emulator: GcsEmulator, prefix: str
 ) -> None:
@@ -279,7 +322,7 @@ def test_orbax_save_survives_transient_faults(
     gcs_emulator: GcsEmulator, fault_proxy: FaultProxy, prefix: str
 ) -> None:
     add = fault_proxy.add_rule
-    marker_upload = "commit_success.txt&uploadType=resumable&upload_id"
+    marker_upload = "commit_success.txt&upload_id="  # the bytes, into the session gcsfs opened
     rules = [
         # tensorstore: array data and OCDBT manifests (uploadType=media), reads.
         add(Fault.UNAVAILABLE, method="POST", path="uploadType=media", count=3),
@@ -300,157 +343,65 @@ def test_orbax_save_survives_transient_faults(
 def test_failed_save_is_never_resumed_and_can_be_redone(
     gcs_emulator: GcsEmulator, fault_proxy: FaultProxy, prefix: str
 ) -> None:
+    """Also shows that a save carries the retry policy: with max_retries=1 two 503s fail
+    it ("All 1 retry attempts failed"); tensorstore's default 32 retries would absorb them."""
     directory = f"gs://{gcs_emulator.bucket}/{prefix}"
     sharding_of_step_1 = f"name={prefix}%2F1%2Fdefault%2F_sharding"
-    # Both attempts tensorstore gets with max_retries=1 fail: the save fails
-    # after writing part of step 1, and proves the retry setting took effect.
     fault_proxy.add_rule(Fault.UNAVAILABLE, method="POST", path=sharding_of_step_1, count=2)
     failed = run_orbax_job("save_fails", fault_proxy.url, directory, FRAGILE_RETRIES)
     assert failed["all_steps"] == [0]
-    assert "retry attempts failed" in failed["error"]["message"]
-    assert failed["error"]["transient"]
+    assert "All 1 retry attempts failed" in failed["error"]["message"]
     assert fault_proxy.injected() == 2
     assert committed_steps(gcs_emulator, prefix) == [0]
     half_written = step_objects(gcs_emulator, prefix, 1)
     assert half_written, "expected the failed save to leave objects under step 1"
     assert f"{prefix}/1/commit_success.txt" not in half_written
 
-    # A new run sees only the committed step; its first re-save of step 1
-    # fails again and retry_transient redoes the whole save.
-    fault_proxy.add_rule(Fault.UNAVAILABLE, method="POST", path=sharding_of_step_1, count=2)
-    resumed = run_orbax_job("resume", fault_proxy.url, directory, FRAGILE_RETRIES)
+    # A new run, straight to the emulator, sees only the committed step and saves step 1 anew.
+    resumed = run_orbax_job("resume", gcs_emulator.url, directory, FRAGILE_RETRIES)
     assert resumed["all_steps"] == [0]
     assert resumed["latest_step"] == 0
     assert resumed["bitwise_latest"]
-    assert not resumed["restore_uncommitted_error"]["transient"]
-    assert resumed["save_attempts"] == 2
+    assert "restore_uncommitted_error" in resumed
     assert resumed["all_steps_after_save"] == [0, 1]
     assert resumed["bitwise_resaved"]
-    assert fault_proxy.injected() == 4
     assert committed_steps(gcs_emulator, prefix) == [0, 1]
 
 
+# --- The orbax internals behind --gcs_max_retries -----------------------------------
+
+
+def test_orbax_still_builds_its_tensorstore_context_from_the_dicts_we_edit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`configure_orbax_gcs_retries` edits two private dicts of orbax (0.12.8). If this
+    fails after an orbax upgrade, re-read orbax's `tensorstore_utils.get_ts_context` and
+    change harness/runtime/storage.py to match, or --gcs_max_retries does nothing."""
+    from orbax.checkpoint._src.serialization import tensorstore_utils
+
+    for name in ("_BASE_TS_CONTEXT", "_DEFAULT_OCDBT_TS_CONTEXT"):
+        spec = getattr(tensorstore_utils, name, None)
+        assert isinstance(spec, dict), f"orbax's tensorstore_utils.{name} is gone (see the docstring)"
+        monkeypatch.setattr(tensorstore_utils, name, copy.deepcopy(spec))  # Restored after the test.
+
+    storage.configure_orbax_gcs_retries(storage.GcsRetryPolicy(max_retries=3, initial_delay_s=0.25, max_delay_s=4))
+
+    for use_ocdbt in (True, False):
+        retries = tensorstore_utils.get_ts_context(use_ocdbt=use_ocdbt)["gcs_request_retries"].to_json()
+        assert retries == {"max_retries": 3, "initial_delay": "250ms", "max_delay": "4s"}, (
+            f"orbax's get_ts_context(use_ocdbt={use_ocdbt}) no longer uses the dicts storage.py edits "
+            "(see the docstring)")
+
+
+def test_configure_orbax_gcs_retries_refuses_an_orbax_without_the_dicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orbax.checkpoint._src.serialization import tensorstore_utils
+
+    monkeypatch.delattr(tensorstore_utils, "_BASE_TS_CONTEXT")
+    with pytest.raises(RuntimeError, match="_BASE_TS_CONTEXT is gone"):
+        storage.configure_orbax_gcs_retries(storage.GcsRetryPolicy())
+
+
 # --- harness.runtime.storage helpers ---------------------------------------------------
-
-
-class _Transient(ConnectionError):
-    pass
-
-
-def _flaky(failures: list[BaseException]):
-    """A callable that raises the given errors in turn, then returns "done"."""
-    calls = []
-
-    def call() -> str:
-        calls.append(len(calls))
-        if failures:
-            raise failures.pop(0)
-        return "done"
-
-    return call, calls
-
-
-def test_retry_transient_backs_off_exponentially_with_jitter() -> None:
-    call, calls = _flaky([_Transient("1"), _Transient("2"), _Transient("3"), _Transient("4")])
-    sleeps: list[float] = []
-    result = storage.retry_transient(
-        call,
-        attempts=5,
-        initial_delay=1.0,
-        max_delay=3.0,
-        sleep=sleeps.append,
-        rng=random.Random(0),
-    )
-    assert result == "done"
-    assert len(calls) == 5
-    caps = [1.0, 2.0, 3.0, 3.0]
-    assert len(sleeps) == len(caps)
-    for slept, cap in zip(sleeps, caps):
-        assert cap / 2 <= slept <= cap
-
-
-def test_retry_transient_gives_up_after_attempts() -> None:
-    call, calls = _flaky([_Transient("a"), _Transient("b"), _Transient("c")])
-    sleeps: list[float] = []
-    with pytest.raises(_Transient, match="b"):
-        storage.retry_transient(
-            call, attempts=2, initial_delay=0.1, max_delay=1.0, sleep=sleeps.append
-        )
-    assert len(calls) == 2
-    assert len(sleeps) == 1
-
-
-def test_retry_transient_does_not_retry_other_errors() -> None:
-    call, calls = _flaky([FileNotFoundError("no bucket")])
-    sleeps: list[float] = []
-    with pytest.raises(FileNotFoundError):
-        storage.retry_transient(
-            call, attempts=5, initial_delay=0.1, max_delay=1.0, sleep=sleeps.append
-        )
-    assert (len(calls), sleeps) == (1, [])
-
-
-def test_retry_transient_uses_the_given_classifier() -> None:
-    call, calls = _flaky([KeyError("odd but transient here")])
-    result = storage.retry_transient(
-        call,
-        attempts=2,
-        initial_delay=0.0,
-        max_delay=0.0,
-        is_transient=lambda error: isinstance(error, KeyError),
-        sleep=lambda _: None,
-    )
-    assert (result, len(calls)) == ("done", 2)
-
-
-def test_retry_transient_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError):
-        storage.retry_transient(lambda: None, attempts=0, initial_delay=0.1, max_delay=1.0)
-    with pytest.raises(ValueError):
-        storage.retry_transient(lambda: None, attempts=1, initial_delay=2.0, max_delay=1.0)
-
-
-def _caused_by(cause: BaseException) -> RuntimeError:
-    try:
-        raise RuntimeError("wrapper") from cause
-    except RuntimeError as error:
-        return error
-
-
-@pytest.mark.parametrize(
-    ("error", "transient"),
-    [
-        (ConnectionResetError("reset"), True),
-        (TimeoutError("slow"), True),
-        (ValueError("UNAVAILABLE: CURL error Server returned nothing"), True),
-        (ValueError("ABORTED: Error writing gs://b/x: All 1 retry attempts failed: 503"), True),
-        (_caused_by(ConnectionAbortedError("dropped")), True),
-        (FileNotFoundError("gs://missing-bucket/x"), False),
-        (PermissionError("denied"), False),
-        (ValueError("NOT_FOUND: no such checkpoint"), False),
-    ],
-)
-def test_is_transient_storage_error(error: BaseException, transient: bool) -> None:
-    assert storage.is_transient_storage_error(error) == transient
-
-
-def test_is_transient_storage_error_knows_gcsfs_http_errors() -> None:
-    from gcsfs.retry import HttpError
-
-    assert storage.is_transient_storage_error(HttpError({"code": 503, "message": "busy"}))
-    assert not storage.is_transient_storage_error(HttpError({"code": 403, "message": "no"}))
-
-
-def test_retry_policy_is_a_valid_tensorstore_context() -> None:
-    import tensorstore as ts
-
-    policy = storage.GcsRetryPolicy(max_retries=3, initial_delay_s=0.25, max_delay_s=4)
-    resource = {"gcs_request_retries": policy.tensorstore_resource()}
-    assert ts.Context(resource)["gcs_request_retries"].to_json() == {
-        "max_retries": 3,
-        "initial_delay": "250ms",
-        "max_delay": "4s",
-    }
 
 
 def test_emulator_env_from_harness_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -504,5 +455,83 @@ def test_checkpoint_path_writable_accepts_missing_parents(tmp_path: pathlib.Path
 def test_checkpoint_path_writable_on_emulator(emulator_env: GcsEmulator, prefix: str) -> None:
     assert storage.checkpoint_path_writable(f"gs://{emulator_env.bucket}/{prefix}/ckpt") is None
     assert emulator_env.object_names(prefix) == []
-    problem = storage.checkpoint_path_writable("gs://no-such-bucket/ckpt")
-    assert problem == "bucket gs://no-such-bucket does not exist"
+    assert storage.checkpoint_path_writable("gs://no-such-bucket/ckpt") == "bucket gs://no-such-bucket does not exist"
+    assert storage.checkpoint_path_writable("gs:///ckpt") == "no bucket in the gs:// path"
+
+
+def test_gcs_check_gives_up_after_its_timeout_quietly() -> None:
+    """Storage that accepts connections and never answers: one reason after the check's
+    timeout, nothing printed, instead of gcsfs's minute of retries and warnings."""
+    code = ("import sys; from harness.runtime import storage; storage.configure_gcs_emulator(sys.argv[1]); "
+            "print(storage.checkpoint_path_writable('gs://silent-bucket/ckpt', gcs_timeout_s=1))")
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        result = subprocess.run([sys.executable, "-c", code, url], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=CHILD_TIMEOUT_S, check=False)
+    assert (result.returncode, result.stderr) == (0, ""), failure_report(result)
+    assert result.stdout == "no answer within 1 s while writing a probe object in gs://silent-bucket\n"
+
+
+def test_gs_checkpoint_dir_without_credentials_fails_at_once_in_one_line(tmp_path: pathlib.Path) -> None:
+    """No emulator, no application-default credentials, no reachable metadata server: exit
+    2 with one line naming the missing credentials, and nothing written (the start-up
+    check used to retry for ~50 s, printing ~50 lines of gcsfs warnings)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    run_dir = tmp_path / "run"
+    with socket.socket() as closed:  # Bound, not listening: connections are refused.
+        closed.bind(("127.0.0.1", 0))
+        metadata = f"127.0.0.1:{closed.getsockname()[1]}"
+        env = {name: value for name, value in harness_env().items() if name not in _CREDENTIAL_VARIABLES}
+        env.update(HOME=str(home), GCE_METADATA_HOST=metadata, GCE_METADATA_IP=metadata)
+        result = run_harness(["--config", "smoke", "--no_wandb", "--checkpoint_dir", "gs://some-bucket/x",
+                              "--run_dir", str(run_dir)], env=env, timeout=CHILD_TIMEOUT_S)
+
+    assert result.returncode == 2, failure_report(result)
+    assert result.stderr.splitlines() == [(
+        "harness-train: error: checkpoint dir gs://some-bucket/x: no Google credentials found: run "
+        "`gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS, or run on a GCP VM "
+        f"with a service account (or set {storage.EMULATOR_ENV_VAR} for an emulator)"
+    )], failure_report(result)
+    assert not run_dir.exists()
+    assert list(home.iterdir()) == []
+
+
+# --- The README's recipe (run as written by tests/support/gcs_recipe_loop.py) ------------
+
+
+def test_readme_gcs_recipe_is_what_the_recipe_loop_expects(tmp_path: pathlib.Path) -> None:
+    from tests.support.gcs_recipe_loop import harness_commands, recipe_block, reference_args
+
+    block = recipe_block(REPO_ROOT / "README.md")
+    first, resume = harness_commands(block)
+    assert "gcs_emulator start --port 9023 --bucket my-bucket" in block
+    assert block.rstrip().endswith("gcs_emulator stop --port 9023")
+    assert "--resume" not in first and "--resume" in resume
+    assert first[first.index("--checkpoint_dir") + 1] == resume[resume.index("--checkpoint_dir") + 1]
+    reference = reference_args(resume, tmp_path)
+    assert reference[reference.index("--checkpoint_dir") + 1] == str(tmp_path / "ckpt")
+    assert "--resume" not in reference
+
+
+def test_recipe_loop_compares_every_row_with_the_uninterrupted_run() -> None:
+    from tests.support.gcs_recipe_loop import metrics_problem
+
+    reference = {step: {"step": step, "loss": 1.0 + step} for step in range(6)}
+    assert metrics_problem([reference[0], reference[3], reference[5]], reference, last_step=5) is None
+    assert metrics_problem([reference[0], reference[3]], reference, last_step=5) == (
+        "metrics end at step 3, not 5")
+    changed = {"step": 3, "loss": 4.000000000000001}
+    assert metrics_problem([reference[0], changed, reference[5]], reference, last_step=5) == (
+        "metrics of steps [3] differ from the uninterrupted run's")
+
+
+@pytest.mark.soak
+def test_readme_gcs_recipe_runs_as_written() -> None:
+    """One run of the loop (port 9023 and /tmp/podharness_gcs_run, as the README says)."""
+    result = subprocess.run([sys.executable, "-m", "tests.support.gcs_recipe_loop", "--runs", "1"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, failure_report(result)
+    assert result.stdout.splitlines()[-1] == "1 passed, 0 failed"

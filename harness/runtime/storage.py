@@ -1,4 +1,5 @@
-"""Storage concerns of the harness: gs:// paths, a GCS emulator, retries.
+"""Storage concerns of the harness: gs:// paths, a GCS emulator, retries, the start-up
+write check.
 
 Checkpoints go through orbax to a local directory or to gs://bucket/path. Three
 libraries touch GCS on that path and each retries on its own:
@@ -8,12 +9,16 @@ libraries touch GCS on that path and each retries on its own:
   `gcs_request_retries` resource of its Context (defaults: 32 retries, 1 s
   doubling to 32 s). orbax 0.12.8 builds that Context itself with no hook to
   pass one in, so `configure_orbax_gcs_retries` edits the base Context spec
-  orbax copies for every save and restore.
+  orbax copies for every save and restore: the harness's only use of orbax
+  internals, kept in this module (tests/test_storage_gcs.py fails loudly if a
+  new orbax moves them).
 - gcsfs (behind etils.epath) does directory listings, metadata files and the
   commit_success.txt marker. It retries 5xx, 408, 429 and connection errors
   6 times (sleeping 1-2 s, 2-3 s, ... 16-17 s); that is fixed in gcsfs and
   not configurable.
-- `retry_transient` retries a whole operation for outages longer than that.
+- google-auth finds the credentials gcsfs uses (tensorstore finds its own the
+  same way): `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's application-default
+  login, or a GCP VM's service account.
 
 To point everything at an emulator, set HARNESS_GCS_EMULATOR=http://127.0.0.1:PORT
 and call `configure_gcs_emulator_from_env()` before anything touches GCS.
@@ -25,25 +30,26 @@ import dataclasses
 import logging
 import os
 import pathlib
-import random
 import tempfile
-import time
+import threading
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping
-from typing import TypeVar
+from collections.abc import Mapping
 
 EMULATOR_ENV_VAR = "HARNESS_GCS_EMULATOR"
+# How long the start-up check may take for a gs:// path, credentials included: gcsfs
+# alone retries an unreachable endpoint for ~50 s before it gives up.
+GCS_CHECK_TIMEOUT_S = 20.0
 
-_T = TypeVar("_T")
-_TRANSIENT_HTTP_CODES = frozenset({408, 429, 500, 502, 503, 504})
-# Status names tensorstore puts at the start of its error messages, and the
-# phrase it uses once its own retries are spent.
-_TRANSIENT_TENSORSTORE_PREFIXES = ("UNAVAILABLE:", "DEADLINE_EXCEEDED:", "RESOURCE_EXHAUSTED:")
-_TENSORSTORE_RETRIES_SPENT = "retry attempts failed"
 _WRITE_PROBE_PREFIX = ".podharness-write-probe-"
-
-log = logging.getLogger(__name__)
+# Loggers of the storage clients, quiet while the start-up check runs: a failed check
+# is reported in one line, not in the clients' retry warnings and tracebacks.
+_STORAGE_CLIENT_LOGGERS = ("gcsfs", "fsspec", "google.auth")
+_NO_CREDENTIALS = (
+    "no Google credentials found: run `gcloud auth application-default login`, set "
+    "GOOGLE_APPLICATION_CREDENTIALS, or run on a GCP VM with a service account "
+    f"(or set {EMULATOR_ENV_VAR} for an emulator)"
+)
 
 
 def is_gcs_path(path: str | os.PathLike[str]) -> bool:
@@ -132,95 +138,17 @@ def configure_orbax_gcs_retries(policy: GcsRetryPolicy) -> None:
         spec["gcs_request_retries"] = policy.tensorstore_resource()
 
 
-def is_transient_storage_error(error: BaseException) -> bool:
-    """True if `error` (or what caused it) looks like a passing storage fault.
-
-    Covers dropped connections and timeouts, HTTP 408/429/5xx from gcsfs or
-    google-cloud-storage, and tensorstore's UNAVAILABLE-style statuses or its
-    "retries spent" error. A missing bucket or a permission error is not
-    transient: retrying it only delays the real message.
-    """
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if _is_transient_single(current):
-            return True
-        pending.extend((current.__cause__, current.__context__))
-    return False
-
-
-def _is_transient_single(error: BaseException) -> bool:
-    if isinstance(error, (ConnectionError, TimeoutError)):
-        return True
-    for attribute in ("code", "status"):
-        value = getattr(error, attribute, None)
-        if isinstance(value, int) and value in _TRANSIENT_HTTP_CODES:
-            return True
-    message = str(error)
-    if message.startswith(_TRANSIENT_TENSORSTORE_PREFIXES) or _TENSORSTORE_RETRIES_SPENT in message:
-        return True
-    try:
-        from gcsfs.retry import is_retriable
-    except ImportError:
-        return False
-    return is_retriable(error)
-
-
-def retry_transient(
-    fn: Callable[[], _T],
-    *,
-    attempts: int,
-    initial_delay: float,
-    max_delay: float,
-    is_transient: Callable[[BaseException], bool] = is_transient_storage_error,
-    sleep: Callable[[float], None] = time.sleep,
-    rng: random.Random | None = None,
-) -> _T:
-    """Calls `fn` until it succeeds, retrying transient errors with backoff.
-
-    The n-th retry waits a random time in [d/2, d] with
-    d = min(max_delay, initial_delay * 2**(n-1)): exponential backoff whose
-    jitter keeps many hosts from retrying in lockstep. Non-transient errors
-    and the last attempt's error propagate unchanged.
-    """
-    if attempts < 1:
-        raise ValueError(f"attempts must be >= 1, got {attempts}")
-    if initial_delay < 0 or max_delay < initial_delay:
-        raise ValueError(f"need 0 <= initial_delay <= max_delay, got {initial_delay}, {max_delay}")
-    rng = rng or random.Random()
-    attempt = 1
-    while True:
-        try:
-            return fn()
-        except Exception as error:  # Classified by is_transient; others re-raise.
-            if attempt >= attempts or not is_transient(error):
-                raise
-            delay = min(max_delay, initial_delay * 2 ** (attempt - 1))
-            delay *= 0.5 + 0.5 * rng.random()
-            log.warning(
-                "transient storage error (attempt %d of %d), retrying in %.2fs: %s",
-                attempt,
-                attempts,
-                delay,
-                error,
-            )
-            sleep(delay)
-            attempt += 1
-
-
-def checkpoint_path_writable(path: str) -> str | None:
+def checkpoint_path_writable(path: str, *, gcs_timeout_s: float = GCS_CHECK_TIMEOUT_S) -> str | None:
     """Why checkpoints can't be written under `path`, or None if they can.
 
     The reason is short and leaves out `path`, for the caller's one-line
     error. Writes and deletes one empty probe file and creates no
-    directories, so a successful check leaves nothing behind.
+    directories, so a successful check leaves nothing behind. For gs://
+    paths it first looks for credentials (unless an emulator is set), and
+    the whole check gives up after `gcs_timeout_s`, printing nothing.
     """
     if is_gcs_path(path):
-        return _gcs_path_problem(path)
+        return _gcs_path_problem(path, gcs_timeout_s)
     return _local_path_problem(path)
 
 
@@ -242,20 +170,63 @@ def _local_path_problem(path: str) -> str | None:
     return None
 
 
-def _gcs_path_problem(path: str) -> str | None:
-    from etils import epath
-
+def _gcs_path_problem(path: str, timeout_s: float) -> str | None:
     bucket = urllib.parse.urlsplit(path).netloc
     if not bucket:
         return "no bucket in the gs:// path"
-    probe = epath.Path(path) / f"{_WRITE_PROBE_PREFIX}{uuid.uuid4().hex}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except FileNotFoundError:
-        return f"bucket gs://{bucket} does not exist"
-    # Storage clients raise many unrelated types (HttpError, aiohttp and auth
-    # errors); any of them means "not writable" and is reported, not raised.
-    except Exception as error:
-        return f"cannot write in {path}: {type(error).__name__}: {error}"
-    return None
+    check = _GcsCheck(path, bucket)
+    worker = threading.Thread(target=check.run, name="gcs-write-check", daemon=True)
+    loggers = [logging.getLogger(name) for name in _STORAGE_CLIENT_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:  # Their children too (they inherit the level).
+        logger.setLevel(logging.CRITICAL + 1)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        # Left running (a daemon thread), and its clients left quiet: they may retry
+        # and log for another minute.
+        return f"no answer within {timeout_s:g} s while {check.stage}"
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
+    return check.problem
+
+
+class _GcsCheck:
+    """Credentials, then a probe object written and deleted; run in a worker thread so
+    the caller can stop waiting. `stage` says what it is doing, for a timeout message."""
+
+    def __init__(self, path: str, bucket: str) -> None:
+        self.path = path
+        self.bucket = bucket
+        self.stage = "starting"
+        self.problem: str | None = None
+
+    def run(self) -> None:
+        # Storage and auth clients raise many unrelated types (HttpError, aiohttp and
+        # auth errors); any of them means "not writable" and is reported, not raised.
+        try:
+            self.problem = self._first_problem()
+        except Exception as error:
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            self.problem = f"failed while {self.stage}: {type(error).__name__}: {first_line}"
+
+    def _first_problem(self) -> str | None:
+        if not os.environ.get("STORAGE_EMULATOR_HOST"):  # An emulator takes any token.
+            self.stage = "looking for Google credentials"
+            import google.auth
+            import google.auth.exceptions
+
+            try:
+                google.auth.default()
+            except google.auth.exceptions.DefaultCredentialsError:
+                return _NO_CREDENTIALS
+        from etils import epath
+
+        self.stage = f"writing a probe object in gs://{self.bucket}"
+        probe = epath.Path(self.path) / f"{_WRITE_PROBE_PREFIX}{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except FileNotFoundError:
+            return f"bucket gs://{self.bucket} does not exist"
+        return None

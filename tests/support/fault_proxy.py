@@ -1,7 +1,8 @@
 """A fault-injecting HTTP reverse proxy for storage tests.
 
 Sits on a free loopback port in front of the GCS emulator and forwards every
-request, except those a rule picks to fail. Faults are deterministic: a rule
+request, except those a rule picks to fail. Only fault-injection tests use it;
+every other test talks to the emulator directly. Faults are deterministic: a rule
 fails the next N matching requests, or every k-th one, so a test can assert
 exactly how many were injected. Point clients at `proxy.url` instead of the
 emulator's url (`harness.runtime.storage.gcs_emulator_env(proxy.url)`).
