@@ -17,8 +17,8 @@ REMAT_POLICIES = ("none", "full", "dots")
 
 
 def is_import_path(name: str) -> bool:
-    """`pkg.module:factory`, the form of a user's model."""
-    module, sep, attr = name.partition(":")
+    """`pkg.module:factory` or `path/to/module.py:factory`: the forms of a user's model."""
+    module, sep, attr = name.rpartition(":")
     return bool(sep and module and attr)
 
 
@@ -31,12 +31,12 @@ class TransformerSize:
 
 
 TRANSFORMER_SIZES = {
-    "tiny": TransformerSize(width=128, depth=2, heads=4, mlp_width=512),          # ~0.5M: CPU tests
-    "10m": TransformerSize(width=256, depth=12, heads=4, mlp_width=1024),         # ~9.6M
-    "100m": TransformerSize(width=768, depth=12, heads=12, mlp_width=3072),       # ~86M
-    "1b": TransformerSize(width=2048, depth=20, heads=16, mlp_width=8192),        # ~1.0B
-    "3b": TransformerSize(width=3072, depth=26, heads=24, mlp_width=12288),       # ~2.9B
-    "8b": TransformerSize(width=4096, depth=40, heads=32, mlp_width=16384),       # ~8.1B
+    "tiny": TransformerSize(width=128, depth=2, heads=4, mlp_width=512),          # 0.6M: CPU tests
+    "10m": TransformerSize(width=256, depth=12, heads=4, mlp_width=1024),         # 9.9M
+    "100m": TransformerSize(width=768, depth=12, heads=12, mlp_width=3072),       # 86M
+    "1b": TransformerSize(width=2048, depth=20, heads=16, mlp_width=8192),        # 1.01B
+    "3b": TransformerSize(width=3072, depth=26, heads=24, mlp_width=12288),       # 2.95B
+    "8b": TransformerSize(width=4096, depth=40, heads=32, mlp_width=16384),       # 8.06B
 }
 
 
