@@ -236,6 +236,7 @@ def stop_command(port: int) -> int:
         if _is_our_emulator(pid):
             os.kill(pid, signal.SIGKILL)
     pid_file.unlink()
+    pid_file.with_suffix(".log").unlink(missing_ok=True)
     print(f"fake-gcs-server on port {port} stopped")
     return 0
 
