@@ -209,12 +209,14 @@ def start_command(port: int, buckets: list[str], timeout_s: float) -> int:
         return 1
     url = f"http://127.0.0.1:{port}"
     emulator = GcsEmulator(url=url, bucket=buckets[0], env=gcs_emulator_env(url))
-    try:
-        for bucket in buckets:
+    for bucket in buckets:
+        try:
             emulator.create_bucket(bucket)
-    except OSError:  # urllib's HTTPError included
-        _stop(process)
-        raise
+        except OSError as error:  # urllib's HTTPError included
+            _stop(process)
+            detail = error.read().decode(errors="replace") if hasattr(error, "read") else ""
+            print(f"gcs_emulator: cannot create bucket {bucket!r}: {error} {detail}".rstrip(), file=sys.stderr)
+            return 1
     pid_file.write_text(str(process.pid))
     print(f"fake-gcs-server serves {url} (pid {process.pid}), bucket(s): {', '.join(buckets)}")
     print(f"use it with: export HARNESS_GCS_EMULATOR={url}")
