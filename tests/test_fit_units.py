@@ -1,0 +1,226 @@
+"""harness-fit's parts that need no compiler: the product table, the batch search, the
+collective census, the step-time bound, and the report writers.
+
+    .venv/bin/python -m pytest -q tests/test_fit_units.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.errors import UsageError
+from harness.fit.census import collective_census
+from harness.fit.compile import ArgumentBytes, CompileOutcome, OutOfMemory
+from harness.fit.report import FitReport, MemoryByKind, write_json
+from harness.fit.roofline import step_time_bound
+from harness.fit.search import largest_batch
+from harness.fit.topology import CHIPS, products, resolve
+from harness.fit.units import GIB
+
+# Topology table.
+
+
+@pytest.mark.parametrize("name, product, topology, chip_config, devices, hosts", [
+    ("v4-8", "v4-8", "v4:2x2x1", "megacore", 4, 1),
+    ("v4-32", "v4-32", "v4:2x2x4", "megacore", 16, 4),
+    ("v4:2x2x4", "v4-32", "v4:2x2x4", "megacore", 16, 4),
+    ("v5litepod-16", "v5litepod-16", "v5e:4x4", "default", 16, 4),
+    ("v5e-16", "v5litepod-16", "v5e:4x4", "default", 16, 4),
+    ("v5litepod-8", "v5litepod-8", "v5e:2x4", "default", 8, 1),
+    ("v5litepod-256", "v5litepod-256", "v5e:16x16", "default", 256, 64),
+    ("v6e-256", "v6e-256", "v6e:16x16", "default", 256, 64),
+    ("v5p-8", "v5p-8", "v5p:2x2x1", "megacore", 4, 1),
+])
+def test_products_and_topologies_resolve_to_the_same_target(name, product, topology, chip_config, devices, hosts):
+    target = resolve(name)
+
+    assert (target.product, target.topology, target.chip_config) == (product, topology, chip_config)
+    assert (target.num_devices, target.hosts_per_slice) == (devices, hosts)
+
+
+def test_slices_and_per_core_devices_multiply_the_device_count():
+    assert resolve("v5litepod-256", num_slices=2).num_devices == 512
+    assert resolve("v4-8", "default").num_devices == 8
+    assert resolve("v4-8", "default").chip.hbm_bytes == int(15.25 * GIB)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("v6e:32x32", "unknown TPU product or topology 'v6e:32x32'"),   # libtpu would accept it
+    ("v5litepod-12", "unknown TPU product or topology 'v5litepod-12'"),
+    ("v7-8", "unknown TPU product or topology 'v7-8'"),
+    ("", "no TPU target: pass --topology"),
+])
+def test_unknown_targets_are_usage_errors(name, message):
+    with pytest.raises(UsageError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        resolve(name)
+
+
+def test_chip_configs_are_checked_against_the_family():
+    with pytest.raises(UsageError, match="chip config 'megacore' is not available on v6e"):
+        resolve("v6e-8", "megacore")
+
+
+def test_every_product_names_its_chip_count():
+    for name, (family, shape) in products().items():
+        target = resolve(name)
+        per_chip = 2 if family in ("v4", "v5p") else 1
+        assert int(name.split("-")[1]) == target.chips * per_chip, name
+        assert target.chip in CHIPS.values()
+
+
+# Largest-batch search against a fake compiler: memory = base + per_sample * batch.
+
+def _fake_compiler(base: int, per_sample: int, hbm: int, calls: list[int]):
+    def compile_at(batch: int) -> CompileOutcome:
+        calls.append(batch)
+        used = base + per_sample * batch
+        if used <= hbm:
+            return CompileOutcome(batch, 0.0, memory={"peak_memory": used})
+        return CompileOutcome(batch, 0.0, oom=OutOfMemory("RESOURCE_EXHAUSTED", used, hbm))
+    return compile_at
+
+
+@pytest.mark.parametrize("start", [8, 64, 4096])
+def test_search_proves_the_largest_batch_with_its_neighbour(start):
+    calls: list[int] = []
+    compile_at = _fake_compiler(base=1000, per_sample=7, hbm=10_000, calls=calls)
+
+    result = largest_batch(compile_at, compile_at(start), step=8, hbm_bytes=10_000, max_compiles=10)
+
+    assert (result.largest, result.smallest_failing, result.proven) == (1280, 1288, True)  # 1000 + 7 * 1280 <= 10000
+    assert {1280, 1288} <= {p.batch_size for p in result.probes}
+    assert len(calls) <= 5  # a line fits this memory exactly: few probes
+
+
+def test_search_reports_that_nothing_fits():
+    compile_at = _fake_compiler(base=20_000, per_sample=7, hbm=10_000, calls=[])
+
+    result = largest_batch(compile_at, compile_at(64), step=8, hbm_bytes=10_000, max_compiles=10)
+
+    assert (result.largest, result.smallest_failing, result.proven) == (None, 8, True)
+
+
+def test_search_stops_unproven_at_its_compile_budget():
+    compile_at = _fake_compiler(base=1000, per_sample=7, hbm=10_000, calls=[])
+
+    result = largest_batch(compile_at, compile_at(8), step=8, hbm_bytes=10_000, max_compiles=1)
+
+    assert not result.proven and len(result.probes) == 2
+
+
+# Collective census on a hand-written HLO module: a scan-like loop of 5 trips.
+
+HLO = """HloModule step, is_scheduled=true
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %sum = f32[] add(%a, %b)
+}
+
+%cond (p: (s32[], f32[8])) -> pred[] {
+  %p = (s32[], f32[8]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[]{:T(128)} constant(5)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %p = (s32[], f32[8]{0}) parameter(0)
+  %x = f32[8]{0} get-tuple-element(%p), index=1
+  %ag = (f32[2]{0}, f32[8]{0}) all-gather-start(%x), replica_groups={{0,1,2,3}}, dimensions={0}
+  %agd = f32[8]{0} all-gather-done(%ag)
+  %ar = f32[8]{0:T(128)} all-reduce(%agd), replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %t = (s32[], f32[8]{0}) tuple(%i2, %ar)
+}
+
+ENTRY %main (x: f32[8]) -> f32[8] {
+  %x = f32[8]{0} parameter(0)
+  %zero = s32[] constant(0)
+  %start = s32[]{:T(128)} copy(%zero)
+  %init = (s32[], f32[8]{0}) tuple(%start, %x)
+  %loop = (s32[], f32[8]{0}) while(%init), condition=%cond, body=%body
+  %y = f32[8]{0} get-tuple-element(%loop), index=1
+  %cp = (f32[8]{0}, f32[8]{0}, u32[], u32[]) collective-permute-start(%y), source_target_pairs={{0,1},{1,0}}
+  ROOT %cpd = f32[8]{0} collective-permute-done(%cp)
+}
+"""
+
+
+def test_census_counts_ops_by_kind_and_multiplies_loop_bodies_by_their_trips():
+    census = collective_census(HLO)
+
+    assert set(census) == {"all-gather", "all-reduce", "collective-permute"}
+    gather, reduce, permute = census["all-gather"], census["all-reduce"], census["collective-permute"]
+    assert (gather.ops, gather.in_loops, gather.runs_per_step, gather.bytes_per_step) == (1, 1, 5, 5 * 32)
+    assert (reduce.ops, reduce.in_loops, reduce.runs_per_step, reduce.bytes_per_step) == (1, 1, 5, 5 * 32)
+    assert (permute.ops, permute.in_loops, permute.runs_per_step, permute.bytes_per_step) == (1, 0, 1, 32)
+
+
+def test_census_does_not_guess_an_unreadable_trip_count():
+    census = collective_census(HLO.replace("constant(5)", "parameter(1)"))
+
+    assert census["all-gather"].runs_per_step is None and census["all-gather"].ops == 1
+    assert census["collective-permute"].runs_per_step == 1
+
+
+# Step-time bound.
+
+def test_step_time_bound_names_the_limit():
+    chip = CHIPS[("v5e", "default")]
+    arguments = ArgumentBytes(params=1 * GIB, optimizer=2 * GIB, batch=0, other=0)
+
+    compute = step_time_bound(analytic_flops=197e12 * 16, compiler_flops_per_device=None, num_devices=16,
+                              arguments=arguments, chip=chip)
+    memory = step_time_bound(analytic_flops=1e9, compiler_flops_per_device=None, num_devices=16,
+                             arguments=arguments, chip=chip)
+
+    assert compute.compute_s == pytest.approx(1.0) and compute.limited_by.startswith("compute")
+    assert memory.memory_s == pytest.approx(6 * GIB / 819e9) and memory.limited_by == "HBM bandwidth"
+    fallback = step_time_bound(analytic_flops=None, compiler_flops_per_device=5e12, num_devices=16,
+                               arguments=arguments, chip=chip)
+    assert fallback.flops_per_device == 5e12 and fallback.flops_source.startswith("compiler")
+
+
+# Writers.
+
+def _report(fits: bool) -> FitReport:
+    arguments = ArgumentBytes(params=GIB, optimizer=2 * GIB, batch=GIB // 8, other=12)
+    memory = MemoryByKind(arguments=arguments, compiler_arguments=arguments.total + 4096 if fits else None,
+                          temporaries=5 * GIB if fits else None, outputs_not_aliased=0 if fits else None,
+                          generated_code=1 << 20 if fits else None, peak=7 * GIB if fits else None,
+                          hbm=int(15.75 * GIB))
+    oom = None if fits else OutOfMemory("RESOURCE_EXHAUSTED: ... (20.00G) exceeds available HBM (15.75G).",
+                                        20 * GIB, int(15.75 * GIB))
+    return FitReport(target=resolve("v5litepod-16"), model={"name": "transformer", "size": "1b", "parameters": 1e9,
+                                                            "param_dtype": "float32", "compute_dtype": "bfloat16",
+                                                            "remat": "full", "analytic_flops": True},
+                     mesh={"data": 1, "fsdp": 16}, batch_size=256, fits=fits, memory=memory, oom=oom,
+                     compile_seconds=1.0, census={}, bound=None, compiler_cost=None, search=None)
+
+
+@pytest.mark.parametrize("fits, verdict, headroom", [(True, "FITS", 100 * (15.75 - 7) / 15.75),
+                                                     (False, "DOES NOT FIT", 100 * (15.75 - 20) / 15.75)])
+def test_fit_json_holds_the_verdict_and_memory_by_kind(tmp_path, fits, verdict, headroom):
+    write_json(_report(fits), tmp_path / "fit.json")
+
+    saved = json.loads((tmp_path / "fit.json").read_text())
+    assert saved["verdict"] == verdict and saved["headroom_percent"] == pytest.approx(headroom)
+    assert saved["memory_per_device_bytes"]["parameters"] == GIB
+    assert saved["memory_per_device_bytes"]["hbm"] == int(15.75 * GIB)
+    assert (saved["out_of_memory"] is None) == fits
+
+
+@pytest.mark.parametrize("fits", [True, False])
+def test_chart_and_console_render_both_verdicts(tmp_path, fits):
+    from harness.fit.chart import write_chart
+    from harness.fit.console import render
+
+    write_chart(_report(fits), tmp_path / "fit_memory.png")
+    text = render(_report(fits), ["fit.json"])
+
+    assert (tmp_path / "fit_memory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert ("Verdict: FITS" if fits else "Verdict: DOES NOT FIT") in text
+    assert ("peak (compiler)" if fits else "required (compiler)") in text
