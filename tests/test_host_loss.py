@@ -25,7 +25,7 @@ import pytest
 
 from harness.runtime import distributed, watchdog
 from harness.runtime.watchdog import (
-    DONE, EXIT_HOST_LOST, KEY_PREFIX, REACTION_MARGIN_S, SILENCE_FRACTION, HostWatchdog, jax_heartbeat_timeout,
+    DONE, EXIT_HOST_LOST, FAILED, KEY_PREFIX, REACTION_MARGIN_S, SILENCE_FRACTION, HostWatchdog, jax_heartbeat_timeout,
     lost_hosts_line,
 )
 from launch.supervisor import parse_lost_hosts_line
@@ -119,6 +119,23 @@ def test_a_host_that_is_done_is_never_named_and_stop_says_done():
     dog.stop()
     assert verdict.codes == []
     assert store.values[f"{KEY_PREFIX}0"] == DONE
+
+
+def test_a_host_that_stops_on_an_error_stops_the_others_at_once(capsys):
+    store, verdict = FakeStore(), Verdict()
+    failing = _watchdog(store, Verdict(), host=1).start()
+    watching = _watchdog(store, verdict, host=0).start()
+    try:
+        failing.stop(FAILED + "ValueError: PERMISSION_DENIED writing step 4")
+        # Named well before a silent host would be (silence_s), since it said why it left.
+        assert verdict.given.wait(VERDICT_WAIT_S), "the watchdog never named the failed host"
+    finally:
+        watching.stop()
+    assert verdict.codes == [EXIT_HOST_LOST]
+    assert capsys.readouterr().err.splitlines() == [
+        "harness-train: error: host 0: host 1 stopped on an error "
+        "(ValueError: PERMISSION_DENIED writing step 4); exiting"
+    ]
 
 
 def test_parse_lost_hosts_line_takes_only_the_watchdogs_line():

@@ -55,6 +55,7 @@ EXIT_HOST_LOST = 3
 KEY_PREFIX = "podharness/alive/"
 BEAT_S = 1.0
 DONE = "done"
+FAILED = "failed: "  # + why: a host that stops on an error says so, and the others stop at once
 COORDINATOR = 0
 SILENCE_FRACTION = 0.6  # of --heartbeat_timeout: how long a host may be silent before it is named
 REACTION_MARGIN_S = 5.0  # between the watchdog's threshold and JAX's earliest abort
@@ -113,6 +114,7 @@ class HostWatchdog:
         self._answered_at = time.monotonic()  # when the coordinator last answered
         self._error = ""  # why the latest call failed, if it did
         self._threads: list[threading.Thread] = []
+        self._outcome = DONE
 
     def start(self) -> "HostWatchdog":
         if self._hosts > 1:
@@ -133,11 +135,14 @@ class HostWatchdog:
         if self._threads:
             self._stop.wait(self.silence_s + 3 * self._beat_s)
 
-    def stop(self) -> None:
-        """Stops watching and tells the others this host is done (not lost).
+    def stop(self, outcome: str = DONE) -> None:
+        """Stops watching and tells the others how this host ended: `DONE`, or
+        `FAILED + why`, which makes every other host stop at once instead of waiting in
+        its next collective for a host that will never come.
 
         Bounded: a coordinator that no longer answers costs at most two beats here.
         """
+        self._outcome = outcome[:300]
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=2 * self._beat_s)
@@ -159,7 +164,7 @@ class HostWatchdog:
                     self._seen, self._answered_at, self._error = seen, time.monotonic(), ""
             self._stop.wait(self._beat_s)
         try:
-            self._client.key_value_set(key, DONE, allow_overwrite=True)
+            self._client.key_value_set(key, self._outcome, allow_overwrite=True)
         except Exception:
             pass  # the coordinator is gone; nobody is left to tell
 
@@ -181,11 +186,24 @@ class HostWatchdog:
                 if value is not None and value != last_value.get(host):
                     last_value[host] = value
                     last_change[host] = answered_at
+            failed = [host for host in range(self._hosts)
+                      if host != self._host and last_value.get(host, "").startswith(FAILED)]
+            if failed:
+                self._report_failed(failed[0], last_value[failed[0]][len(FAILED):])
+                return
             silent = [host for host in range(self._hosts) if host != self._host
                       and last_value.get(host) != DONE and now - last_change[host] > self.silence_s]
             if silent:
                 self._report(silent, f"no heartbeat for {self.silence_s:g} s")
                 return
+
+    def _report_failed(self, host: int, why: str) -> None:
+        if self._stop.is_set():
+            return
+        print(f"harness-train: error: host {self._host}: host {host} stopped on an error ({why}); exiting",
+              file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        self._exit(EXIT_HOST_LOST)
 
     def _report(self, hosts: list[int], why: str) -> None:
         if self._stop.is_set():

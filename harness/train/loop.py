@@ -33,7 +33,7 @@ from harness.train.prefetch import Prefetcher
 from harness.outputs.run_outputs import RunOutputs, RunSummary
 from harness.outputs.sinks import SCALAR_METRICS, Console, itstime
 from harness.train.step import TrainState, abstract_state, init_state, make_train_step
-from harness.runtime.watchdog import SILENCE_FRACTION, HostWatchdog
+from harness.runtime.watchdog import DONE, FAILED, SILENCE_FRACTION, HostWatchdog
 
 BANNER_RULE = "=" * 80
 NONFINITE_WATCHED = ("loss", "grad_norm", "param_norm")
@@ -198,6 +198,21 @@ class Trainer:
         )
 
     def run(self) -> RunSummary:
+        """The whole run, watched by the host watchdog from the first collective (the
+        restore) to the last (the final save); a host that fails tells the others."""
+        watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * self.config.heartbeat_timeout).start()
+        outcome = FAILED + "the run ended early"
+        try:
+            summary = self._run(watchdog)
+            outcome = DONE
+            return summary
+        except BaseException as err:
+            outcome = FAILED + _first_line(err)
+            raise
+        finally:
+            watchdog.stop(outcome)
+
+    def _run(self, watchdog: HostWatchdog) -> RunSummary:
         config = self.config
         started = time.perf_counter()
         print_banner(self.console, config, self.mesh)
@@ -206,7 +221,6 @@ class Trainer:
         if self.reporter is not None:
             self.reporter.sinks.append(outputs.hard_examples_logged)
         watch = PreemptionWatch()
-        watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * config.heartbeat_timeout).start()
         try:
             state, end_step, last, preempted = self._loop(state, start_step, outputs, watch)
         except jax.errors.JaxRuntimeError as err:
@@ -217,7 +231,6 @@ class Trainer:
                                 f"still answers: {_first_line(err)}") from err
         finally:
             watch.close()
-            watchdog.stop()
         if end_step > start_step and end_step not in self.store.saved_steps:
             self.store.save(end_step, state, self._checkpoint_meta(end_step))
         self.store.close()
