@@ -56,6 +56,7 @@ KEY_PREFIX = "podharness/alive/"
 BEAT_S = 1.0
 DONE = "done"
 FAILED = "failed: "  # + why: a host that stops on an error says so, and the others stop at once
+FAILED_GRACE_S = 3.0  # how long a host waits to meet the same error itself before naming the failed one
 COORDINATOR = 0
 SILENCE_FRACTION = 0.6  # of --heartbeat_timeout: how long a host may be silent before it is named
 REACTION_MARGIN_S = 5.0  # between the watchdog's threshold and JAX's earliest abort
@@ -198,7 +199,9 @@ class HostWatchdog:
                 return
 
     def _report_failed(self, host: int, why: str) -> None:
-        if self._stop.is_set():
+        # An error every host meets at the same step (a non-finite loss, an agreed check)
+        # stops this host too, with its own message: give it a moment to get there.
+        if self._stop.wait(FAILED_GRACE_S):
             return
         print(f"harness-train: error: host {self._host}: host {host} stopped on an error ({why}); exiting",
               file=sys.stderr, flush=True)
