@@ -129,6 +129,9 @@ HLO = """HloModule step, is_scheduled=true
 
 %body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
   %p = (s32[], f32[8]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %one = s32[] constant(1)
+  %i2 = s32[] add(%i, %one)
   %x = f32[8]{0} get-tuple-element(%p), index=1
   %ag = (f32[2]{0}, f32[8]{0}) all-gather-start(%x), replica_groups={{0,1,2,3}}, dimensions={0}
   %agd = f32[8]{0} all-gather-done(%ag)
@@ -159,8 +162,11 @@ def test_census_counts_ops_by_kind_and_multiplies_loop_bodies_by_their_trips():
     assert (permute.ops, permute.in_loops, permute.runs_per_step, permute.bytes_per_step) == (1, 0, 1, 32)
 
 
-def test_census_does_not_guess_an_unreadable_trip_count():
-    census = collective_census(HLO.replace("constant(5)", "parameter(1)"))
+@pytest.mark.parametrize("unreadable", [("constant(5)", "parameter(1)"),   # limit not a constant
+                                        ("constant(1)", "parameter(2)"),   # step not a constant
+                                        ("copy(%zero)", "negate(%zero)")])  # start not a constant
+def test_census_does_not_guess_an_unreadable_trip_count(unreadable):
+    census = collective_census(HLO.replace(*unreadable))
 
     assert census["all-gather"].runs_per_step is None and census["all-gather"].ops == 1
     assert census["collective-permute"].runs_per_step == 1
@@ -198,7 +204,7 @@ def _report(fits: bool) -> FitReport:
                                                             "param_dtype": "float32", "compute_dtype": "bfloat16",
                                                             "remat": "full", "analytic_flops": True},
                      mesh={"data": 1, "fsdp": 16}, batch_size=256, fits=fits, memory=memory, oom=oom,
-                     compile_seconds=1.0, census={}, bound=None, compiler_cost=None, search=None)
+                     compile_seconds=1.0, program_fingerprint=None, census={}, bound=None, compiler_cost=None, search=None)
 
 
 @pytest.mark.parametrize("fits, verdict, headroom", [(True, "FITS", 100 * (15.75 - 7) / 15.75),

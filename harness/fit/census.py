@@ -3,7 +3,7 @@
 It claims only what the HLO shows. An op inside a loop body (the scan over layers) is
 one op in the text but runs once per iteration: it is counted under `in_loops`, and its
 runs per step are given only when the loop's trip count can be read off the HLO (a
-`counter < constant` condition with the counter starting at a constant). The TPU
+`counter < constant` condition, a counter that starts at a constant and grows by one). The TPU
 compiler chooses how to express communication (a reduce-scatter may appear as an
 all-reduce plus a slice, or as a loop of collective-permutes), so a kind says how the
 program communicates, not what the model asked for. Bytes are each op's result size
@@ -115,25 +115,60 @@ def _constant(name: str, by_name: dict[str, Instruction]) -> int | None:
     return None
 
 
+def _operands(instruction: Instruction) -> list[str]:
+    return re.findall(r"%([\w.\-]+)", instruction.rest.partition(")")[0])
+
+
 def _trip_count(loop: Instruction, computations: dict[str, list[Instruction]],
                 by_name: dict[str, Instruction]) -> int | None:
-    """N for a `while` whose condition is `counter < limit` with a constant limit and a
-    counter that starts at a constant (lax.scan's form); None when the HLO does not say."""
+    """Iterations of a `while` whose condition is `counter < limit` and whose body adds a
+    constant to the counter, the counter starting at a constant (lax.scan's loops, and
+    the compiler's windowed-matmul loops); None when the HLO does not say all of that."""
     condition = re.search(r"condition=%([\w.\-]+)", loop.rest)
-    operand = re.match(r"while\(%([\w.\-]+)\)", loop.rest)
-    if not (condition and operand) or not computations.get(condition.group(1)):
+    body = re.search(r"body=%([\w.\-]+)", loop.rest)
+    operands = _operands(loop)
+    if not (condition and body and operands) or not computations.get(condition.group(1)):
         return None
     root = computations[condition.group(1)][-1]
-    compared = re.match(r"compare\(%([\w.\-]+), %([\w.\-]+)\)", root.rest)
-    if root.opcode != "compare" or "direction=LT" not in root.rest or not compared:
+    compared = _operands(root)
+    if root.opcode != "compare" or "direction=LT" not in root.rest or len(compared) != 2:
         return None
-    limit = _constant(compared.group(2), by_name)
-    init = by_name.get(operand.group(1))
-    first = re.match(r"tuple\(%([\w.\-]+)", init.rest) if init is not None and init.opcode == "tuple" else None
-    start = _constant(first.group(1), by_name) if first else None
-    if limit is None or start is None:
+    counter, limit = by_name.get(compared[0]), _constant(compared[1], by_name)
+    index = re.search(r"index=(\d+)", counter.rest) if counter and counter.opcode == "get-tuple-element" else None
+    init = by_name.get(operands[0])
+    if index is None or limit is None or init is None or init.opcode != "tuple":
         return None
-    return max(0, limit - start)
+    k = int(index.group(1))
+    starts = _operands(init)
+    start = _constant(starts[k], by_name) if k < len(starts) else None
+    increment = _increment(computations.get(body.group(1), []), k, by_name)
+    if start is None or not increment:
+        return None
+    return max(0, -(-(limit - start) // increment))
+
+
+def _increment(body: list[Instruction], k: int, by_name: dict[str, Instruction]) -> int | None:
+    """c when the body's result k is `add(its parameter's element k, constant c)`."""
+    if not body or body[-1].opcode != "tuple":
+        return None
+    results = _operands(body[-1])
+    step = by_name.get(results[k]) if k < len(results) else None
+    if step is None or step.opcode != "add":
+        return None
+    for operand, other in (_operands(step), reversed(_operands(step))):
+        source = _through_copies(operand, by_name)
+        if source is not None and source.opcode == "get-tuple-element" and f"index={k}" in source.rest:
+            return _constant(other, by_name)
+    return None
+
+
+def _through_copies(name: str, by_name: dict[str, Instruction]) -> Instruction | None:
+    instruction = by_name.get(name)
+    for _ in range(8):
+        if instruction is None or instruction.opcode not in ("copy", "bitcast"):
+            return instruction
+        instruction = by_name.get(_operands(instruction)[0])
+    return None
 
 
 def _runs_per_computation(computations: dict[str, list[Instruction]], entry: str,

@@ -11,6 +11,7 @@ an outcome (`fits=False` with the compiler's numbers), not an exception.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
 import time
@@ -28,6 +29,8 @@ from harness.train.step import TrainState, abstract_state, make_train_step
 
 _REQUIRED = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)")
 _USED = re.compile(r"Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm")
+_METADATA = re.compile(r", metadata=\{[^}]*\}")
+_DEBUG_TABLES = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
 
 
 def abstract_batch(config: TrainConfig, mesh: Mesh) -> Batch:
@@ -44,6 +47,20 @@ def abstract_batch(config: TrainConfig, mesh: Mesh) -> Batch:
 def lower_train_step(config: TrainConfig, mesh: Mesh) -> jax.stages.Lowered:
     """The loop's jitted step, lowered for `mesh` without allocating anything."""
     return make_train_step(config, mesh).lower(abstract_state(config, mesh), abstract_batch(config, mesh))
+
+
+def program_fingerprint(hlo_text: str) -> str:
+    """sha256 of a compiled program's HLO without its debug info (source files, stack
+    frames, op metadata), which name the caller rather than the program."""
+    lines, in_table = [], False
+    for line in hlo_text.splitlines():
+        if line in _DEBUG_TABLES:
+            in_table = True
+        elif in_table and not line.strip():
+            in_table = False
+        elif not in_table:
+            lines.append(_METADATA.sub("", line))
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def shard_bytes(tree: Any) -> int:
@@ -92,6 +109,7 @@ class CompileOutcome:
     memory: dict[str, int] | None = None        # memory_analysis(), per device
     cost: dict[str, float] | None = None        # cost_analysis(), per device
     oom: OutOfMemory | None = None
+    fingerprint: str | None = None              # program_fingerprint of the compiled HLO
     hlo_text: str | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -138,5 +156,7 @@ def compile_train_step(config: TrainConfig, mesh: Mesh, *, keep_hlo: bool = Fals
         if oom is None:
             raise
         return CompileOutcome(config.batch_size, time.perf_counter() - started, oom=oom)
+    hlo_text = compiled.as_text()
     return CompileOutcome(config.batch_size, time.perf_counter() - started, memory=_memory(compiled),
-                          cost=_cost(compiled), hlo_text=compiled.as_text() if keep_hlo else None)
+                          cost=_cost(compiled), fingerprint=program_fingerprint(hlo_text),
+                          hlo_text=hlo_text if keep_hlo else None)

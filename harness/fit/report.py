@@ -51,6 +51,7 @@ class FitReport:
     memory: MemoryByKind
     oom: OutOfMemory | None
     compile_seconds: float
+    program_fingerprint: str | None  # of the compiled step (harness.fit.compile.program_fingerprint)
     census: dict[str, KindCount] | None
     bound: StepTimeBound | None
     compiler_cost: dict[str, float] | None
@@ -99,6 +100,7 @@ class FitReport:
             },
             "collectives": None if self.census is None else {k: dataclasses.asdict(v) for k, v in self.census.items()},
             "compiler_bytes_accessed_per_device": (self.compiler_cost or {}).get("bytes accessed"),
+            "program_fingerprint": self.program_fingerprint,
             "compile_seconds": self.compile_seconds,
             "wall_seconds": self.wall_seconds,
         }

@@ -82,7 +82,7 @@ def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 8) 
     return FitReport(
         target=target, model=describe_model(config, model, state.params), mesh=dict(mesh.shape),
         batch_size=config.batch_size, fits=outcome.fits, memory=memory, oom=outcome.oom,
-        compile_seconds=outcome.seconds,
+        compile_seconds=outcome.seconds, program_fingerprint=outcome.fingerprint,
         census=collective_census(outcome.hlo_text) if outcome.hlo_text else None,
         bound=bound, compiler_cost=outcome.cost, search=result,
         wall_seconds=time.perf_counter() - started,
