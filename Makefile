@@ -4,13 +4,14 @@
 #   make pod     2 simulated hosts x 4 fake devices on 127.0.0.1
 #   make bench   benchmarks (ratios measured side by side)
 #   make soak    long kill/resume soak tests
+#   make fit     will a 1B transformer fit on a TPU v5e-16? (compiles for TPU on this CPU; no TPU needed)
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: train test pod bench soak
+.PHONY: train test pod bench soak fit
 
 $(INSTALLED): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,3 +35,7 @@ bench: $(INSTALLED)
 
 soak: $(INSTALLED)
 	$(BIN)/python -m pytest -q -m soak
+
+fit: $(INSTALLED)
+	$(BIN)/harness-fit --config v5litepod-16 --model transformer --model_size 1b --compute_dtype bfloat16 \
+		--remat full --fsdp_devices 16 --run_dir /tmp/podharness_fit/v5litepod-16-1b

@@ -1,0 +1,94 @@
+"""`harness-fit` as users run it: bad input is one line and exit 2, a fit is exit 0 with
+fit.json and a chart, running out of memory is exit 1 with the compiler's numbers and
+never a traceback.
+
+    .venv/bin/python -m pytest -q tests/test_fit_cli.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness.fit import cli
+from tests.support.runs import REPO_ROOT, failure_report, harness_env
+
+SMALL = ["--model", "transformer", "--model_size", "tiny", "--image_size", "32", "--seq_len", "64"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--topology", "v7-8"], "unknown TPU product or topology 'v7-8'"),
+    (["--topology", "v6e:32x32"], "unknown TPU product or topology 'v6e:32x32'"),
+    ([], "no TPU target: pass --topology"),
+    (["--config", "v4-8", "--chip_config", "megacore_plus"], "chip config 'megacore_plus' is not available on v4"),
+    (["--config", "v4-8", "--batch_size", "30"], "--batch_size=30 is not divisible by the 4 devices of v4-8"),
+    (["--config", "v5litepod-256", "--num_slices", "2", "--batch_size", "256"],
+     "--batch_size=256 is not divisible by the 512 devices of v5litepod-256 x 2 slices"),
+    (["--config", "v4-8", "--fsdp_devices", "3"], "--fsdp_devices=3 does not divide the 4 devices of a v4-8 slice"),
+    (["--config", "v4-8", "--model", "transformer", "--model_size", "70b"], "unknown --model_size '70b'"),
+    (["--config", "v4-8", "--model", "my_pkg.nowhere:make_model"],
+     "--model my_pkg.nowhere:make_model: cannot import my_pkg.nowhere (ModuleNotFoundError"),
+    (["--config", "v4-8", "--max_compiles", "-1"], "--max_compiles must be >= 0"),
+    (["--config", "v4-8", "--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+    (["--config", "nope"], "unknown preset 'nope'"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
+    code = cli.main(argv)
+
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith(f"harness-fit: error: {message}"), err
+    assert err.count("\n") == 1
+
+
+def test_missing_libtpu_is_one_line_and_exit_2(capsys, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real(name, *a))
+
+    code = cli.main(["--config", "v4-8", *SMALL])
+
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert err == ("harness-fit: error: libtpu is not installed: harness-fit compiles for TPU with it "
+                   "(pip install -e '.[tpu]', or `make fit`, which installs it)\n")
+
+
+def _fit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "harness.fit", *args], cwd=REPO_ROOT, env=harness_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_fit_exits_0_with_a_table_fit_json_and_a_chart(tmp_path):
+    result = _fit("--config", "v5litepod-16", *SMALL, "--no_search", "--run_dir", str(tmp_path))
+
+    assert result.returncode == 0, failure_report(result)
+    assert "Traceback" not in result.stderr
+    for line in ("Verdict: FITS", "peak (compiler)", "of 15.75 GiB HBM", "Collectives (compiled HLO)",
+                 "limited by", "on v5litepod-16 (v5e:4x4, default; 16 chips, 4 host(s))"):
+        assert line in result.stdout, line
+    saved = json.loads((tmp_path / "fit.json").read_text())
+    assert saved["verdict"] == "FITS" and saved["target"]["devices"] == 16
+    assert saved["mesh"] == {"data": 4, "fsdp": 4} and saved["collectives"]["all-gather"]["ops"] > 0
+    assert saved["flops"]["source"] == "analytic" and saved["program_fingerprint"]
+    assert (tmp_path / "fit_memory.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_out_of_memory_exits_1_with_the_compilers_numbers_and_no_traceback(tmp_path):
+    """8b on v4-8 does not fit at any batch: the search halves down to one sample per
+    chip, each refusal in seconds."""
+    result = _fit("--config", "v4-8", *SMALL, "--model_size", "8b", "--batch_size", "16", "--run_dir", str(tmp_path))
+
+    assert result.returncode == 1, failure_report(result)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert "Verdict: DOES NOT FIT" in result.stdout
+    assert "compiler: RESOURCE_EXHAUSTED: Ran out of memory on HBM" in result.stdout
+    assert "exceeds available HBM (30.75G)" in result.stdout
+    assert "Largest global batch: none fits (batch 4 does not compile into HBM)" in result.stdout
+    saved = json.loads((tmp_path / "fit.json").read_text())
+    assert saved["verdict"] == "DOES NOT FIT" and saved["headroom_percent"] < 0
+    assert saved["out_of_memory"]["available_bytes"] == saved["memory_per_device_bytes"]["hbm"]
+    assert [p["batch_size"] for p in saved["largest_batch"]["probes"]] == [16, 8, 4]
