@@ -1,4 +1,12 @@
-"""Errors that end a run with a clear one-line message instead of a traceback."""
+"""Errors that end a run with a clear one-line message instead of a traceback.
+
+The exit codes are a restart contract (README "When things go wrong"): a scheduler may
+restart on `EXIT_RESTARTABLE`, and must not on 1 or 2, which would fail the same way again.
+xpk's JobSets restart on 42 and on 127-255 (signals), and launch/gke generates that policy.
+"""
+
+# A lost host, a preemption, or a stop that found the pod broken: resume from the last checkpoint.
+EXIT_RESTARTABLE = 42
 
 
 class UsageError(Exception):
@@ -11,10 +19,10 @@ class UsageError(Exception):
 
 
 class HostLostError(Exception):
-    """Another host died or stopped answering. The CLI prints this and exits 3 at once
-    (`os._exit`), since JAX's shutdown would otherwise wait for the dead peer."""
+    """Another host died or stopped answering. The CLI prints this and exits 42 (restartable)
+    at once (`os._exit`), since JAX's shutdown would otherwise wait for the dead peer."""
 
-    exit_code = 3
+    exit_code = EXIT_RESTARTABLE
 
 
 class NonFiniteStateError(Exception):

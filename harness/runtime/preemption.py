@@ -1,20 +1,32 @@
 """Stopping together on preemption (SIGTERM); lost hosts are harness/runtime/watchdog.py's job.
 
-Preemption: a TPU maintenance event or a spot reclaim sends SIGTERM to some hosts,
-not necessarily all, and not at the same instant. With `jax.distributed` running, JAX's
-preemption sync manager catches SIGTERM and `reached_preemption_sync_point(step)` turns
-True on every host at the same step, so all hosts save the same checkpoint. In a single
-process a plain signal handler does the same job.
+Preemption: a TPU maintenance event, a spot reclaim, a GKE eviction or the pod launcher's
+stop sends SIGTERM to some hosts, not necessarily all, and not at the same instant. With
+`jax.distributed` running, JAX's preemption sync manager hears SIGTERM and
+`reached_preemption_sync_point(step)` turns True on every host at the same step, so all
+hosts save the same checkpoint (then exit 42, restartable: harness/errors.py). In a
+single process a flag does the same job.
+
+SIGTERM is heard on a thread (harness/runtime/sigterm.py), which passes it on to JAX, so
+a host blocked in a collective whose peer is gone still acts on it: after a few seconds
+without a finished step, harness/runtime/stop_deadline.py checks the peers and, if one is
+gone, exits 42 instead of waiting for the watchdog's threshold or the launcher's SIGKILL.
 """
 
 from __future__ import annotations
 
-import signal
 import threading
-import types
 
 import jax
 from jax.experimental import multihost_utils
+
+from harness.runtime.sigterm import SigtermListener
+from harness.runtime.stop_deadline import StopDeadline
+from harness.runtime.watchdog import KEY_PREFIX, coordination_client
+
+
+def _read_beats() -> dict[str, str]:
+    return dict(coordination_client().key_value_dir_get(KEY_PREFIX))
 
 
 class PreemptionWatch:
@@ -23,19 +35,24 @@ class PreemptionWatch:
     def __init__(self) -> None:
         self._distributed = jax.process_count() > 1
         self._signalled = threading.Event()
-        self._previous = None
-        if not self._distributed:
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._deadline = StopDeadline(jax.process_index(), jax.process_count(),
+                                      _read_beats if self._distributed else None)
+        self._listener = SigtermListener(self._on_sigterm).start()
 
-    def _on_sigterm(self, signum: int, frame: types.FrameType | None) -> None:
+    def _on_sigterm(self) -> None:
         self._signalled.set()
+        self._deadline.stop_requested()
 
     def should_stop(self, step: int) -> bool:
+        self._deadline.step_finished()
         if self._distributed:
             return bool(multihost_utils.reached_preemption_sync_point(step))
         return self._signalled.is_set()
 
     def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        """The loop has ended. Without a stop request SIGTERM goes back to its previous
+        handler; after one, the deadline keeps watching until the process exits."""
+        self._deadline.loop_ended()
+        if self._listener is not None and not self._signalled.is_set():
+            self._listener.close()
+            self._listener = None

@@ -7,7 +7,7 @@ beside the loop: every `BEAT_S` each host bumps a counter in the coordination se
 key-value store, and watches everyone's counters with its own monotonic clock (so clock
 skew between hosts doesn't matter). A host whose counter has not moved for `silence_s`
 (`SILENCE_FRACTION` of `--heartbeat_timeout`) is named in one line on stderr, and the
-process exits with `EXIT_HOST_LOST` (3):
+process exits with `EXIT_HOST_LOST` (42, restartable: harness/errors.py):
 
     harness-train: error: host R: host(s) L[, L...] stopped responding: WHY; exiting
 
@@ -51,7 +51,9 @@ from typing import Any, Callable
 
 import jax
 
-EXIT_HOST_LOST = 3
+from harness.errors import EXIT_RESTARTABLE
+
+EXIT_HOST_LOST = EXIT_RESTARTABLE
 KEY_PREFIX = "podharness/alive/"
 BEAT_S = 1.0
 DONE = "done"

@@ -5,6 +5,8 @@
 Precedence: dataclass defaults < `--config` preset < flags given on the command line.
 Bad input (unknown preset, indivisible batch, unwritable checkpoint dir, ...) prints one
 line on stderr and exits 2 before anything is written, with the same line on every host.
+Exit codes follow the restart contract in harness/errors.py: 0 done, 1 non-finite, 2 bad
+input, 42 (restart me) for a preemption that saved its checkpoint or a lost host.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import sys
 from typing import Sequence
 
 from harness.config import FIELD_TYPES, TrainConfig, apply_overrides, load_preset, validate
-from harness.errors import HostLostError, NonFiniteStateError, UsageError
+from harness.errors import EXIT_RESTARTABLE, HostLostError, NonFiniteStateError, UsageError
 
 PROG = "harness-train"
 
@@ -78,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.overwrite:
         delete_all(config.checkpoint_dir)
     try:
-        train(config)
+        summary = train(config)
     except (UsageError, NonFiniteStateError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
@@ -86,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(err.exit_code)
-    return 0
+    return EXIT_RESTARTABLE if summary.preempted else 0
 
 
 if __name__ == "__main__":
