@@ -30,7 +30,7 @@ def dataset() -> MockDataset:
 def test_restore_rebuilds_buffer_stats_and_pixels(dataset):
     original = _tracker_after(range(6), dataset)
     restored = HardExampleTracker(5, dataset.tokenizer, resize_hw=(8, 8))
-    restored.restore(original.stats(), original.candidates(), dataset.batch_at)
+    restored.restore(original.stats(), original.candidates(), dataset.records)
     assert restored.candidates() == original.candidates()
     assert restored.stats() == original.stats()
     assert restored.materialize() == original.materialize()
@@ -42,12 +42,14 @@ def test_restore_rebuilds_buffer_stats_and_pixels(dataset):
     assert restored.candidates() == original.candidates() and restored.stats() == original.stats()
 
 
-def test_restore_refuses_ids_not_in_their_step(dataset):
+def test_restore_refuses_a_reader_that_returns_other_records(dataset):
     original = _tracker_after(range(3), dataset)
-    candidates = original.candidates()
-    wrong_step = [type(c)(c.sample_id, c.loss, (c.step + 1) % 3, c.host) for c in candidates]
-    with pytest.raises(ValueError, match="not in the batch of step"):
-        HardExampleTracker(5, dataset.tokenizer).restore(original.stats(), wrong_step, dataset.batch_at)
+
+    def wrong_records(keys):
+        return dataset.records(keys + 1)
+
+    with pytest.raises(ValueError, match="is not among the records read back"):
+        HardExampleTracker(5, dataset.tokenizer).restore(original.stats(), original.candidates(), wrong_records)
 
 
 def _reporter(tracker: HardExampleTracker, tmp_path) -> HardExampleReporter:
@@ -58,7 +60,7 @@ def test_reporter_state_round_trip_single_process(dataset, tmp_path):
     original = _tracker_after(range(4), dataset)
     saved = _reporter(original, tmp_path).checkpoint_state(step=4)
     fresh = HardExampleTracker(5, dataset.tokenizer, resize_hw=(8, 8))
-    assert _reporter(fresh, tmp_path).restore_state(saved, step=4, batch_at=dataset.batch_at) is None
+    assert _reporter(fresh, tmp_path).restore_state(saved, step=4, read_records=dataset.records) is None
     assert fresh.candidates() == original.candidates() and fresh.stats() == original.stats()
 
 
@@ -75,7 +77,7 @@ def test_reporter_state_round_trip_single_process(dataset, tmp_path):
 def test_damaged_saved_state_gives_a_warning_and_an_empty_tracker(dataset, tmp_path, damage, message):
     saved = _reporter(_tracker_after(range(4), dataset), tmp_path).checkpoint_state(step=4)
     fresh = HardExampleTracker(5, dataset.tokenizer, resize_hw=(8, 8))
-    warning = _reporter(fresh, tmp_path).restore_state(damage(saved), step=4, batch_at=dataset.batch_at)
+    warning = _reporter(fresh, tmp_path).restore_state(damage(saved), step=4, read_records=dataset.records)
     assert warning is not None and message in warning and "starts empty" in warning
     assert fresh.candidates() == [] and fresh.stats().num_samples == 0
 
@@ -83,7 +85,7 @@ def test_damaged_saved_state_gives_a_warning_and_an_empty_tracker(dataset, tmp_p
 def test_state_saved_at_another_step_is_refused(dataset, tmp_path):
     saved = _reporter(_tracker_after(range(4), dataset), tmp_path).checkpoint_state(step=4)
     fresh = HardExampleTracker(5, dataset.tokenizer)
-    warning = _reporter(fresh, tmp_path).restore_state(saved, step=5, batch_at=dataset.batch_at)
+    warning = _reporter(fresh, tmp_path).restore_state(saved, step=5, read_records=dataset.records)
     assert warning is not None and "claims host 0 step 4" in warning
 
 

@@ -126,8 +126,8 @@ class HardExampleReporter:
             "payloads": [base64.b64encode(b).decode("ascii") if b else None for b in blobs],
         }
 
-    def restore_state(self, saved: Any, *, step: int, batch_at: Callable[[int], Batch]) -> str | None:
-        """Puts this host's saved interval back (pixels re-read via `batch_at`). The
+    def restore_state(self, saved: Any, *, step: int, read_records: Callable[[np.ndarray], Batch]) -> str | None:
+        """Puts this host's saved interval back (pixels read again by record key). The
         checkpoint is untrusted input: anything off leaves the tracker empty and returns
         a warning instead of failing the resume."""
         host, hosts = self.tracker.host, jax.process_count()
@@ -147,7 +147,7 @@ class HardExampleReporter:
             payload = decode_payload(base64.b64decode(encoded, validate=True), CandidatePayload, source=where)
             if payload.host != host or payload.step != step:
                 raise PayloadError(f"{where}: claims host {payload.host} step {payload.step}")
-            self.tracker.restore(payload.stats, payload.candidates, batch_at)
+            self.tracker.restore(payload.stats, payload.candidates, read_records)
         except (PayloadError, ValueError, binascii.Error) as err:
             self.tracker.reset()
             return f"{err}; the current hard-example interval starts empty"

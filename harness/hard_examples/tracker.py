@@ -201,24 +201,25 @@ class HardExampleTracker:
         self._by_id = {h.sample_id: h for h in self._held}
 
     def restore(self, stats: IntervalStats, candidates: Sequence[Candidate],
-                batch_at: Callable[[int], Batch]) -> None:
+                read_records: Callable[[np.ndarray], Batch]) -> None:
         """Rebuilds the interval a checkpoint saved: `stats` as they were, and the
-        buffer's raw rows re-read from `batch_at(step)` (batches are a pure function of
-        the step), so a resumed run logs what an uninterrupted one would."""
+        buffer's raw rows read again from the data source by record key
+        (`read_records(sample_ids)`), so a resumed run logs what an uninterrupted one
+        would."""
         if stats.host != self.host or any(c.host != self.host for c in candidates):
             raise ValueError(f"tracker state of host {stats.host} given to host {self.host}")
         if len(candidates) > self.max_hard_examples:
             raise ValueError(f"{len(candidates)} saved candidates exceed max_hard_examples={self.max_hard_examples}")
         self.reset()
         held = []
-        for step in sorted({c.step for c in candidates}):
-            batch = batch_at(step)
+        if candidates:
+            batch = read_records(np.asarray([c.sample_id for c in candidates], dtype=np.int64))
             self._check_images(batch)
             row_of = {int(sample_id): row for row, sample_id in enumerate(np.asarray(batch.sample_id))}
-            for c in (c for c in candidates if c.step == step):
+            for c in candidates:
                 if c.sample_id not in row_of:
-                    raise ValueError(f"saved sample id {c.sample_id} is not in the batch of step {step}")
-                held.append(self._copy_row(step, batch, row_of[c.sample_id], c.loss, c.sample_id))
+                    raise ValueError(f"saved sample id {c.sample_id} is not among the records read back")
+                held.append(self._copy_row(c.step, batch, row_of[c.sample_id], c.loss, c.sample_id))
         held.sort(key=lambda h: (-h.loss, h.sample_id))
         self._held, self._by_id = held, {h.sample_id: h for h in held}
         self._first_step, self._last_step = stats.first_step, stats.last_step

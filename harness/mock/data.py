@@ -1,10 +1,11 @@
-"""Mock robot data: batches shaped like real multi-camera, language-conditioned data.
+"""Mock robot data: samples shaped like real multi-camera, language-conditioned data.
 
-A batch is a pure function of `(seed, step, process_index)`: batch `s` can be rebuilt
-after a restart without replaying steps `0..s-1`, and every host draws different
-samples. Each sample has a `sample_id` unique across steps and hosts, which travels
-through the device with the batch so per-sample losses can be paired with the right
-host-local sample.
+A random-access source: every sample is a pure function of `(seed, record key)`, and
+its `sample_id` is its key. The input pipeline (harness/train/pipeline.py) decides which
+keys each host reads at each step and keeps that position as checkpointable iterator
+state; a sample can be read again by its key alone (the hard-example tracker does so
+after a resume). The `sample_id` travels through the device with the batch so
+per-sample losses can be paired with the right host-local sample.
 
 Hard samples are built into the data, as in real logs: a fraction of samples have an
 occluded, over-exposed camera view and noisy action labels, so their loss stays high
@@ -85,7 +86,7 @@ class DataSpec:
 
 
 class MockDataset:
-    """Host-local batches for one process of a (possibly multi-host) run."""
+    """The mock source, and which keys one process of a (possibly multi-host) run reads."""
 
     def __init__(self, spec: DataSpec, seed: int, process_index: int = 0, process_count: int = 1):
         if spec.global_batch_size % process_count:
@@ -103,25 +104,38 @@ class MockDataset:
         self.tokenizer = MockTokenizer(vocab_size=spec.vocab_size, max_tokens=spec.seq_len)
         self._grid_y = ((np.arange(spec.image_size, dtype=np.float32) + 0.5) / spec.image_size)[None, :, None]
 
-    def batch_at(self, step: int) -> Batch:
-        """The host-local batch of `step`; a pure function of (seed, step, process_index)."""
-        rng = np.random.default_rng([self.seed, step, self.process_index])
+    def keys_at(self, step: int) -> np.ndarray:
+        """The record keys this host reads at `step`: each step takes the next
+        `global_batch_size` keys, host i the i-th block of them. The input pipeline
+        (harness/train/pipeline.py) walks the same blocks; this is for tests and tools."""
         n = self.local_batch_size
-        first_id = step * self.spec.global_batch_size + self.process_index * n
-        sample_id = np.arange(first_id, first_id + n, dtype=np.int64)
-        if sample_id[-1] > np.iinfo(np.int32).max:
-            raise OverflowError(f"sample ids past int32 at step {step}: lower the step count or batch")
+        first = step * self.spec.global_batch_size + self.process_index * n
+        return np.arange(first, first + n, dtype=np.int64)
 
-        hard = rng.random(n) < self.spec.hard_fraction
-        prompts, langacts, displacement, colors = self._language(rng, n)
+    def batch_at(self, step: int) -> Batch:
+        """This host's batch of `step`: `records(keys_at(step))`."""
+        return self.records(self.keys_at(step))
+
+    def records(self, keys: np.ndarray) -> Batch:
+        """The samples with these record keys, as one batch. Each sample is a pure
+        function of (seed, key), so a sample reads the same in any batch, on any host,
+        and after any restart; its `sample_id` is its key."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if keys.size and (keys.min() < 0 or keys.max() > np.iinfo(np.int32).max):
+            raise OverflowError(f"record keys (sample ids, int32) must be in [0, 2**31): got {keys.min()}..{keys.max()}; "
+                                f"lower the step count or batch")
+        n = keys.size
+        rngs = [np.random.default_rng([self.seed, int(key)]) for key in keys]
+        hard = np.array([rng.random() < self.spec.hard_fraction for rng in rngs], dtype=bool)
+        prompts, langacts, displacement, colors = self._language(rngs)
         tokens, prompt_mask, langact_mask, ar_mask = self._tokenize(prompts, langacts)
-        state = rng.uniform(-1.0, 1.0, size=(n, STATE_DIM)).astype(np.float32)
-        actions = self._actions(rng, state, displacement, hard)
+        state = np.stack([rng.uniform(-1.0, 1.0, size=STATE_DIM) for rng in rngs]).astype(np.float32) \
+            if n else np.zeros((0, STATE_DIM), np.float32)
+        actions = self._actions(rngs, state, displacement, hard)
         images = {
-            name: self._render(rng, camera, state, colors, hard)
+            name: self._render(rngs, camera, state, colors, hard)
             for camera, name in enumerate(self.spec.camera_names)
         }
-        sample_mask = np.ones(n, dtype=bool)  # mock data has no invalid samples
         return Batch(
             images=images,
             tokenized_prompt=tokens,
@@ -129,19 +143,20 @@ class MockDataset:
             tokenized_langact_mask=langact_mask,
             token_ar_mask=ar_mask,
             token_loss_mask=ar_mask.copy(),
-            sample_mask=sample_mask,
+            sample_mask=np.ones(n, dtype=bool),  # mock data has no invalid samples
             state=state,
             actions=actions,
-            sample_id=sample_id.astype(np.int32),
+            sample_id=keys.astype(np.int32),
         )
 
-    def _language(self, rng: np.random.Generator, n: int):
+    def _language(self, rngs: list[np.random.Generator]):
         """Task prompts and language actions; the actions' displacement feeds the labels."""
+        n = len(rngs)
         prompts, langacts = [], []
         displacement = np.zeros((n, 3), dtype=np.float32)
         colors = np.zeros((n, 3), dtype=np.float32)
         color_names = list(_COLORS)
-        for i in range(n):
+        for i, rng in enumerate(rngs):
             color = color_names[rng.integers(len(color_names))]
             template = _VERBS[rng.integers(len(_VERBS))]
             task = template.format(c=color, o=_OBJECTS[rng.integers(len(_OBJECTS))],
@@ -175,7 +190,7 @@ class MockDataset:
             ar_mask[i, start : min(stop + 1, len(row))] = True
         return tokens, tokens != 0, langact_mask, ar_mask
 
-    def _actions(self, rng, state, displacement, hard) -> np.ndarray:
+    def _actions(self, rngs, state, displacement, hard) -> np.ndarray:
         """Labels: a learnable function of state and language, plus per-sample noise.
 
         Easy samples get noise variance ~0.3-1.2, hard ones ~3-9 (irreducible), which
@@ -186,11 +201,13 @@ class MockDataset:
         signal = np.zeros((n, horizon, ACTION_DIM), dtype=np.float32)
         signal[:, :, :3] = 0.25 * displacement[:, None, :] * ramp
         signal[:, :, 3:] = 0.6 * np.tanh(state[:, None, 3:] - state[:, None, :4]) * ramp
-        sigma = np.where(hard, np.sqrt(rng.uniform(3.0, 9.0, n)), np.sqrt(rng.uniform(0.3, 1.2, n)))
-        noise = rng.standard_normal((n, horizon, ACTION_DIM)).astype(np.float32)
-        return signal + noise * sigma[:, None, None].astype(np.float32)
+        sigma = np.array([np.sqrt(rng.uniform(3.0, 9.0) if h else rng.uniform(0.3, 1.2))
+                          for rng, h in zip(rngs, hard)], dtype=np.float32)
+        noise = np.stack([rng.standard_normal((horizon, ACTION_DIM)) for rng in rngs]).astype(np.float32) \
+            if n else np.zeros((0, horizon, ACTION_DIM), np.float32)
+        return signal + noise * sigma[:, None, None]
 
-    def _render(self, rng, camera: int, state, colors, hard) -> np.ndarray:
+    def _render(self, rngs, camera: int, state, colors, hard) -> np.ndarray:
         """A table scene: tinted background, the prompt's coloured object placed by the
         robot state, a gripper bar; hard samples get an occluding band and glare.
 
@@ -198,7 +215,8 @@ class MockDataset:
         ~1.5 s for 256 samples at 224x224, this costs a few tens of ms.
         """
         n, size = state.shape[0], self.spec.image_size
-        shade = (0.6 + 0.4 * self._grid_y[0, :, 0])[None, :] * rng.uniform(0.8, 1.1, (n, 1))
+        brightness = np.array([rng.uniform(0.8, 1.1) for rng in rngs], dtype=np.float64).reshape(n, 1)
+        shade = (0.6 + 0.4 * self._grid_y[0, :, 0])[None, :] * brightness
         rows = (shade[..., None] * (255.0 * _CAMERA_TINTS[camera])).astype(np.uint8)
         image = _fill_columns(rows, size)
         zoom = 1.0 if camera == 0 else 1.8
@@ -216,7 +234,7 @@ class MockDataset:
             gx = int(grip_x[i])
             image[i, :grip_h, max(0, gx - grip_w) : gx + grip_w] = 90
         for i in np.flatnonzero(hard):
-            top = int(rng.integers(0, size // 2))
+            top = int(rngs[i].integers(0, size // 2))
             band = image[i, top : top + size // 3]
             band //= 7
             glare = image[i, :, : size // 4].astype(np.uint16) * 2 + 60

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 
+from harness.runtime.agree import gather_json
 from harness.runtime.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
 from harness.config import TrainConfig
 from harness.mock.data import Batch, DataSpec, MockDataset
@@ -29,6 +30,7 @@ from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.runtime.mesh import host_local_rows_of, make_global_batch, make_mesh
 from harness.runtime.preemption import PreemptionWatch
+from harness.train.pipeline import InputPipeline, PipelineStateError
 from harness.train.prefetch import Prefetcher
 from harness.outputs.run_outputs import RunOutputs, RunSummary
 from harness.outputs.sinks import SCALAR_METRICS, Console, itstime
@@ -36,6 +38,7 @@ from harness.train.step import TrainState, abstract_state, init_state, make_trai
 from harness.runtime.watchdog import DONE, FAILED, SILENCE_FRACTION, HostWatchdog
 
 BANNER_RULE = "=" * 80
+DATA_ITEM = "data"  # in the checkpoint metadata: every host's input pipeline state
 NONFINITE_WATCHED = ("loss", "grad_norm", "param_norm")
 
 
@@ -88,6 +91,8 @@ class Trainer:
         self.dataset = MockDataset(
             data_spec(config), config.seed, jax.process_index(), jax.process_count()
         )
+        self.pipeline = InputPipeline(self.dataset)
+        self._data_state = self.pipeline.state()  # after the last batch a step took
         self.store = CheckpointStore(
             config.checkpoint_dir, keep=config.keep, async_save=config.async_checkpointing,
             timeout_s=config.checkpoint_timeout,
@@ -129,14 +134,37 @@ class Trainer:
             return init_state(config, self.mesh), 0
         state, meta = restored
         step = int(jax.device_get(state.step))
+        self._restore_pipeline(meta, step)
         if self.reporter is not None:
             problem = self.reporter.restore_state(meta.get("hard_examples"), step=step,
-                                                  batch_at=self.dataset.batch_at)
+                                                  read_records=self.dataset.records)
             if problem:
                 self.console.print(f"WARNING: {problem}")
         self.console.print(f"Resumed from checkpoint at step {step}"
                            + (f" (newer damaged steps skipped: {', '.join(map(str, damaged))})" if damaged else ""))
         return state, step
+
+    def _restore_pipeline(self, meta: dict, step: int) -> None:
+        """Puts the input pipeline where it stood at the save: this host's own saved
+        state, or, on another process count, the state all hosts shared."""
+        saved = meta.get(DATA_ITEM)
+        where = f"{self.config.checkpoint_dir} step {step}"
+        if not isinstance(saved, list) or not saved:
+            raise UsageError(f"cannot resume from {where}: it holds no input pipeline state "
+                             f"(written by an older harness); start over with --overwrite")
+        host, hosts = jax.process_index(), jax.process_count()
+        if len(saved) == hosts:
+            state = saved[host]
+        elif all(s == saved[0] for s in saved):
+            state = saved[0]
+        else:
+            raise UsageError(f"cannot resume from {where} on {hosts} processes: its {len(saved)} hosts' "
+                             f"input pipelines stood at different positions")
+        try:
+            self.pipeline.restore(state)
+        except PipelineStateError as err:
+            raise UsageError(f"cannot resume from {where}: {err}") from None
+        self._data_state = self.pipeline.state()
 
     def _check_resume_settings(self, step: int, meta: dict) -> None:
         saved = meta.get("resume")
@@ -148,7 +176,8 @@ class Trainer:
 
     def _checkpoint_meta(self, step: int) -> dict[str, Any]:
         """JSON saved with the state. Every host calls it (the tracker state is gathered)."""
-        meta: dict[str, Any] = {"step": step, "resume": resume_fingerprint(self.config)}
+        meta: dict[str, Any] = {"step": step, "resume": resume_fingerprint(self.config),
+                                DATA_ITEM: gather_json(self._data_state)}
         if self.reporter is not None:
             meta["hard_examples"] = self.reporter.checkpoint_state(step)
         return meta
@@ -161,10 +190,11 @@ class Trainer:
         self.store.save(step, state, self._checkpoint_meta(step))
         return last
 
-    def _batches_for(self, step: int) -> tuple[Batch, Batch]:
-        """Host-local and global batch of `step` (runs in the prefetch thread)."""
-        local_batch = self.dataset.batch_at(step)
-        return local_batch, make_global_batch(local_batch, self.mesh)
+    def _batches_for(self, step: int) -> tuple[Batch, Batch, dict]:
+        """The next host-local batch, its global array, and the pipeline state after it
+        (runs in the prefetch thread, once per step, in step order)."""
+        local_batch = next(self.pipeline)
+        return local_batch, make_global_batch(local_batch, self.mesh), self.pipeline.state()
 
     def _finish_step(self, pending: _InFlight, outputs: RunOutputs) -> dict[str, float]:
         fetched = jax.device_get({name: pending.metrics[name] for name in SCALAR_METRICS})
@@ -264,7 +294,7 @@ class Trainer:
         batches = Prefetcher(self._batches_for, range(start_step, config.num_train_steps),
                              depth=config.max_steps_in_flight)
         try:
-            for step, (local_batch, global_batch) in batches:
+            for step, (local_batch, global_batch, self._data_state) in batches:
                 state, metrics = train_step(state, global_batch)
                 in_flight.append(_InFlight(step, metrics, local_batch))
                 if len(in_flight) >= config.max_steps_in_flight:

@@ -1,10 +1,10 @@
 """Builds the next batches in a background thread while the device runs this one.
 
-Batches are a pure function of the step, so prefetching changes nothing about which
-data a step sees; it only moves the host work (mock rendering, tokenizing, assembling
-the global array) off the loop's critical path, as a real input pipeline would. The
-queue is bounded, every wait has a timeout, and an error in the producer is re-raised
-in the loop.
+`produce(step)` is called once per step, in step order, on one thread, so a stateful
+input pipeline read inside it sees exactly the order the loop does. It moves the host
+work (reading and rendering the mock records, tokenizing, assembling the global array)
+off the loop's critical path. The queue is bounded, every wait has a timeout, and an
+error in the producer is re-raised in the loop.
 """
 
 from __future__ import annotations
