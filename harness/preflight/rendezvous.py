@@ -1,0 +1,132 @@
+"""Rendezvous: find the pod's coordinates, take the roll call (rollcall.py), then start
+`jax.distributed` (harness/runtime/distributed.py, the one place that does) bounded
+by `--initialization_timeout`, and confirm the process count.
+
+Coordinates come as for harness-train: explicit (flags or the HARNESS_* variables
+launch.local sets), or, with `--distributed pod`, from the TPU pod's metadata through
+JAX's own cluster detection (which also lists the workers' addresses, used to name a
+host that never comes). Without several processes there is nothing to join.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+import uuid
+
+from harness.config import TrainConfig
+from harness.errors import UsageError
+from harness.preflight.results import FAIL, PASS, RENDEZVOUS, Observation
+from harness.preflight.rollcall import Probe, RollCall, RollCallServer, call_roll, split_address
+from harness.preflight.wire import Hello
+from harness.runtime import distributed
+
+
+@dataclasses.dataclass(frozen=True)
+class Coordinates:
+    address: str
+    num_processes: int
+    process_id: int
+    host_names: tuple[str, ...] = ()  # by process index, where the pod's metadata lists them
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def pod_coordinates(config: TrainConfig) -> Coordinates | None:
+    """Where this process belongs, or None for a single process."""
+    if config.distributed == "off":
+        return None
+    if config.distributed == "pod":
+        return detected_pod(config.initialization_timeout)
+    if config.distributed not in distributed.MODES:
+        raise UsageError(f"--distributed must be one of {', '.join(distributed.MODES)}, got {config.distributed!r}")
+    found = distributed.explicit_coordinates(config.coordinator_address, config.num_processes, config.process_id)
+    if found is None or found.num_processes == 1:
+        return None
+    return Coordinates(found.coordinator_address, found.num_processes, found.process_id)
+
+
+def detected_pod(timeout_s: int) -> Coordinates:
+    """JAX's cluster detection (`jax._src.clusters`, private: jax 0.10.2 has no public
+    way to ask for the coordinates without initializing)."""
+    from jax._src.clusters import ClusterEnv
+
+    address, num, pid, _ = ClusterEnv.auto_detect_unset_distributed_params(None, None, None, None, None, timeout_s)
+    if address is None or num is None or pid is None:
+        raise UsageError("--distributed pod: no TPU pod (or other cluster JAX knows) was detected here")
+    env = next((e for e in ClusterEnv._cluster_types if not e.opt_in_only_method and e.is_env_present()), None)
+    try:
+        names = tuple(env._get_worker_list_in_slice()) if env is not None else ()
+    except (AttributeError, NotImplementedError, ValueError, OSError):
+        names = ()
+    return Coordinates(address, num, pid, names if len(names) == num else ())
+
+
+@dataclasses.dataclass(frozen=True)
+class Joined:
+    """How this host's rendezvous went. `run_id` is the pod's (from the coordinator)."""
+
+    observation: Observation
+    run_id: str
+    joined: bool
+    roll: RollCall | None = None  # process 0 only
+    probe: Probe | None = None
+
+
+def join(config: TrainConfig, coordinates: Coordinates | None) -> Joined:
+    """Roll call, then jax.distributed; never waits past the timeouts."""
+    if coordinates is None:
+        return Joined(Observation(RENDEZVOUS, PASS, "single process", "one process: nothing to join"),
+                      new_run_id(), True)
+    timeout = config.initialization_timeout
+    server = None
+    if coordinates.process_id == 0:
+        _, port = split_address(coordinates.address)
+        server = RollCallServer(port, coordinates.num_processes, timeout, new_run_id()).start()
+    hello = Hello(coordinates.process_id, coordinates.num_processes, socket.gethostname(), os.getpid())
+    probe = call_roll(coordinates.address, hello, timeout)
+    roll = server.wait() if server is not None else None
+    metrics = {"attempts": float(probe.attempts), "waited_s": probe.waited_s}
+    if probe.reached:
+        metrics["tcp_connect_ms"] = probe.connect_s * 1e3
+    if probe.reply is None:
+        why = probe.error if probe.reached else (f"cannot reach the coordinator (host 0) at {coordinates.address}: "
+                                                 f"{probe.error}")
+        return Joined(Observation(RENDEZVOUS, FAIL, "no coordinator" if not probe.reached else "no answer", why,
+                                  metrics=metrics), "", False, roll, probe)
+    if probe.reply.kind == "abort":
+        return Joined(Observation(RENDEZVOUS, PASS, f"arrived; pod incomplete",
+                                  f"reached {coordinates.address} in {probe.connect_s * 1e3:.1f} ms; the coordinator "
+                                  f"gave up: {probe.reply.reason}", metrics=metrics),
+                      probe.reply.run_id, False, roll, probe)
+    started = time.perf_counter()
+    distributed.initialize("auto", coordinator_address=coordinates.address,
+                           num_processes=coordinates.num_processes, process_id=coordinates.process_id,
+                           initialization_timeout=timeout, heartbeat_timeout=config.heartbeat_timeout)
+    metrics["init_s"] = time.perf_counter() - started
+    return Joined(_confirmed(coordinates, probe, metrics), probe.reply.run_id, True, roll, probe)
+
+
+def _confirmed(coordinates: Coordinates, probe: Probe, metrics: dict[str, float]) -> Observation:
+    import jax
+
+    count, index = jax.process_count(), jax.process_index()
+    value = f"tcp {probe.connect_s * 1e3:.1f} ms, init {metrics['init_s']:.1f} s"
+    detail = (f"reached {coordinates.address} in {probe.connect_s * 1e3:.2f} ms after {probe.attempts} attempt(s), "
+              f"waited {probe.waited_s:.2f} s for the roll call, jax.distributed up in {metrics['init_s']:.2f} s: "
+              f"process {index} of {count}")
+    if (count, index) != (coordinates.num_processes, coordinates.process_id):
+        return Observation(RENDEZVOUS, FAIL, f"process {index} of {count}", f"{detail}, expected process "
+                           f"{coordinates.process_id} of {coordinates.num_processes}", metrics=metrics)
+    return Observation(RENDEZVOUS, PASS, value, detail, metrics=metrics)
+
+
+def missing_host_observation(host: int, timeout_s: float, name: str | None) -> Observation:
+    where = f" ({name})" if name else ""
+    return Observation(RENDEZVOUS, FAIL, "never arrived",
+                       f"host {host}{where} never reached the coordinator within {timeout_s:g} s "
+                       f"(--initialization_timeout)")
