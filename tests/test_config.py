@@ -122,6 +122,18 @@ def test_command_line_flags_win_over_the_preset_which_wins_over_defaults():
     assert config.resume is True and config.use_wandb is False
 
 
+def test_every_switch_can_be_set_both_ways_over_a_preset(tmp_path):
+    preset = tmp_path / "quiet.toml"
+    preset.write_text('base = "smoke"\ntrack_hard_examples = false\nuse_wandb = false\nresume = true\n')
+
+    assert parse_config(["--config", str(preset)]).track_hard_examples is False
+    back_on = parse_config(["--config", str(preset), "--track_hard_examples", "--use_wandb", "--no_resume"])
+    assert (back_on.track_hard_examples, back_on.use_wandb, back_on.resume) == (True, True, False)
+    # The seed's short forms still work, and the last flag given wins.
+    assert parse_config(["--config", "smoke", "--no_hard_examples"]).track_hard_examples is False
+    assert parse_config(["--config", "smoke", "--no_wandb", "--use_wandb"]).use_wandb is True
+
+
 def test_replace_checks_keys_and_types():
     config = TrainConfig()
 

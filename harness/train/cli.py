@@ -21,12 +21,12 @@ from harness.errors import EXIT_RESTARTABLE, HostLostError, NonFiniteStateError,
 
 PROG = "harness-train"
 
-# Seed-compatible negative flags: flag -> (field, value it sets).
-NEGATIVE_FLAGS = {
+# Short names kept from the seed scripts: flag -> (field, value it sets). Every boolean
+# field also has `--FIELD` and `--no_FIELD`, so a preset's switch can be set either way.
+ALIASES = {
     "no_hard_examples": ("track_hard_examples", False),
     "no_wandb": ("use_wandb", False),
     "sync_checkpointing": ("async_checkpointing", False),
-    "no_cpu_fast_compile": ("cpu_fast_compile", False),
 }
 
 
@@ -39,17 +39,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
                              argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", help="preset name in configs/ (or a .toml path)")
-    negated = {field for field, _ in NEGATIVE_FLAGS.values()}
     for name, kind in FIELD_TYPES.items():
         if kind == "bool":
-            if name not in negated:  # a default-true switch has only its --no_ form
-                parser.add_argument(f"--{name}", action="store_true")
+            default = getattr(TrainConfig(), name)
+            parser.add_argument(f"--{name}", dest=name, action="store_const", const=True,
+                                help=f"default {default!r}")
+            parser.add_argument(f"--no_{name}", dest=name, action="store_const", const=False)
         else:
             caster = {"int": int, "float": float, "str": str}[kind]
             default = getattr(TrainConfig(), name)
             parser.add_argument(f"--{name}", type=caster, metavar=kind.upper(),
                                 help=f"default {default!r}")
-    for flag, (field, value) in NEGATIVE_FLAGS.items():
+    for flag, (field, value) in ALIASES.items():
         parser.add_argument(f"--{flag}", dest=field, action="store_const", const=value)
     return parser
 
