@@ -15,6 +15,12 @@ until a heartbeat timeout aborts them), so the rules here are:
   gets SIGKILL at once: it does not answer, so a graceful stop would only wait out the
   grace. Process i of the supervisor is host i (launch.local's HARNESS_PROCESS_ID, a TPU
   pod's worker number);
+- a process may report the exit status of the program it runs (launch/worker_run.py's
+  `podharness-worker: harness ended: returncode=N` line, N as Popen gives it): that is
+  what counts, so a TPU worker killed by a signal is reported as that signal, not as
+  ssh's 255;
+- after a stop request, exit 0 and the restartable 42 (a host that saved at the agreed
+  step, harness/errors.py) both count as a clean stop;
 - no wait is unbounded: everything polls against a deadline.
 """
 
@@ -30,6 +36,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, TextIO
 
+from harness.errors import EXIT_RESTARTABLE
+
 POLL_S = 0.05
 # After SIGKILL the kernel reaps within milliseconds; this only bounds a pathological
 # case (a process stuck in uninterruptible sleep).
@@ -40,6 +48,18 @@ EXIT_TIMED_OUT = 124
 # harness/runtime/watchdog.py's `lost_hosts_line`: "harness-train: error: host R: host(s)
 # L[, L...] stopped responding: WHY; exiting". Launchers must not import the harness (jax).
 _LOST_HOSTS_LINE = re.compile(r"harness-train: error: host (\d+): host\(s\) (\d+(?:, \d+)*) stopped responding: ")
+_ENDED_LINE = re.compile(r"^podharness-worker: harness ended: returncode=(-?\d+)$")
+CLEAN_STOP_CODES = (0, EXIT_RESTARTABLE)
+
+
+def ended_line(returncode: int) -> str:
+    """The line a worker prints last: how the program it ran ended (Popen's return code)."""
+    return f"podharness-worker: harness ended: returncode={returncode}"
+
+
+def parse_ended_line(line: str) -> int | None:
+    match = _ENDED_LINE.match(line.rstrip("\n"))
+    return None if match is None else int(match[1])
 
 
 def parse_lost_hosts_line(line: str) -> tuple[int, tuple[int, ...]] | None:
@@ -132,6 +152,9 @@ def _relay_lines(pipe: IO[bytes], sink: _LineSink, member: "_Member") -> None:
             report = parse_lost_hosts_line(line)
             if report is not None:
                 member.named.extend(report[1])
+            ended = parse_ended_line(line)
+            if ended is not None:
+                member.reported = ended
             sink.write_line(line)
 
 
@@ -148,7 +171,13 @@ class _Member:
     log: TextIO | None
     relays: list[threading.Thread] = dataclasses.field(default_factory=list)
     named: list[int] = dataclasses.field(default_factory=list)  # hosts it reported lost
+    reported: int | None = None  # the return code of the program it ran, if it said
     swept: bool = False
+
+    def returncode(self) -> int | None:
+        """None while running; then what the process reported for its program, else its own."""
+        rc = self.process.poll()
+        return rc if rc is None or self.reported is None else self.reported
 
 
 class Supervisor:
@@ -241,8 +270,8 @@ class Supervisor:
 
         On failure, timeout or stop, `graceful_stop` runs (default: SIGTERM to every
         running process group) and processes still running `kill_grace` seconds later
-        get SIGKILL. Processes that exit 0 after a stop request count as success: that is
-        how a preempted host that saved its state looks.
+        get SIGKILL. Processes that exit 0 or 42 after a stop request count as success:
+        that is how a preempted host that saved its state looks.
         """
         stop_event = stop_event or threading.Event()
         started = time.monotonic()
@@ -250,8 +279,8 @@ class Supervisor:
             codes = self._poll()
             failed = [i for i, rc in enumerate(codes) if rc not in (None, 0)]
             if failed:
-                self._drain_relays(self._members[failed[0]])  # its last line may name a lost host
-                self._report_failure(failed[0], codes[failed[0]])
+                self._drain_relays(self._members[failed[0]])  # its last lines name a lost host, its status
+                self._report_failure(failed[0], self._members[failed[0]].returncode())
                 self._shut_down(kill_grace, graceful_stop)
                 return self._result(first_failure=failed[0])
             if all(rc == 0 for rc in codes):
@@ -294,7 +323,7 @@ class Supervisor:
         """
         codes = []
         for member in self._members:
-            rc = member.process.poll()
+            rc = member.returncode()
             if rc is not None and not member.swept:
                 _signal_group(member.process, signal.SIGKILL)
                 member.swept = True
@@ -344,8 +373,9 @@ class Supervisor:
     def _stop_on_request(self, kill_grace: float, graceful_stop: Callable[[], None] | None) -> PodResult:
         self.say(f"stop requested; stopping {self._labels(self._running())}")
         self._shut_down(kill_grace, graceful_stop)
+        self._drain_all()
         codes = self._final_codes()
-        failed = [i for i, rc in enumerate(codes) if rc != 0]
+        failed = [i for i, rc in enumerate(codes) if rc not in CLEAN_STOP_CODES]
         for i in failed:
             self.say(
                 f"{self._members[i].label} ended with {describe_returncode(codes[i])} after the stop request"
@@ -373,7 +403,15 @@ class Supervisor:
         return tuple(-signal.SIGKILL if rc is None else rc for rc in self._poll())
 
     def _result(self, **fields: object) -> PodResult:
+        self._drain_all()
         return PodResult(self._final_codes(), unresponsive=tuple(self._unresponsive()), **fields)
+
+    def _drain_all(self) -> None:
+        """Lets the relays read what exited processes wrote (their status lines), bounded."""
+        deadline = time.monotonic() + RELAY_DRAIN_S
+        for member in self._members:
+            if member.process.poll() is not None:
+                self._drain_relays(member, deadline)
 
 
 @contextlib.contextmanager

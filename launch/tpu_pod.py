@@ -6,12 +6,18 @@
 1. Pack `git archive HEAD`. A working tree with uncommitted changes to tracked files is
    refused (exit 2) unless --allow_dirty, which ships the tracked files as they are on
    disk; untracked files are never shipped.
-2. `gcloud compute tpus tpu-vm scp` the archive to every worker (`--worker=all`).
+2. `gcloud compute tpus tpu-vm scp` the archive to every worker (`--worker=all`), and the
+   --wheelhouse (as one tar) and --python_dist when given.
 3. One `gcloud compute tpus tpu-vm ssh --worker=i` per worker, all in parallel, each
    running the same remote script: stop a harness left over from an earlier launch,
-   unpack into ~/podharness/<commit>, set up the venv (~/podharness/venv, kept between
-   launches so jax[tpu] is not reinstalled each time; or --python), then exec
-   `python -m harness.train --config <preset> <extra flags>`. No HARNESS_* variables are
+   unpack into ~/podharness/releases/<commit> (the newest --keep_releases are kept),
+   provision Python (launch/worker_setup.sh: reports the worker's python3, venv, pip and
+   uv, then makes ~/podharness/venv with Python >= 3.11 and the requirements, kept
+   between launches; --provision, --wheelhouse for workers without internet,
+   --python_dist; or --python to use an interpreter as it is), then run
+   `python -m harness.train --config <preset> <extra flags>` under launch/worker_run.py,
+   which keeps the harness's output in ~/podharness/runs/<run id>/ so it outlives the ssh
+   session, and ends with the harness's exit status or signal. No HARNESS_* variables are
    passed: on a TPU VM the harness finds its peers from the TPU metadata
    (`jax.distributed.initialize()` with no arguments: `distributed = "pod"` in the
    preset, or `-- --distributed pod`).
@@ -27,7 +33,9 @@ report names the peer (on a single-slice pod, worker i is JAX process i):
 
 Stopping: when a worker fails, --timeout passes, or the launcher gets SIGTERM/SIGINT, it
 runs a stop script on all workers (`--worker=all`): SIGTERM to the harness (which saves
-a checkpoint and exits), SIGKILL after --kill_grace seconds. Killing the local ssh alone
+a checkpoint at an agreed step and exits 42; a host whose peer is gone exits 42 within
+seconds, harness/runtime/stop_deadline.py), SIGKILL after --kill_grace seconds. A
+relaunch does the same to a harness left running by a launcher that died. Killing the local ssh alone
 would not do: without a terminal the remote process outlives its ssh session. The
 remote harness pid is kept in ~/podharness/harness.pid rather than found with
 `pkill -f harness.train`, because that pattern also matches the remote shell running
@@ -38,10 +46,11 @@ WANDB_API_KEY, when set here, is written to each worker's ssh stdin and exported
 into the harness process. On the ssh command line it would be saved in gcloud's own log
 files (~/.config/gcloud/logs records every command's arguments) and be visible in `ps`.
 
-Exit status: 0 if every worker's harness exits 0 (also after a stop request); 2 for
+Exit status: 0 if every worker's harness exits 0 (or 0/42 after a stop request); 2 for
 usage errors and a dirty tree; 1 if packing, copying or describing fails; otherwise the
-first failing worker's ssh status (the remote exit code, 255 for ssh errors, 128+N for a
-signal); 124 when --timeout fires.
+first failing worker's harness status (its exit code, 128+N when killed by signal N,
+as the worker reported it; 255 when ssh itself failed and no status came back), so the
+restart contract (harness/errors.py) passes through; 124 when --timeout fires.
 """
 
 import argparse
@@ -71,8 +80,11 @@ SCP_TIMEOUT_S = 1800.0
 REMOTE_STOP_MARGIN_S = 60.0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-# What the remote script exits with when a stop arrived before the harness started.
-EXIT_STOPPED_BEFORE_START = 143
+DEFAULT_KEEP_RELEASES = 3
+WORKER_RUNS_KEPT = 10  # per-run worker logs in ~/podharness/runs
+PROVISION_MODES = ("auto", "system", "uv")
+WHEELHOUSE_ARCHIVE = "podharness-wheelhouse.tar"
+PYTHON_DIST_ARCHIVE = "podharness-python.tar.gz"
 
 
 class LaunchError(Exception):
@@ -193,10 +205,20 @@ class RemoteRun:
     python: str | None
     wandb_key_on_stdin: bool
     kill_grace: float
+    provision: str = "auto"
+    extras: str = "tpu"
+    python_version: str = "3.11"
+    wheelhouse: bool = False
+    python_dist: bool = False
+    keep_releases: int = DEFAULT_KEEP_RELEASES
 
 
 _ROOT = '"$HOME/podharness"'
 _PIDFILE = '"$HOME/podharness/harness.pid"'
+_RELEASES = '"$HOME/podharness/releases"'
+_RUNS = '"$HOME/podharness/runs"'
+_VENV = '"$HOME/podharness/venv"'
+_WHEELHOUSE = '"$HOME/podharness/wheelhouse"'
 
 
 def _stop_marker_name(run_id: str) -> str:
@@ -237,46 +259,62 @@ def stop_script(run: RemoteRun) -> str:
     return "; ".join(statements)
 
 
-def _python_setup_statements(python: str | None) -> list[str]:
-    if python is not None:
-        return [f"python={shlex.quote(python)}"]
-    return [
-        f"[ -x {_ROOT}/venv/bin/python ] || python3 -m venv {_ROOT}/venv",
-        f'{_ROOT}/venv/bin/pip install -q -e ".[tpu]"',
-        f"python={_ROOT}/venv/bin/python",
-    ]
+def _prune_statement(directory: str, keep: int) -> str:
+    """Bash that deletes all but the `keep` newest entries of `directory`."""
+    return (f'find {directory} -mindepth 1 -maxdepth 1 -printf "%T@ %p\\n" | sort -rn'
+            f' | tail -n +{keep + 1} | cut -d" " -f2- | xargs -r -d "\\n" rm -rf --')
+
+
+def _python_setup_statements(run: RemoteRun) -> list[str]:
+    """Bash that sets $python: the interpreter as given, or launch/worker_setup.sh's venv."""
+    if run.python is not None:
+        return [f"python={shlex.quote(run.python)}"]
+    flags = ["--venv", _VENV, "--provision", shlex.quote(run.provision),
+             "--extras", shlex.quote(run.extras), "--python_version", shlex.quote(run.python_version)]
+    if run.wheelhouse:
+        flags += ["--wheelhouse", _WHEELHOUSE]
+    if run.python_dist:
+        flags += ["--python_dist", f'"$HOME"/{PYTHON_DIST_ARCHIVE}']
+    return [f'python="$(bash launch/worker_setup.sh {" ".join(flags)})"']
+
+
+def _unpack_wheelhouse_statements() -> list[str]:
+    archive = f'"$HOME"/{WHEELHOUSE_ARCHIVE}'
+    return [f"rm -rf {_WHEELHOUSE}", f"mkdir -p {_WHEELHOUSE}", f"tar -xf {archive} -C {_WHEELHOUSE}",
+            f"rm -f {archive}"]
 
 
 def launch_script(run: RemoteRun) -> str:
-    """Bash for each worker: stop a stale harness, unpack, set up python, exec the harness.
+    """Bash for each worker: stop a stale harness, unpack, provision python, run the harness.
 
     One line (statements joined by '; ') so a dry run prints one command per line; the
     scripts quote with double quotes only, so quoting them for --command stays readable.
     """
     archive = f'"$HOME"/{shlex.quote(remote_archive_name(run.deploy_id))}'
-    code_dir = f"{_ROOT}/{shlex.quote(run.deploy_id)}"
+    code_dir = f"{_RELEASES}/{shlex.quote(run.deploy_id)}"
     read_key = [
         'IFS= read -r wandb_key || { echo "podharness: WANDB_API_KEY expected on stdin" >&2; exit 2; }'
     ]
+    run_dir = f"{_RUNS}/{shlex.quote(run.run_id)}"
     statements = [
         "set -euo pipefail",
         *(read_key if run.wandb_key_on_stdin else []),
-        f"mkdir -p {_ROOT}",
+        f"mkdir -p {_RELEASES} {_RUNS}",
         f'find {_ROOT} -maxdepth 1 -name "stop-*" ! -name {_stop_marker_name(run.run_id)} -delete',
         *_stop_harness_statements(run.kill_grace),
         f"rm -rf {code_dir}",
         f"mkdir -p {code_dir}",
         f"tar -xzf {archive} -C {code_dir}",
         f"rm -f {archive}",
+        _prune_statement(_RELEASES, run.keep_releases),
+        _prune_statement(_RUNS, WORKER_RUNS_KEPT - 1),
+        *(_unpack_wheelhouse_statements() if run.wheelhouse else []),
         f"cd {code_dir}",
-        *_python_setup_statements(run.python),
-        f"echo $$ > {_PIDFILE}",
-        f"if [ -e {_stop_marker(run.run_id)} ]; then"
-        ' echo "podharness: stop requested before the harness started" >&2;'
-        f" exit {EXIT_STOPPED_BEFORE_START}; fi",
+        *_python_setup_statements(run),
         "export PYTHONUNBUFFERED=1",
         *(['export WANDB_API_KEY="$wandb_key"'] if run.wandb_key_on_stdin else []),
-        f'exec "$python" -m harness.train {shlex.join(run.harness_args)}'.rstrip(),
+        f'exec "$python" -m launch.worker_run --pidfile {_PIDFILE} --stop_marker {_stop_marker(run.run_id)}'
+        f' --log_dir {run_dir} -- "$python" -m harness.train {shlex.join(run.harness_args)}'.rstrip(),
     ]
     return "; ".join(statements)
 
@@ -346,14 +384,36 @@ def run_workers(
         )
 
 
-def dry_run_lines(tpu: TpuVm, snapshot: Snapshot, run: RemoteRun, num_workers: int | None) -> list[str]:
-    """The gcloud commands a launch would run, shell-quoted, one per line; notes as comments."""
+def archive_build_line(snapshot: Snapshot, dest: str) -> str:
+    """A shell command that writes the archive `write_archive` would, as `dest`."""
+    if not snapshot.dirty_files:
+        return shlex.join(["git", "-C", str(snapshot.repo), "archive", "--format=tar.gz", snapshot.commit]) + (
+            f" > {shlex.quote(dest)}")
+    # The tracked files as they are on disk; deleted ones are skipped, as write_archive does.
+    return (f"(cd {shlex.quote(str(snapshot.repo))} && git ls-files -z"
+            f" | tar --null --no-recursion --ignore-failed-read -czf - -T -) > {shlex.quote(dest)}")
+
+
+def wheelhouse_build_line(wheelhouse: Path, dest: str) -> str:
+    return shlex.join(["tar", "-cf", dest, "-C", str(wheelhouse), "."])
+
+
+def dry_run_lines(tpu: TpuVm, snapshot: Snapshot, run: RemoteRun, num_workers: int | None,
+                  wheelhouse: Path | None = None, python_dist: Path | None = None) -> list[str]:
+    """The commands a launch would run, shell-quoted, one per line, runnable as printed from
+    the current directory (the archive is built here first); notes as comments."""
     archive = remote_archive_name(snapshot.deploy_id)
     dirty = (
         f" plus uncommitted changes to {len(snapshot.dirty_files)} files" if snapshot.dirty_files else ""
     )
-    lines = [f"# commit {snapshot.commit}{dirty}; the archive is built in a temporary directory"]
+    lines = [f"# commit {snapshot.commit}{dirty}: build the archive here, then copy it to every worker"]
+    lines.append(archive_build_line(snapshot, archive))
     lines.append(shlex.join(scp_argv(tpu, Path(archive), archive)))
+    if wheelhouse is not None:
+        lines.append(wheelhouse_build_line(wheelhouse, WHEELHOUSE_ARCHIVE))
+        lines.append(shlex.join(scp_argv(tpu, Path(WHEELHOUSE_ARCHIVE), WHEELHOUSE_ARCHIVE)))
+    if python_dist is not None:
+        lines.append(shlex.join(scp_argv(tpu, python_dist, PYTHON_DIST_ARCHIVE)))
     workers: Sequence[int | str] = range(num_workers) if num_workers else ["WORKER"]
     if not num_workers:
         lines.append(shlex.join(describe_argv(tpu)))
@@ -367,6 +427,21 @@ def dry_run_lines(tpu: TpuVm, snapshot: Snapshot, run: RemoteRun, num_workers: i
     lines.append("# on a worker failure, --timeout or a stop request:")
     lines.append("# " + shlex.join(ssh_argv(tpu, "all", remote_command(stop_script(run)))))
     return lines
+
+
+def copy_to_workers(tpu: TpuVm, source: Path, remote_name: str, what: str,
+                    stop_event: threading.Event) -> None:
+    """scp one file to every worker's home; LaunchError naming `what` on failure."""
+    returncode, _ = run_bounded(scp_argv(tpu, source, remote_name), timeout=SCP_TIMEOUT_S, stop_event=stop_event)
+    if returncode != 0:
+        raise LaunchError(f"copying {what} to {tpu.name} failed ({describe_returncode(returncode)})")
+
+
+def write_wheelhouse_archive(wheelhouse: Path, dest: Path) -> None:
+    """The wheelhouse directory as one uncompressed tar (wheels are compressed already)."""
+    with tarfile.open(dest, "w") as archive:
+        for path in sorted(wheelhouse.iterdir()):
+            archive.add(path, arcname=path.name)
 
 
 def deploy_and_run(
@@ -387,13 +462,13 @@ def deploy_and_run(
     with tempfile.TemporaryDirectory(prefix="podharness-") as tmp:
         archive = Path(tmp) / remote_archive_name(snapshot.deploy_id)
         write_archive(snapshot, archive)
-        returncode, _ = run_bounded(
-            scp_argv(tpu, archive, archive.name), timeout=SCP_TIMEOUT_S, stop_event=stop_event
-        )
-    if returncode != 0:
-        raise LaunchError(
-            f"copying the archive to {tpu.name} failed ({describe_returncode(returncode)})"
-        )
+        copy_to_workers(tpu, archive, archive.name, "the archive", stop_event)
+        if args.wheelhouse is not None:
+            wheelhouse = Path(tmp) / WHEELHOUSE_ARCHIVE
+            write_wheelhouse_archive(args.wheelhouse, wheelhouse)
+            copy_to_workers(tpu, wheelhouse, WHEELHOUSE_ARCHIVE, f"the wheelhouse {args.wheelhouse}", stop_event)
+    if args.python_dist is not None:
+        copy_to_workers(tpu, args.python_dist, PYTHON_DIST_ARCHIVE, f"the Python {args.python_dist}", stop_event)
     num_workers = args.num_workers or count_workers(tpu, stop_event)
     log_dir = args.log_dir or Path("runs", "tpu_pod", tpu.name, run.run_id)
     print(f"{PROGRAM}: running on {num_workers} workers of {tpu.name}; logs in {log_dir}", flush=True)
@@ -433,7 +508,33 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "--allow_dirty", action="store_true", help="ship tracked files with uncommitted changes"
     )
     parser.add_argument(
-        "--python", help="remote python to run the harness with; skips the venv and pip install"
+        "--python", help="remote python to run the harness with, as it is: no venv, no installs"
+    )
+    parser.add_argument(
+        "--provision",
+        choices=PROVISION_MODES,
+        default="auto",
+        help="how workers get Python >= 3.11 and a venv (launch/worker_setup.sh): a system"
+        " python3.N with venv, uv (which can fetch a standalone CPython), or auto (default)",
+    )
+    parser.add_argument(
+        "--wheelhouse",
+        type=Path,
+        help="directory of wheels from `python -m launch.wheelhouse`: copied to every worker,"
+        " installed with --no-index (workers without internet)",
+    )
+    parser.add_argument(
+        "--python_dist",
+        type=Path,
+        help="a python-build-standalone install_only .tar.gz for workers without a new enough"
+        " Python and without internet",
+    )
+    parser.add_argument("--extras", default="tpu", help="setup.cfg extras workers install (default: tpu)")
+    parser.add_argument(
+        "--keep_releases",
+        type=int,
+        default=DEFAULT_KEEP_RELEASES,
+        help=f"shipped commits kept on each worker, the current one included (default: {DEFAULT_KEEP_RELEASES})",
     )
     parser.add_argument(
         "--kill_grace",
@@ -452,6 +553,14 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     args = parser.parse_args(argv[:split])
     if args.num_workers is not None and args.num_workers < 1:
         parser.error("--num_workers must be at least 1")
+    if args.keep_releases < 1:
+        parser.error("--keep_releases must be at least 1 (the release being started)")
+    if args.python is not None and (args.wheelhouse or args.python_dist):
+        parser.error("--python runs an interpreter as it is: it takes no --wheelhouse or --python_dist")
+    if args.wheelhouse is not None and not (args.wheelhouse / "requirements.txt").is_file():
+        parser.error(f"--wheelhouse {args.wheelhouse} has no requirements.txt: build it with python -m launch.wheelhouse")
+    if args.python_dist is not None and not args.python_dist.is_file():
+        parser.error(f"--python_dist {args.python_dist} is not a file")
     return args, argv[split + 1 :]
 
 
@@ -485,9 +594,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         python=args.python,
         wandb_key_on_stdin=wandb_key is not None,
         kill_grace=args.kill_grace,
+        provision=args.provision,
+        extras=args.extras,
+        wheelhouse=args.wheelhouse is not None,
+        python_dist=args.python_dist is not None,
+        keep_releases=args.keep_releases,
     )
     if args.dry_run:
-        print("\n".join(dry_run_lines(tpu, snapshot, run, args.num_workers)))
+        print("\n".join(dry_run_lines(tpu, snapshot, run, args.num_workers, args.wheelhouse, args.python_dist)))
         return 0
     stop_event = threading.Event()
     with stop_on_signals(stop_event):

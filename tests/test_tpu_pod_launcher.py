@@ -50,10 +50,12 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--config")
 parser.add_argument("--fail_worker", type=int, default=-1)
 parser.add_argument("--report", help="a line the failing worker prints on stderr first")
+parser.add_argument("--fail_code", type=int, default=3)
+parser.add_argument("--fail_by_signal", type=int, help="the failing worker kills itself with this signal")
 parser.add_argument("--hold", action="store_true", help="run until SIGTERM")
 args, extra = parser.parse_known_args()
 worker = int(os.environ["HARNESS_PROCESS_ID"])
-signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(42))  # as the harness: saved, restartable
 Path(os.environ["HOME"], "standin.pid").write_text(str(os.getpid()))
 key = os.environ.get("WANDB_API_KEY")
 report = {
@@ -70,7 +72,9 @@ print(f"stand-in worker {worker} on stderr", file=sys.stderr, flush=True)
 if worker == args.fail_worker:
     if args.report:
         print(args.report, file=sys.stderr, flush=True)
-    sys.exit(3)
+    if args.fail_by_signal:
+        os.kill(os.getpid(), args.fail_by_signal)
+    sys.exit(args.fail_code)
 deadline = time.monotonic() + 120
 while args.hold and time.monotonic() < deadline:
     time.sleep(0.05)
@@ -222,11 +226,20 @@ class PodCheckout:
     check_worker_log: Callable[[FakePod, int, str], None]
 
 
+# The files of this repository that run on a worker, shipped with every stand-in.
+WORKER_SIDE_FILES = ("harness/errors.py", "launch/__init__.py", "launch/supervisor.py", "launch/worker_run.py",
+                     "launch/requirements.py", "launch/worker_setup.sh")
+
+
+def standin_files(**extra: str) -> dict[str, str]:
+    files = {name: (REPO_ROOT / name).read_text() for name in WORKER_SIDE_FILES}
+    files.update({"harness/__init__.py": "", "harness/train.py": STANDIN_TRAIN, "README.md": "stand-in\n"})
+    files.update(extra)
+    return files
+
+
 def standin_checkout(tmp_path: Path) -> PodCheckout:
-    repo = make_repo(
-        tmp_path / "standin-repo",
-        {"harness/__init__.py": "", "harness/train.py": STANDIN_TRAIN, "README.md": "stand-in\n"},
-    )
+    repo = make_repo(tmp_path / "standin-repo", standin_files())
     commit = git(repo, "rev-parse", "HEAD")
 
     def check(pod: FakePod, worker: int, log: str) -> None:
@@ -238,7 +251,7 @@ def standin_checkout(tmp_path: Path) -> PodCheckout:
             "config": "smoke",
             "extra": ["--steps=3", "--note=it's a test"],
             "key_sha": hashlib.sha256(SECRET.encode()).hexdigest()[:12],
-            "cwd": str(pod.root / f"worker-{worker}" / "podharness" / commit),
+            "cwd": str(pod.root / f"worker-{worker}" / "podharness" / "releases" / commit),
         }
         assert f"stand-in worker {worker} on stderr" in log
 
@@ -271,7 +284,7 @@ def run_pod_and_check(checkout: PodCheckout, pod: FakePod, tmp_path: Path) -> No
     # Read back rather than asked of git: the repository may get new commits meanwhile.
     shipped = re.search(r"shipping commit ([0-9a-f]{40})", result.stdout)
     assert shipped, result.stdout
-    deploy_ids = [path.name for path in (pod.root / "worker-0" / "podharness").iterdir() if path.is_dir()]
+    deploy_ids = [path.name for path in (pod.root / "worker-0" / "podharness" / "releases").iterdir()]
     assert [deploy_id.removesuffix("-dirty") for deploy_id in deploy_ids] == [shipped[1]]
     verbs = [argv[3] for argv in pod.calls()]
     assert verbs == ["scp", "describe"] + ["ssh"] * pod.num_workers
@@ -315,17 +328,18 @@ def test_a_failing_worker_stops_the_others(make_fake_pod: MakePod, tmp_path: Pat
 
 
 def test_the_worker_a_survivor_names_is_reported(make_fake_pod: MakePod, tmp_path: Path) -> None:
-    """Worker 0 plays a survivor whose watchdog named worker 1 (the real line, exit 3)."""
+    """Worker 0 plays a survivor whose watchdog named worker 1 (the real line, exit 42)."""
     pod = make_fake_pod(num_workers=2)
     checkout = standin_checkout(tmp_path)
     report = lost_hosts_line(0, [1], "no heartbeat for 6 s")
-    flags = ["--num_workers", "2", "--preset", "smoke", "--", "--hold", "--fail_worker=0", f"--report={report}"]
+    flags = ["--num_workers", "2", "--preset", "smoke", "--", "--hold", "--fail_worker=0", f"--report={report}",
+             f"--fail_code={EXIT_HOST_LOST}"]
     result = run_launcher(pod, *fake_pod_flags(checkout.repo, tmp_path / "logs"), *flags)
     assert result.returncode == EXIT_HOST_LOST, result.stdout + result.stderr
     assert f"[worker 0] {report}" in result.stderr.splitlines()
     launcher_lines = [line for line in result.stderr.splitlines() if line.startswith("launch.tpu_pod: ")]
     assert launcher_lines[:1] == [
-        "launch.tpu_pod: worker 1 stopped responding (named by worker 0); worker 0 failed (exit code 3)"]
+        f"launch.tpu_pod: worker 1 stopped responding (named by worker 0); worker 0 failed (exit code {EXIT_HOST_LOST})"]
     assert processes_under(pod.root) == []
 
 
@@ -399,9 +413,10 @@ def test_dry_run_prints_scp_then_one_ssh_per_worker_with_the_key_masked(
     commands = [shlex.split(line) for line in result.stdout.splitlines() if not line.startswith("#")]
     archive = f"podharness-{commit}.tar.gz"
     location = ["--zone", "zone-z", "--project", "proj-p"]
-    assert commands[0] == [*GCLOUD_TPU_VM, "scp", archive, f"pod-a:{archive}", *location, "--worker=all"]
-    assert len(commands) == 3
-    for worker, argv in enumerate(commands[1:]):
+    assert commands[0] == ["git", "-C", str(repo), "archive", "--format=tar.gz", commit, ">", archive]
+    assert commands[1] == [*GCLOUD_TPU_VM, "scp", archive, f"pod-a:{archive}", *location, "--worker=all"]
+    assert len(commands) == 4
+    for worker, argv in enumerate(commands[2:]):
         assert argv[:12] == [
             *GCLOUD_TPU_VM,
             "ssh",
@@ -415,9 +430,39 @@ def test_dry_run_prints_scp_then_one_ssh_per_worker_with_the_key_masked(
         assert (bash, dash_c) == ("bash", "-c")
         assert "read -r wandb_key" in script
         assert script.endswith(
-            """exec "$python" -m harness.train --config smoke --steps=3 '--note=a b'"""
+            """-- "$python" -m harness.train --config smoke --steps=3 '--note=a b'"""
         )
     assert pod.calls() == []
+
+
+@pytest.mark.parametrize("dirty", [False, True], ids=["clean", "dirty"])
+def test_the_dry_run_runs_as_printed(make_fake_pod: MakePod, tmp_path: Path, dirty: bool) -> None:
+    """Its lines, run by bash in an empty directory, launch the pod: build, copy, one ssh each."""
+    pod = make_fake_pod(num_workers=2)
+    checkout = standin_checkout(tmp_path)
+    if dirty:
+        (checkout.repo / "README.md").write_text("changed on disk\n")
+    env = {**pod.env, "WANDB_API_KEY": SECRET}
+    flags = ["--repo", str(checkout.repo), "--python", sys.executable, "--num_workers", "2", "--allow_dirty",
+             "--dry-run", *checkout.launcher_flags]
+    printed = run_launcher(pod, *flags, env=env)
+    assert printed.returncode == 0, printed.stderr
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    script = "set -euo pipefail\n" + "\n".join(
+        line for line in printed.stdout.splitlines() if not line.startswith("#"))
+    result = subprocess.run(["bash", "-c", script], cwd=workdir, env=env, capture_output=True, text=True,
+                            timeout=LAUNCH_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for worker in range(2):
+        home = pod.root / f"worker-{worker}" / "podharness"
+        [release] = (home / "releases").iterdir()
+        assert release.name.endswith("-dirty") == dirty
+        assert (release / "README.md").read_text() == ("changed on disk\n" if dirty else "stand-in\n")
+        [run_dir] = (home / "runs").iterdir()
+        report = standin_report((run_dir / "stdout.log").read_text())
+        assert (report["worker"], report["cwd"], report["extra"]) == (worker, str(release), ["--steps=3", "--note=it's a test"])
+        assert report["key_sha"] == hashlib.sha256(SECRET.encode()).hexdigest()[:12]
 
 
 def test_dry_run_without_num_workers_shows_the_describe_command(
@@ -428,8 +473,9 @@ def test_dry_run_without_num_workers_shows_the_describe_command(
     result = run_launcher(pod, "--repo", str(repo), "--dry-run")
     assert result.returncode == 0, result.stderr
     commands = [shlex.split(line) for line in result.stdout.splitlines() if not line.startswith("#")]
-    assert [argv[4] for argv in commands] == ["scp", "describe", "ssh"]
-    assert commands[1][5:] == ["pod-a", "--zone", "zone-z", "--project", "proj-p", "--format=json"]
+    assert [argv[3] for argv in commands] == ["archive", "tpu-vm", "tpu-vm", "tpu-vm"]
+    assert [argv[4] for argv in commands[1:]] == ["scp", "describe", "ssh"]
+    assert commands[2][5:] == ["pod-a", "--zone", "zone-z", "--project", "proj-p", "--format=json"]
     assert "WANDB_API_KEY" not in result.stdout
     assert pod.calls() == []
 

@@ -9,6 +9,10 @@ test process. Environment:
   FAKE_GCLOUD_COORDINATOR_PORT    port of the jax coordinator all workers share (for ssh)
   FAKE_GCLOUD_DEVICES_PER_WORKER  fake CPU devices per worker (default 1)
   FAKE_GCLOUD_SSH_TIMEOUT_S       bound on one ssh command (default 600)
+  FAKE_GCLOUD_WORKER_PATH         when set, a stock worker: the command's PATH is exactly
+                                  this (tests/support/fake_worker.py builds one: no network
+                                  tools, a python3 that is 3.10), pip reads no config, and
+                                  "the internet" is FAKE_WORKER_PYPI when FAKE_WORKER_INTERNET=1
 
 Supported: `describe NAME` (JSON with N networkEndpoints), `scp SRC NAME:DEST
 --worker=W` (copies to <root>/worker-<i>/DEST), `ssh NAME --worker=W --command CMD` (runs
@@ -105,11 +109,24 @@ def with_device_count(xla_flags: str, device_count: int) -> str:
     return " ".join([*kept, f"{DEVICE_COUNT_FLAG}={device_count}"])
 
 
+def stock_worker_environment(env: dict[str, str], path: str) -> dict[str, str]:
+    """What a fresh TPU VM has: its own PATH, no virtualenv, pip without this machine's config;
+    pip reaches "PyPI" (a local directory of wheels) only when the worker has internet."""
+    env = {name: value for name, value in env.items()
+           if not name.startswith(("PIP_", "UV_")) and name not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env.update(PATH=path, PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    if env.get("FAKE_WORKER_INTERNET") == "1" and env.get("FAKE_WORKER_PYPI"):
+        env["PIP_FIND_LINKS"] = env["FAKE_WORKER_PYPI"]
+    return env
+
+
 def worker_environment(root: Path, worker: int) -> dict[str, str]:
     port = os.environ.get("FAKE_GCLOUD_COORDINATOR_PORT")
     if not port:
         raise ValueError("FAKE_GCLOUD_COORDINATOR_PORT is not set")
     env = dict(os.environ)
+    if os.environ.get("FAKE_GCLOUD_WORKER_PATH"):
+        env = stock_worker_environment(env, os.environ["FAKE_GCLOUD_WORKER_PATH"])
     env.update(
         HOME=str(worker_dir(root, worker)),
         HARNESS_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
