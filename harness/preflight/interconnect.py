@@ -147,14 +147,20 @@ def measurements(reports: Mapping[int, HostReport]) -> list[Measurement]:
     return sorted(result, key=lambda m: (m.axis, m.collective, m.nbytes))
 
 
+def others_latency(m: Measurement, host: int) -> float | None:
+    """The median latency of the hosts other than `host` in one measurement."""
+    others = [v for h, v in m.latency_s.items() if h != host]
+    return statistics.median(others) if others else None
+
+
 def straggler_scores(found: Sequence[Measurement]) -> dict[int, float]:
     """Per host: median over measurements of its latency / the median of the others'."""
     ratios: dict[int, list[float]] = defaultdict(list)
     for m in found:
         for host, latency in m.latency_s.items():
-            others = [v for h, v in m.latency_s.items() if h != host]
-            if others:
-                ratios[host].append(latency / max(statistics.median(others), 1e-12))
+            others = others_latency(m, host)
+            if others is not None:
+                ratios[host].append(latency / max(others, 1e-12))
     return {host: statistics.median(values) for host, values in ratios.items()}
 
 
@@ -179,8 +185,10 @@ def judge(reports: Mapping[int, HostReport], factor: float) -> tuple[dict[int, O
             metrics["straggler_score"] = score
             detail += f"; {score:.2f}x the other hosts' latency (straggler at {factor:g}x)"
         if score is not None and score >= factor:
-            cells[host] = Observation(INTERCONNECT, FAIL, f"straggler: {score:.1f}x the others", detail,
-                                      metrics=metrics)
+            others = statistics.median(others_latency(m, host) for m in found if m.nbytes == smallest)
+            cells[host] = Observation(INTERCONNECT, FAIL, f"straggler: {latency * 1e3:.1f} ms vs {others * 1e3:.2f} ms",
+                                      f"straggler: {detail}; the other hosts' median latency is "
+                                      f"{others * 1e3:.3f} ms", metrics=metrics)
         else:
             cells[host] = Observation(INTERCONNECT, PASS, value, detail, metrics=metrics)
     return cells, found

@@ -74,8 +74,8 @@ class HostReport:
         return dataclasses.replace(self, observations=self.observations + observations)
 
 
-def skipped(row: str, why: str) -> Observation:
-    return Observation(row, SKIP, "skipped", why)
+def skipped(row: str, short: str, why: str) -> Observation:
+    return Observation(row, SKIP, short, why)
 
 
 def timed(row: str, measure: Callable[[], Observation]) -> Observation:

@@ -44,16 +44,19 @@ from harness.preflight.options import PreflightOptions
 from harness.preflight.rendezvous import Coordinates, Joined, join, missing_host_observation, pod_coordinates
 from harness.preflight import options as selectable
 from harness.preflight.results import (CONSISTENCY, DEVICES, DRY_RUN, FAIL, INTERCONNECT, PASS, RENDEZVOUS,
-                                       ROUND_TRIP, STORAGE, HostReport, Observation, first_line, skipped, timed)
+                                       ROUND_TRIP, SKIP, STORAGE, HostReport, Observation, first_line, skipped, timed)
 from harness.preflight.rollcall import REPLY_MARGIN_S
 from harness.preflight.storage import probe, probe_failed, probe_target, remove_scratch, round_trip
 from harness.runtime import storage
 from harness.runtime.devices import configure_devices
 
 PROG = "harness-preflight"
-NOT_SELECTED = "not in --checks"
-DISAGREE = "the hosts disagree on what they run (consistency FAIL): collectives could hang, so none ran"
-UNWRITABLE = "a host cannot use the checkpoint dir (storage FAIL)"
+# Why a check did not run: (the table's words, the page's sentence).
+NOT_SELECTED = ("not selected", "not in --checks")
+DISAGREE = ("hosts differ", "the hosts disagree on what they run (consistency FAIL): collectives could hang, "
+                            "so none ran")
+UNWRITABLE = ("storage failed", "a host cannot use the checkpoint dir (storage FAIL): nothing was saved")
+NOT_READY = ("storage failed", "the checkpoint dir failed a check (storage or round trip): no training run")
 
 
 def run(config: TrainConfig, options: PreflightOptions) -> int:
@@ -107,8 +110,8 @@ def _pod_never_assembled(config: TrainConfig, options: PreflightOptions, coordin
               file=sys.stderr, flush=True)
         return 1
     unreachable = Observation(RENDEZVOUS, FAIL, f"unreachable from host {me}", joined.observation.detail)
-    report = rendezvous_failed(context, {0: unreachable, me: joined.observation}, {me: socket.gethostname()},
-                               {me: os.getpid()})
+    waited = dataclasses.replace(joined.observation, status=SKIP, value="could not join")
+    report = rendezvous_failed(context, {0: unreachable, me: waited}, {me: socket.gethostname()}, {me: os.getpid()})
     print("\n".join(report_files.console_lines(report)), flush=True)
     print(f"{PROG}: host {me}: only process 0 writes the report files; nothing was written", flush=True)
     return report.exit_code
@@ -175,9 +178,8 @@ class Preflight:
                                                    "(see the hosts' and the launcher's lines)"), show=False)
             self._stage(DRY_RUN, lambda: dry_run(self.config, self.run_id, options.dry_run_steps))
         else:
-            why = NOT_SELECTED if not options.runs(selectable.DRY_RUN) else (
-                DISAGREE if not safe else "the checkpoint dir failed a check (storage or round trip)")
-            self._skip(DRY_RUN, why)
+            self._skip(DRY_RUN, NOT_SELECTED if not options.runs(selectable.DRY_RUN) else
+                       DISAGREE if not safe else NOT_READY)
         self._exchange()
         return self._finish()
 
@@ -195,7 +197,7 @@ class Preflight:
         self._stage(row, lambda: bounded(row, work, self.options.check_timeout))
 
     def _collective_or_skip(self, row: str, check: str, safe: bool, work: Callable[[], Observation],
-                            why: str = DISAGREE) -> None:
+                            why: tuple[str, str] = DISAGREE) -> None:
         if not self.options.runs(check):
             self._skip(row, NOT_SELECTED)
         elif not safe:
@@ -203,8 +205,8 @@ class Preflight:
         else:
             self._stage(row, work)
 
-    def _skip(self, row: str, why: str) -> None:
-        self.report = self.report.with_observations(skipped(row, why))
+    def _skip(self, row: str, why: tuple[str, str]) -> None:
+        self.report = self.report.with_observations(skipped(row, *why))
 
     def _exchange(self) -> None:
         """All reports to all hosts; a collective that fails means the pod is broken."""
@@ -257,7 +259,7 @@ class Preflight:
             except OSError as err:
                 print(f"{PROG}: could not remove the preflight's scratch files: {err}", file=sys.stderr, flush=True)
         else:
-            print(f"{PROG}: host {self.host}: {final.summary()}", flush=True)
+            print(f"{PROG}: seen from host {self.host}: {final.summary()}", flush=True)
         all_hosts_agree(True)  # nobody exits (and makes a launcher stop the rest) before the report is written
         return final.exit_code
 
