@@ -15,7 +15,8 @@
    uv, then makes ~/podharness/venv with Python >= 3.11 and the requirements, kept
    between launches; --provision, --wheelhouse for workers without internet,
    --python_dist; or --python to use an interpreter as it is), then run
-   `python -m harness.train --config <preset> <extra flags>` under launch/worker_run.py,
+   `python -m harness.train --config <preset> <extra flags>` (`harness.preflight` with
+   --preflight: is the pod ready?) under launch/worker_run.py,
    which keeps the harness's output in ~/podharness/runs/<run id>/ so it outlives the ssh
    session, and ends with the harness's exit status or signal. No HARNESS_* variables are
    passed: on a TPU VM the harness finds its peers from the TPU metadata
@@ -211,6 +212,7 @@ class RemoteRun:
     wheelhouse: bool = False
     python_dist: bool = False
     keep_releases: int = DEFAULT_KEEP_RELEASES
+    module: str = "harness.train"  # or harness.preflight (--preflight)
 
 
 _ROOT = '"$HOME/podharness"'
@@ -232,14 +234,14 @@ def _stop_marker(run_id: str) -> str:
 def _stop_harness_statements(kill_grace: float) -> list[str]:
     """Bash that stops the harness recorded in the pidfile: SIGTERM, then SIGKILL after the grace.
 
-    The pid is only trusted if its command line still mentions harness.train, so a
-    recycled pid is left alone.
+    The pid is only trusted if its command line still mentions harness.train (or
+    harness.preflight), so a recycled pid is left alone.
     """
     ticks = max(1, round(kill_grace * 10))
     return [
         'alive() { [ -d "/proc/$1" ] && ! grep -qs "^State:[[:space:]]*Z" "/proc/$1/status"; }',
         f'if [ -f {_PIDFILE} ]; then pid="$(cat {_PIDFILE})";'
-        ' if grep -qas "harness[.]train" "/proc/$pid/cmdline"; then'
+        ' if grep -qasE "harness[.](train|preflight)" "/proc/$pid/cmdline"; then'
         ' echo "podharness: stopping harness process $pid" >&2;'
         ' kill -TERM "$pid" 2>/dev/null || true;'
         f' for _ in $(seq {ticks}); do alive "$pid" || break; sleep 0.1; done;'
@@ -314,7 +316,7 @@ def launch_script(run: RemoteRun) -> str:
         "export PYTHONUNBUFFERED=1",
         *(['export WANDB_API_KEY="$wandb_key"'] if run.wandb_key_on_stdin else []),
         f'exec "$python" -m launch.worker_run --pidfile {_PIDFILE} --stop_marker {_stop_marker(run.run_id)}'
-        f' --log_dir {run_dir} -- "$python" -m harness.train {shlex.join(run.harness_args)}'.rstrip(),
+        f' --log_dir {run_dir} -- "$python" -m {run.module} {shlex.join(run.harness_args)}'.rstrip(),
     ]
     return "; ".join(statements)
 
@@ -502,6 +504,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         "--log_dir", type=Path, help="per-worker logs (default: runs/tpu_pod/<tpu>/<run id>)"
     )
     parser.add_argument(
+        "--preflight", action="store_true",
+        help="run `python -m harness.preflight` (is the pod ready?) on every worker instead of training",
+    )
+    parser.add_argument(
         "--num_workers", type=int, help="workers in the pod (default: ask `gcloud ... describe`)"
     )
     parser.add_argument(
@@ -599,6 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wheelhouse=args.wheelhouse is not None,
         python_dist=args.python_dist is not None,
         keep_releases=args.keep_releases,
+        module="harness.preflight" if args.preflight else "harness.train",
     )
     if args.dry_run:
         print("\n".join(dry_run_lines(tpu, snapshot, run, args.num_workers, args.wheelhouse, args.python_dist)))
