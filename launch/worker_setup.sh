@@ -150,11 +150,11 @@ install_requirements() {
   say "installing $(grep -c . "$requirements") requirements into $venv${wheelhouse:+ from the wheelhouse (offline)}"
   if has_pip "$python"; then
     "$python" -m pip install -q --disable-pip-version-check "${index[@]}" -r "$requirements" >&2 \
-      || die "pip install failed${wheelhouse:+ (is the wheelhouse built for this worker's Python and platform?)}"
+      || die "pip install failed${wheelhouse:+ (is the wheelhouse built for the Python and platform of this worker?)}"
   else
     get_uv
     "$uv" pip install -q --python "$python" "${index[@]}" -r "$requirements" >&2 \
-      || die "uv pip install failed${wheelhouse:+ (is the wheelhouse built for this worker's Python and platform?)}"
+      || die "uv pip install failed${wheelhouse:+ (is the wheelhouse built for the Python and platform of this worker?)}"
   fi
   echo "$stamp" >"$venv/.podharness-stamp"
 }

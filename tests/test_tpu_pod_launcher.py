@@ -26,6 +26,9 @@ import pytest
 from harness.runtime.watchdog import EXIT_HOST_LOST, lost_hosts_line
 from launch.local import free_port
 from launch.tpu_pod import take_snapshot, write_archive
+from tests.support.fake_worker import (
+    base_python, fake_uv_wheel, python_dist, standin_dep_wheel, stock_worker_path,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_GCLOUD_BIN = REPO_ROOT / "tests" / "support" / "bin"
@@ -516,3 +519,178 @@ def test_a_dirty_tree_is_refused_with_exit_2(make_fake_pod: MakePod, tmp_path: P
     assert "uncommitted changes to tracked files (README.md)" in result.stderr
     assert "--allow_dirty" in result.stderr
     assert pod.calls() == []
+
+
+# --- Provisioning stock workers (launch/worker_setup.sh) --------------------------------
+
+PROVISIONED_TRAIN = '''\
+"""Stand-in for harness.train that needs its requirement installed: reports the Python it runs on."""
+import json, os, sys
+import podharness_standin_dep
+report = {"worker": int(os.environ["HARNESS_PROCESS_ID"]), "python": "%d.%d" % sys.version_info[:2],
+          "prefix": sys.prefix, "dep": podharness_standin_dep.VERSION}
+print("provisioned " + json.dumps(report), flush=True)
+'''
+PROVISIONED_SETUP_CFG = """\
+[options]
+install_requires =
+    podharness-standin-dep==1.0
+
+[options.extras_require]
+tpu =
+"""
+
+
+def provisioned_repo(tmp_path: Path) -> Path:
+    """A repository whose harness needs podharness-standin-dep (no --python: workers provision)."""
+    return make_repo(tmp_path / "provisioned-repo",
+                     standin_files(**{"harness/train.py": PROVISIONED_TRAIN, "setup.cfg": PROVISIONED_SETUP_CFG}))
+
+
+def stock_pod(make_fake_pod: MakePod, tmp_path: Path, *, num_workers: int = 1, internet: bool,
+              pip: bool = True, python311: bool = False) -> FakePod:
+    """Workers like a fresh Ubuntu 22.04 TPU VM: python3 is 3.10 without venv; "PyPI" has the
+    stand-in's requirement and is reachable only with `internet`."""
+    pod = make_fake_pod(num_workers=num_workers)
+    pypi = tmp_path / "pypi"
+    standin_dep_wheel(pypi)
+    pod.env.update(
+        FAKE_GCLOUD_WORKER_PATH=stock_worker_path(tmp_path / "worker-bin", with_python311=python311),
+        FAKE_WORKER_INTERNET="1" if internet else "0",
+        FAKE_WORKER_PIP="1" if pip else "0",
+        FAKE_WORKER_PYPI=str(pypi),
+        FAKE_WORKER_REAL_PYTHON=base_python(),
+    )
+    return pod
+
+
+def build_wheelhouse(repo: Path, tmp_path: Path) -> Path:
+    """launch.wheelhouse from local wheels only (no network): the requirement and uv's wheel."""
+    local = tmp_path / "local-wheels"
+    standin_dep_wheel(local)
+    fake_uv_wheel(local)
+    out = tmp_path / "wheelhouse"
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull}
+    env = {name: value for name, value in env.items() if name != "PIP_FIND_LINKS"}
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.wheelhouse", "--repo", str(repo), "--out", str(out), "--no_index",
+         "--find_links", str(local)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(path.name for path in out.iterdir()) == [
+        "podharness_standin_dep-1.0-py3-none-any.whl", "requirements.txt", "uv-0.13.8-py3-none-any.whl"]
+    return out
+
+
+def provisioned_reports(pod: FakePod) -> list[dict]:
+    """Each worker's stand-in report, from the worker's own log of its latest run."""
+    reports = []
+    for worker in range(pod.num_workers):
+        runs = sorted((pod.root / f"worker-{worker}" / "podharness" / "runs").iterdir(), key=lambda p: p.name)
+        [line] = [line for line in (runs[-1] / "stdout.log").read_text().splitlines()
+                  if line.startswith("provisioned ")]
+        reports.append(json.loads(line.removeprefix("provisioned ")))
+    return reports
+
+
+def provision_flags(repo: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return ["--repo", str(repo), "--log_dir", str(tmp_path / "logs"), "--kill_grace", "5", *extra]
+
+
+def worker_log(pod: FakePod, worker: int, name: str) -> list[str]:
+    path = pod.root / f"worker-{worker}" / name
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_stock_python310_workers_are_provisioned_with_uv_and_reuse_the_venv(
+    make_fake_pod: MakePod, tmp_path: Path
+) -> None:
+    pod = stock_pod(make_fake_pod, tmp_path, num_workers=2, internet=True)
+    repo = provisioned_repo(tmp_path)
+    result = run_launcher(pod, *provision_flags(repo, tmp_path, "--num_workers", "2"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    for worker, report in enumerate(provisioned_reports(pod)):
+        venv = pod.root / f"worker-{worker}" / "podharness" / "venv"
+        assert report == {"worker": worker, "python": "3.11", "prefix": str(venv), "dep": "1.0"}
+        said = [line.removeprefix(f"[worker {worker}] ") for line in result.stderr.splitlines()
+                if line.startswith(f"[worker {worker}] podharness: ")]
+        assert said[:5] == [
+            f"podharness: worker python3: {pod.env['FAKE_GCLOUD_WORKER_PATH']}/python3 (3.10.12): too old:"
+            " the harness needs Python >= 3.11",
+            "podharness: worker python3 venv/ensurepip: missing (Ubuntu package python3-venv)",
+            "podharness: worker python3 pip: available",
+            "podharness: worker uv: not found",
+            "podharness: no Python >= 3.11 with venv/ensurepip here: provisioning with uv",
+        ]
+        assert "podharness: installing uv: python3 -m pip install --user uv (downloads uv from PyPI)" in said
+        uv_calls = worker_log(pod, worker, "fake-uv.log")
+        assert uv_calls[:2] == ["python find 3.11", "python install 3.11"]
+        assert uv_calls[2] == f"venv -q --python 3.11 {venv}"
+        assert uv_calls[3] == f"pip install -q --python {venv}/bin/python -r {venv}.requirements.txt"
+
+    again = run_launcher(pod, *provision_flags(repo, tmp_path, "--num_workers", "2"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    for worker in range(2):
+        assert f"[worker {worker}] podharness: reusing {pod.root}/worker-{worker}/podharness/venv:" \
+               " same Python and requirements as last time" in again.stderr.splitlines()
+        assert len(worker_log(pod, worker, "fake-uv.log")) == 4, "the second launch installed something"
+
+
+def test_an_offline_python310_worker_installs_from_the_wheelhouse(make_fake_pod: MakePod, tmp_path: Path) -> None:
+    """No internet, no pip: uv comes out of the wheelhouse, Python from --python_dist,
+    the packages from the wheelhouse with --no-index."""
+    pod = stock_pod(make_fake_pod, tmp_path, internet=False, pip=False)
+    repo = provisioned_repo(tmp_path)
+    wheelhouse = build_wheelhouse(repo, tmp_path)
+    dist = python_dist(tmp_path / "dist")
+    result = run_launcher(pod, *provision_flags(repo, tmp_path, "--num_workers", "1", "--provision", "uv",
+                                                "--wheelhouse", str(wheelhouse), "--python_dist", str(dist)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    venv = pod.root / "worker-0" / "podharness" / "venv"
+    assert provisioned_reports(pod) == [{"worker": 0, "python": "3.11", "prefix": str(venv), "dep": "1.0"}]
+    home_wheelhouse = pod.root / "worker-0" / "podharness" / "wheelhouse"
+    assert worker_log(pod, 0, "fake-uv.log") == [
+        f"venv -q --python {pod.root}/worker-0/podharness/python-dist/python/bin/python3 {venv}",
+        f"pip install -q --python {venv}/bin/python --no-index --find-links {home_wheelhouse}"
+        f" -r {venv}.requirements.txt",
+    ]
+    assert "[worker 0] podharness: worker python3 pip: missing (Ubuntu package python3-pip)" in result.stderr
+    assert "[worker 0] podharness: unpacking uv from the wheelhouse (uv-0.13.8-py3-none-any.whl)" in result.stderr
+    assert [argv[3] for argv in pod.calls()[:3]] == ["scp", "scp", "scp"]
+
+
+@pytest.mark.parametrize("case", ["offline-no-python-dist", "offline-no-pip", "system-only"])
+def test_a_worker_that_cannot_be_provisioned_says_what_is_missing(
+    make_fake_pod: MakePod, tmp_path: Path, case: str
+) -> None:
+    pod = stock_pod(make_fake_pod, tmp_path, internet=False, pip=False)
+    repo = provisioned_repo(tmp_path)
+    extra, expected = {
+        "offline-no-python-dist": (["--wheelhouse", str(build_wheelhouse(repo, tmp_path))],
+                                   "no Python >= 3.11 on this worker, and offline (--wheelhouse): pass"
+                                   " --python_dist, a python-build-standalone install_only archive"),
+        "offline-no-pip": ([], "no uv on this worker and no pip to install it: install python3-pip,"
+                               " or pass --wheelhouse (it carries uv)"),
+        "system-only": (["--provision", "system"],
+                        "no Python >= 3.11 with venv/ensurepip on this worker: install python3.11 and"
+                        " python3.11-venv, pass --python_dist, or use --provision uv"),
+    }[case]
+    result = run_launcher(pod, *provision_flags(repo, tmp_path, "--num_workers", "1", *extra))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"[worker 0] podharness: error: {expected}" in result.stderr.splitlines()
+    assert "launch.tpu_pod: worker 0 failed (exit code 1)" in result.stderr
+
+
+def test_a_worker_with_python311_gets_a_plain_venv_from_the_wheelhouse(make_fake_pod: MakePod, tmp_path: Path) -> None:
+    pod = stock_pod(make_fake_pod, tmp_path, internet=False, pip=False, python311=True)
+    repo = provisioned_repo(tmp_path)
+    wheelhouse = build_wheelhouse(repo, tmp_path)
+    result = run_launcher(pod, *provision_flags(repo, tmp_path, "--num_workers", "1", "--wheelhouse", str(wheelhouse)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    venv = pod.root / "worker-0" / "podharness" / "venv"
+    assert provisioned_reports(pod) == [{"worker": 0, "python": "3.11", "prefix": str(venv), "dep": "1.0"}]
+    python311 = f"{pod.env['FAKE_GCLOUD_WORKER_PATH']}/python3.11"
+    assert f"[worker 0] podharness: making the venv {venv} with {python311} (3.11.7)" in result.stderr.splitlines() \
+        or any(line.startswith(f"[worker 0] podharness: making the venv {venv} with {python311}")
+               for line in result.stderr.splitlines())
+    assert worker_log(pod, 0, "fake-uv.log") == []
