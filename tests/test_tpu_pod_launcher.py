@@ -316,6 +316,23 @@ def test_real_harness_runs_on_the_fake_pod(make_fake_pod: MakePod, tmp_path: Pat
     )
 
 
+def test_preflight_runs_on_every_worker_of_the_fake_pod(make_fake_pod: MakePod, tmp_path: Path) -> None:
+    """`--preflight` runs harness.preflight instead of training; worker 0 writes the report."""
+    pod = make_fake_pod(num_workers=2, devices_per_worker=4)
+    run_dir = tmp_path / "run"
+    flags = ["--allow_dirty", "--preflight", "--preset", "local-2x4", "--", "--checkpoint_dir",
+             str(tmp_path / "checkpoints"), "--run_dir", str(run_dir), "--checks", "consistency,devices,storage"]
+    result = run_launcher(pod, *fake_pod_flags(REPO_ROOT, tmp_path / "logs"), *flags)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((run_dir / "preflight.json").read_text())
+    assert report["verdict"] == "PASS" and [host["host"] for host in report["hosts"]] == [0, 1]
+    assert {check["check"]: check["status"] for check in report["checks"]}["devices"] == "PASS"
+    lines = (result.stdout + result.stderr).splitlines()
+    assert "[worker 0] harness-preflight: PASS: 2 host(s), every check passed" in lines
+    assert "[worker 1] harness-preflight: seen from host 1: PASS: 2 host(s), every check passed" in lines
+    assert processes_under(pod.root) == []
+
+
 def test_a_failing_worker_stops_the_others(make_fake_pod: MakePod, tmp_path: Path) -> None:
     pod = make_fake_pod()
     checkout = standin_checkout(tmp_path)
