@@ -711,3 +711,123 @@ def test_a_worker_with_python311_gets_a_plain_venv_from_the_wheelhouse(make_fake
         or any(line.startswith(f"[worker 0] podharness: making the venv {venv} with {python311}")
                for line in result.stderr.splitlines())
     assert worker_log(pod, 0, "fake-uv.log") == []
+
+
+# --- Housekeeping, signals, relaunch after a lost launcher ------------------------------
+
+def test_each_worker_keeps_the_newest_releases_only(make_fake_pod: MakePod, tmp_path: Path) -> None:
+    pod = make_fake_pod(num_workers=1)
+    checkout = standin_checkout(tmp_path)
+    shipped = []
+    for i in range(4):
+        if i:
+            (checkout.repo / "README.md").write_text(f"release {i}\n")
+            git(checkout.repo, "commit", "-q", "-am", f"release {i}")
+        shipped.append(git(checkout.repo, "rev-parse", "HEAD"))
+        result = run_launcher(pod, *fake_pod_flags(checkout.repo, tmp_path / f"logs-{i}"), "--num_workers", "1",
+                              "--keep_releases", "2")
+        assert result.returncode == 0, result.stdout + result.stderr
+    releases = pod.root / "worker-0" / "podharness" / "releases"
+    assert sorted(path.name for path in releases.iterdir()) == sorted(shipped[-2:])
+    assert len(list((pod.root / "worker-0" / "podharness" / "runs").iterdir())) == 4
+
+
+def test_a_worker_killed_by_a_signal_is_reported_as_the_signal(make_fake_pod: MakePod, tmp_path: Path) -> None:
+    pod = make_fake_pod(num_workers=2)
+    checkout = standin_checkout(tmp_path)
+    flags = ["--num_workers", "2", "--", "--hold", "--fail_worker=1", f"--fail_by_signal={int(signal.SIGKILL)}"]
+    result = run_launcher(pod, *fake_pod_flags(checkout.repo, tmp_path / "logs"), *flags)
+    assert result.returncode == 128 + signal.SIGKILL, result.stdout + result.stderr
+    assert "launch.tpu_pod: worker 1 failed (killed by SIGKILL)" in result.stderr.splitlines()
+    assert processes_under(pod.root) == []
+
+
+def wait_for(predicate: Callable[[], bool], what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert process is None or process.poll() is None, f"exited while waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_relaunch_stops_the_harness_a_killed_launcher_left_running(make_fake_pod: MakePod, tmp_path: Path) -> None:
+    """SIGKILL the launcher mid-run: the harnesses keep running (their output goes to the
+    workers' files, not into the dead session); the next launch stops them (exit 42) and runs."""
+    pod = make_fake_pod(num_workers=2)
+    checkout = standin_checkout(tmp_path)
+    flags = [*fake_pod_flags(checkout.repo, tmp_path / "logs-1"), "--num_workers", "2", "--", "--hold"]
+    first = subprocess.Popen(launcher_argv(*flags), cwd=REPO_ROOT, env=pod.env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    pid_files = [pod.root / f"worker-{i}" / "standin.pid" for i in range(2)]
+    try:
+        wait_for(lambda: all(path.exists() for path in pid_files), "the stand-ins", first)
+        first.kill()
+        first.wait(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        first.kill()
+    stale = [int(path.read_text()) for path in pid_files]
+    assert all(pid_running(pid) for pid in stale), "the harnesses died with the launcher"
+    started = time.monotonic()
+    result = run_launcher(pod, *fake_pod_flags(checkout.repo, tmp_path / "logs-2"), "--num_workers", "2")
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    for worker, pid in enumerate(stale):
+        assert f"[worker {worker}] podharness: stopping harness process {pid}" in result.stderr.splitlines()
+        assert not pid_running(pid)
+    print(f"relaunch after a SIGKILLed launcher (stand-in harness): {took:.1f} s")
+
+
+@pytest.mark.soak
+def test_a_relaunch_after_a_killed_launcher_resumes_within_seconds_with_the_real_harness(
+    make_fake_pod: MakePod, tmp_path: Path
+) -> None:
+    """The real harness on 2 workers: SIGKILL the launcher mid-run, relaunch with --resume.
+    The stale harnesses agree on a step, save there and exit 42 on the relaunch's SIGTERM;
+    the relaunch resumes from that checkpoint. Prints the relaunch's time next to a plain
+    launch of the same run; asserts only a generous bound (the stop grace is 60 s)."""
+    pod = make_fake_pod(num_workers=2, devices_per_worker=4)
+    checkpoints, run_dir, cache = tmp_path / "checkpoints", tmp_path / "run", tmp_path / "cache"
+    harness = ["--checkpoint_dir", str(checkpoints), "--run_dir", str(run_dir), "--log_interval", "1",
+               "--save_interval", "100000", "--no_wandb", "--compilation_cache_dir", str(cache)]
+
+    def flags(name: str, *extra: str) -> list[str]:
+        return ["--repo", str(REPO_ROOT), "--allow_dirty", "--python", sys.executable, "--num_workers", "2",
+                "--kill_grace", "60", "--log_dir", str(tmp_path / name), "--preset", "local-2x4", "--",
+                *harness, *extra]
+
+    log = tmp_path / "first.log"
+    with log.open("wb") as out:
+        first = subprocess.Popen(launcher_argv(*flags("logs-1", "--num_train_steps", "100000")), cwd=REPO_ROOT,
+                                 env=pod.env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: re.search(r"\[worker 0\] Step +\d+:", log.read_text()) is not None, "a step", first)
+        first.kill()
+        first.wait(timeout=LAUNCH_TIMEOUT_S)
+    finally:
+        first.kill()
+
+    def seconds_to_first_step(name: str) -> tuple[float, str]:
+        """Launch with --resume, wait for worker 0's first step, stop the pod (SIGTERM)."""
+        out_log = tmp_path / f"{name}.log"
+        started = time.monotonic()
+        with out_log.open("wb") as out:
+            launcher = subprocess.Popen(launcher_argv(*flags(name, "--resume", "--num_train_steps", "100000")),
+                                        cwd=REPO_ROOT, env=pod.env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: re.search(r"\[worker 0\] Step +\d+:", out_log.read_text()) is not None,
+                     "the first step", launcher)
+            took = time.monotonic() - started
+            launcher.send_signal(signal.SIGTERM)
+            assert launcher.wait(timeout=LAUNCH_TIMEOUT_S) == 0, out_log.read_text()[-3000:]
+        finally:
+            launcher.kill()
+            launcher.wait(timeout=LAUNCH_TIMEOUT_S)
+        return took, out_log.read_text()
+
+    relaunch_s, relaunched = seconds_to_first_step("relaunch")
+    plain_s, _ = seconds_to_first_step("plain")
+    print(f"\nfirst step after launch: relaunch over a killed launcher's harnesses {relaunch_s:.1f} s,"
+          f" plain launch {plain_s:.1f} s")
+    assert re.search(r"\[worker 0\] Resumed from checkpoint at step \d+", relaunched), relaunched[-3000:]
+    assert "podharness: stopping harness process" in relaunched
+    assert relaunch_s - plain_s < 30, (relaunch_s, plain_s)
