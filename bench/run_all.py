@@ -13,7 +13,8 @@ import sys
 
 from bench.common import REPO_ROOT, child_env
 
-BENCHMARKS = ["bench.step_overhead", "bench.process_cost", "bench.hard_examples", "bench.checkpoint_stall"]
+BENCHMARKS = ["bench.step_overhead", "bench.process_cost", "bench.hard_examples", "bench.checkpoint_stall",
+              "bench.preflight_cost"]
 
 
 def main() -> int:

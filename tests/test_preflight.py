@@ -64,8 +64,8 @@ def cells(report: dict) -> dict[tuple[str, int], dict]:
 
 
 def test_a_healthy_2x4_pod_passes_every_check(tmp_path: Path, compile_cache: Path) -> None:
-    command = preflight_command(tmp_path, compile_cache, "--interconnect_sizes", "16384,262144,1048576",
-                                "--interconnect_repeats", "3")
+    command = preflight_command(tmp_path, compile_cache, "--interconnect_sizes", "16384,131072,524288",
+                                "--interconnect_repeats", "2")
     result, report = run_pod(tmp_path, 2, 4, command)
     assert result.returncode == 0, failure_report(result)
     assert report is not None, failure_report(result)
@@ -102,7 +102,7 @@ FAULTS = [
     ("wrong_device_result", 2, 4, 1, "devices", ["--checks", "consistency,devices"]),
     ("straggler", 2, 4, 1, "interconnect", ["--checks", "consistency,interconnect", "--interconnect_sizes", "65536",
                                             "--interconnect_repeats", "3"]),
-    ("never_start", 2, 4, 1, "rendezvous", ["--checks", "consistency", "--initialization_timeout", "8"]),
+    ("never_start", 2, 4, 1, "rendezvous", ["--checks", "consistency", "--initialization_timeout", "5"]),
     ("unwritable_checkpoint_dir", 3, 2, 2, "storage", ["--checks", "consistency,storage,dry_run"]),
 ]
 EVIDENCE = {"jax_version": "+testing-fault", "code_hash": "harness code", "wrong_device_result": "1 of 65536",

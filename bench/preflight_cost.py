@@ -1,0 +1,59 @@
+"""Wall time of a whole `harness-preflight` on 1, 2 and 4 local hosts (8 fake CPU
+devices in all: 1x8, 2x4, 4x2; the same (data=2, fsdp=4) mesh), every check on.
+
+    python -m bench.preflight_cost [--repeats 2]
+
+Each pod runs under launch.local, from the launcher's start to its exit (imports,
+rendezvous, every check, the report). The first round starts with an empty compilation
+cache (cold), later rounds reuse it (warm). Also reported: where the time went, the
+slowest host's seconds per check from the run's preflight.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from bench.common import child_env, median, python, run_measured
+
+HOSTS = (1, 2, 4)
+DEVICES = 8
+
+
+def measure(repeats: int) -> dict:
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for round_index in range(repeats):
+            for hosts in HOSTS:
+                run_dir = root / f"run-{hosts}-{round_index}"
+                argv = [python(), "-m", "launch.local", "--num_processes", str(hosts), "--devices_per_process",
+                        str(DEVICES // hosts), "--timeout", "600", "--", python(), "-m", "harness.preflight",
+                        "--config", "local-2x4", "--cpu_devices", str(DEVICES // hosts), "--run_dir", str(run_dir),
+                        "--checkpoint_dir", str(root / "ckpt"), "--compilation_cache_dir", str(root / "cache")]
+                wall, _ = run_measured(argv, env=child_env(WANDB_MODE="disabled"), timeout=900)
+                report = json.loads((run_dir / "preflight.json").read_text())
+                entry = results.setdefault(str(hosts), {"wall_s": [], "checks_s": []})
+                entry["wall_s"].append(round(wall, 2))
+                entry["checks_s"].append({check["check"]: round(max(c["seconds"] for c in check["cells"]), 2)
+                                          for check in report["checks"]})
+    for entry in results.values():
+        entry["cold_s"] = entry["wall_s"][0]
+        if len(entry["wall_s"]) > 1:
+            entry["warm_s_median"] = median(entry["wall_s"][1:])
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=2)
+    result = measure(parser.parse_args().repeats)
+    for hosts, value in result.items():
+        print(f"preflight {hosts} host(s): {json.dumps(value)}")
+    print("RESULT " + json.dumps({"preflight_cost": result}))
+
+
+if __name__ == "__main__":
+    main()
