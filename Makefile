@@ -2,6 +2,7 @@
 #   make train   the main job: mock training on CPU with 8 fake devices, local checkpoints, wandb offline
 #   make test    the test suite (what CI runs)
 #   make pod     2 simulated hosts x 4 fake devices on 127.0.0.1
+#   make preflight  is that 2x4 pod ready? every check on every host, one table, preflight.json
 #   make bench   benchmarks (ratios measured side by side)
 #   make soak    long kill/resume soak tests
 #   make fit     will a 1B transformer fit on a TPU v5e-16? (compiles for TPU on this CPU; no TPU needed)
@@ -11,7 +12,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: train test pod bench soak fit
+.PHONY: train test pod preflight bench soak fit
 
 $(INSTALLED): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,10 @@ test: $(INSTALLED)
 pod: $(INSTALLED)
 	$(BIN)/python -m launch.local --num_processes 2 --devices_per_process 4 -- \
 		$(BIN)/harness-train --config local-2x4 --overwrite
+
+preflight: $(INSTALLED)
+	$(BIN)/python -m launch.local --num_processes 2 --devices_per_process 4 -- \
+		$(BIN)/harness-preflight --config local-2x4
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.run_all
