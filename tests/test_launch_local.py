@@ -156,7 +156,7 @@ def test_a_failing_host_makes_the_launcher_stop_the_others(reap_pids: Path) -> N
 
 
 def test_the_host_a_survivor_names_is_reported_and_killed_at_once(reap_pids: Path) -> None:
-    """Host 0 plays a survivor whose watchdog named host 1 (the real line, exit 3); host
+    """Host 0 plays a survivor whose watchdog named host 1 (the real line, exit 42); host
     1 plays a frozen host, deaf to SIGTERM. The launcher names host 1, not host 0, and
     SIGKILLs it without waiting out the grace (600 s, past this test's timeout)."""
     report = lost_hosts_line(0, [1], "no heartbeat for 6 s")
@@ -179,7 +179,7 @@ def test_the_host_a_survivor_names_is_reported_and_killed_at_once(reap_pids: Pat
     assert result.returncode == EXIT_HOST_LOST, result.stderr
     assert result.stderr.splitlines() == [
         f"[host 0] {report}",
-        "launch.local: host 1 stopped responding (named by host 0); host 0 failed (exit code 3)",
+        f"launch.local: host 1 stopped responding (named by host 0); host 0 failed (exit code {EXIT_HOST_LOST})",
     ]
     assert not [pid for pid in read_pids(reap_pids) if pid_running(pid)]
 
@@ -204,7 +204,7 @@ def test_named_hosts_are_in_the_result_of_the_in_process_api(reap_pids: Path) ->
     assert result.returncodes == (-signal.SIGKILL, -signal.SIGKILL, EXIT_HOST_LOST)
     assert result.first_failure == 2 and result.unresponsive == (0, 1)
     assert stderr.getvalue().splitlines()[-1] == (
-        "launch.local: host 0, host 1 stopped responding (named by host 2); host 2 failed (exit code 3)")
+        f"launch.local: host 0, host 1 stopped responding (named by host 2); host 2 failed (exit code {EXIT_HOST_LOST})")
 
 
 def test_a_host_killed_by_a_signal_is_reported_as_such() -> None:

@@ -1,5 +1,6 @@
 """Preemption through the real CLI: SIGTERM makes every host stop at one agreed step,
-save a checkpoint there and exit 0; `--resume` then continues bit for bit.
+save a checkpoint there and exit 42 (restartable: harness/errors.py); `--resume` then
+continues bit for bit. The launcher counts 42 after its own stop request as a clean stop.
 
     .venv/bin/python -m pytest -q tests/test_preemption.py
     .venv/bin/python -m pytest -q -m soak tests/test_preemption.py   # SIGTERM to one host only
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import EXIT_RESTARTABLE
 from harness.runtime.checkpoint import existing_steps
 from harness.outputs.sinks import read_metrics
 from tests.support.runs import (
@@ -84,11 +86,11 @@ def preempted_run(tmp_path_factory, cache):
             "steps_at_stop": steps_at_stop, "resumed": resumed, "reference": reference, "root": root}
 
 
-def test_sigterm_saves_a_checkpoint_at_the_stop_step_and_exits_0(preempted_run):
+def test_sigterm_saves_a_checkpoint_at_the_stop_step_and_exits_42(preempted_run):
     run = preempted_run
     stopped_at = run["stopped_at"]
 
-    assert run["returncode"] == 0, run["output"][-3000:]
+    assert run["returncode"] == EXIT_RESTARTABLE, run["output"][-3000:]
     assert stopped_at >= 1
     assert "Training complete!" not in run["output"]
     assert run["steps_at_stop"] == [stopped_at]  # the preemption checkpoint, and only it
@@ -133,9 +135,11 @@ def _preempt_pod(root: Path, cache: list[str], *, signal_host: int | None):
     return returncode, log.read_text(), left
 
 
-def _check_one_agreed_stop(root: Path, returncode: int, output: str, left: list[int]) -> int:
-    """Asserts the pod stopped together; returns the agreed step."""
-    assert returncode == 0, output[-4000:]
+def _check_one_agreed_stop(root: Path, returncode: int, output: str, left: list[int], *,
+                           expected_returncode: int = 0) -> int:
+    """Asserts the pod stopped together; returns the agreed step. The launcher exits 0 when
+    it asked for the stop itself, else with the hosts' restartable 42."""
+    assert returncode == expected_returncode, output[-4000:]
     assert left == [], f"hosts still alive after the launcher exited: {left}"
     messages = re.findall(rf"^\[host (\d+)\] {PREEMPTED}", output, re.MULTILINE)
     assert len(messages) == 1 and messages[0][0] == "0", (messages, output[-4000:])
@@ -173,7 +177,7 @@ def test_sigterm_to_the_launcher_stops_every_host_at_one_step_and_resume_is_exac
 def test_sigterm_to_one_host_stops_every_host_at_one_step_and_resume_is_exact(tmp_path, cache):
     returncode, output, left = _preempt_pod(tmp_path, cache, signal_host=1)
 
-    stopped_at = _check_one_agreed_stop(tmp_path, returncode, output, left)
+    stopped_at = _check_one_agreed_stop(tmp_path, returncode, output, left, expected_returncode=EXIT_RESTARTABLE)
     assert "stop requested" not in output  # the launcher itself got no signal
 
     _check_pod_resume(tmp_path, stopped_at, cache)
