@@ -77,12 +77,17 @@ class StopDeadline:
         self._progress_at = time.monotonic()
         self._in_loop = True
         self._started = threading.Event()
+        self._cancelled = threading.Event()
 
     def step_finished(self) -> None:
         self._progress_at = time.monotonic()
 
     def loop_ended(self) -> None:
         self._in_loop = False
+
+    def cancel(self) -> None:
+        """Stops watching (the process is not going to wait for anything any more)."""
+        self._cancelled.set()
 
     def stop_requested(self) -> None:
         """Called for each SIGTERM; the first one starts the watch."""
@@ -94,7 +99,7 @@ class StopDeadline:
     def _watch(self) -> None:
         started = time.monotonic()
         changed: dict[int, tuple[str, float]] = {}  # host -> (its value, when it last changed)
-        while True:
+        while not self._cancelled.is_set():
             try:
                 beats = _bounded(self._read_beats, self._kv_timeout_s)
             except Exception as err:
@@ -106,7 +111,7 @@ class StopDeadline:
                 if gone and time.monotonic() - self._progress_at > self._stall_s:
                     self._give_up(sorted(gone), "; ".join(sorted(set(gone.values()))))
                     return
-            time.sleep(self._poll_s)
+            self._cancelled.wait(self._poll_s)
 
     def _gone(self, beats: Mapping[str, str], changed: dict[int, tuple[str, float]],
               started: float) -> dict[int, str]:

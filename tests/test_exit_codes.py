@@ -1,0 +1,288 @@
+"""The restart contract: each way a run ends exits with its documented code (README "When
+things go wrong", harness/errors.py), and a stop reaches a host blocked in a collective.
+
+    .venv/bin/python -m pytest -q tests/test_exit_codes.py               # default cases
+    .venv/bin/python -m pytest -q -m soak tests/test_exit_codes.py       # lost host, blocked stop, real pods
+
+0 done; 1 non-finite; 2 bad input; 42 (restartable) a preemption that saved, a lost host,
+or a stop that found a peer gone. The lost-host exit through the watchdog runs by default
+in tests/test_host_loss.py; here it runs again, as a contract check, in the soak set.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from harness.errors import EXIT_RESTARTABLE, HostLostError, NonFiniteStateError, UsageError
+from harness.runtime.stop_deadline import StopDeadline
+from harness.runtime.watchdog import DONE, EXIT_HOST_LOST, KEY_PREFIX
+from launch.gke.manifest import RESTARTABLE_EXIT_CODES
+from launch.local import free_port
+from launch.supervisor import parse_lost_hosts_line
+from tests.support.runs import (
+    REPO_ROOT, compile_cache_flags, harness_env, run_harness, start_harness, wait_for_output,
+)
+
+RUN_TIMEOUT_S = 240
+WAIT_S = 30  # bound on any wait for a verdict in the in-process tests
+
+
+def test_the_documented_codes_and_the_gke_restart_list_agree() -> None:
+    assert (UsageError.exit_code, NonFiniteStateError.exit_code) == (2, 1)
+    assert HostLostError.exit_code == EXIT_HOST_LOST == EXIT_RESTARTABLE == 42
+    assert EXIT_RESTARTABLE in RESTARTABLE_EXIT_CODES
+    assert not {0, 1, 2} & set(RESTARTABLE_EXIT_CODES)
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "restartable" in readme and "exit 42" in readme
+
+
+# --- Real runs, one per way a run ends ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
+
+
+def _args(root: Path, cache: list[str], *extra: str) -> list[str]:
+    return ["--config", "smoke", "--no_wandb", "--log_interval", "1", *cache,
+            "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+
+
+def test_bad_input_exits_2(tmp_path: Path) -> None:
+    result = run_harness(["--config", "no-such-preset"], timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("harness-train: error: ")
+
+
+def test_a_non_finite_loss_exits_1(tmp_path: Path, cache: list[str]) -> None:
+    result = run_harness(_args(tmp_path, cache, "--testing_nonfinite_step", "2"), timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "non-finite loss=nan" in result.stderr
+
+
+def test_a_preemption_saves_then_exits_42(tmp_path: Path, cache: list[str]) -> None:
+    log = tmp_path / "run.log"
+    process = start_harness(_args(tmp_path, cache, "--num_train_steps", "400", "--save_interval", "1000"),
+                            log_path=log)
+    try:
+        wait_for_output(log, r"^Step +\d+:", process, timeout=RUN_TIMEOUT_S)
+        process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert returncode == EXIT_RESTARTABLE, log.read_text()[-3000:]
+    assert re.search(r"^Preempted \(SIGTERM\): all hosts stopped at step \d+", log.read_text(), re.MULTILINE)
+
+
+# --- The stop deadline against a fake key-value store (threads, no JAX) -----------------
+
+class Beats:
+    """The watchdog's key-value entries: `beat()` moves the named hosts' counters."""
+
+    def __init__(self, hosts: int) -> None:
+        self.values = {f"{KEY_PREFIX}{host}": "1" for host in range(hosts)}
+        self.answering = True
+
+    def beat(self, *hosts: int) -> None:
+        for host in hosts:
+            key = f"{KEY_PREFIX}{host}"
+            self.values[key] = str(int(self.values[key]) + 1) if self.values[key] != DONE else DONE
+
+    def read(self) -> dict[str, str]:
+        if not self.answering:
+            time.sleep(60)
+        return dict(self.values)
+
+
+class Exits:
+    def __init__(self) -> None:
+        self.codes: list[int] = []
+        self.given = threading.Event()
+
+    def __call__(self, code: int) -> None:
+        self.codes.append(code)
+        self.given.set()
+
+
+@pytest.fixture
+def deadlines() -> Iterator[list[StopDeadline]]:
+    """Deadlines a test starts; their threads are cancelled afterwards."""
+    made: list[StopDeadline] = []
+    yield made
+    for deadline in made:
+        deadline.cancel()
+
+
+def _deadline(made: list[StopDeadline], beats: Beats, exits: Exits, host: int = 0) -> StopDeadline:
+    made.append(StopDeadline(host, 3, beats.read, exit_fn=exits, stall_s=0.3, peer_silence_s=0.3,
+                             kv_timeout_s=0.3, poll_s=0.05))
+    return made[-1]
+
+
+def _keep(action, until: threading.Event, seconds: float) -> None:
+    """Runs `action` every 50 ms for `seconds`, or until `until` is set."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end and not until.is_set():
+        action()
+        time.sleep(0.05)
+
+
+def test_a_blocked_host_whose_peer_went_silent_exits_42_naming_it(
+    capfd: pytest.CaptureFixture[str], deadlines: list[StopDeadline]
+) -> None:
+    beats, exits = Beats(3), Exits()
+    deadline = _deadline(deadlines, beats, exits)
+    deadline.stop_requested()
+    _keep(lambda: beats.beat(0, 1), exits.given, WAIT_S)  # host 2 is silent; the loop never moves
+    assert exits.codes == [EXIT_RESTARTABLE]
+    [line] = [line for line in capfd.readouterr().err.splitlines() if line.startswith("harness-train: error:")]
+    assert parse_lost_hosts_line(line) == (0, (2,))
+    assert "no step finished for 0.3 s after a stop (SIGTERM)" in line
+
+
+def test_a_host_that_keeps_stepping_is_not_cut_short(deadlines: list[StopDeadline]) -> None:
+    beats, exits = Beats(3), Exits()
+    deadline = _deadline(deadlines, beats, exits)
+    deadline.stop_requested()
+    _keep(lambda: (beats.beat(0, 1), deadline.step_finished()), exits.given, 1.5)
+    assert exits.codes == []
+
+
+def test_a_blocked_host_whose_peers_all_beat_waits(deadlines: list[StopDeadline]) -> None:
+    """A slow step or save: every peer is alive, so the launcher's grace decides, not this."""
+    beats, exits = Beats(3), Exits()
+    _deadline(deadlines, beats, exits).stop_requested()
+    _keep(lambda: beats.beat(0, 1, 2), exits.given, 1.5)
+    assert exits.codes == []
+
+
+def test_a_peer_that_left_the_loop_is_gone_only_while_this_host_is_in_it(deadlines: list[StopDeadline]) -> None:
+    beats, exits = Beats(3), Exits()
+    beats.values[f"{KEY_PREFIX}2"] = DONE
+    after_loop = _deadline(deadlines, beats, exits)
+    after_loop.loop_ended()
+    after_loop.stop_requested()
+    _keep(lambda: beats.beat(0, 1), exits.given, 1.5)
+    assert exits.codes == []
+    after_loop.cancel()
+    _deadline(deadlines, beats, exits).stop_requested()
+    _keep(lambda: beats.beat(0, 1), exits.given, WAIT_S)
+    assert exits.codes == [EXIT_RESTARTABLE]
+
+
+def test_a_coordinator_that_does_not_answer_is_named_as_host_0(
+    capfd: pytest.CaptureFixture[str], deadlines: list[StopDeadline]
+) -> None:
+    beats, exits = Beats(3), Exits()
+    beats.answering = False
+    _deadline(deadlines, beats, exits, host=1).stop_requested()
+    assert exits.given.wait(WAIT_S)
+    assert exits.codes == [EXIT_RESTARTABLE]
+    [line] = [line for line in capfd.readouterr().err.splitlines() if line.startswith("harness-train: error:")]
+    assert parse_lost_hosts_line(line) == (1, (0,)) and "the coordinator did not answer" in line
+
+
+# --- SIGTERM heard on a thread, and passed on to the C handler that was there ------------
+
+SIGTERM_LISTENER_CHILD = """
+import ctypes, os, signal, threading, time
+from harness.runtime.sigterm import SigtermListener, current_action
+
+calls = []
+# A foreign C-level handler, as JAX's preemption notifier installs one (std::signal).
+foreign = ctypes.CFUNCTYPE(None, ctypes.c_int)(lambda signum: calls.append(("foreign", signum)))
+libc = ctypes.CDLL(None)
+libc.signal.restype = ctypes.c_void_p
+libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.signal(signal.SIGTERM, ctypes.cast(foreign, ctypes.c_void_p))
+address = current_action(signal.SIGTERM).handler
+
+heard = threading.Event()
+listener = SigtermListener(lambda: (calls.append(("listener", threading.current_thread().name)), heard.set()))
+listener.start()
+assert listener.chains_to_foreign_handler
+threading.Thread(target=lambda: (time.sleep(0.2), os.kill(os.getpid(), signal.SIGTERM)), daemon=True).start()
+# The main thread is busy in one long C call (as in a collective): the thread still hears it.
+libc.usleep(2_000_000)
+print("heard while blocked:", heard.is_set(), calls, flush=True)
+listener.close()
+print("restored:", current_action(signal.SIGTERM).handler == address, flush=True)
+"""
+
+
+def test_sigterm_reaches_a_thread_while_the_main_thread_is_blocked_and_the_old_handler_still_runs() -> None:
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(SIGTERM_LISTENER_CHILD)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "heard while blocked: True [('listener', 'sigterm-listener'), ('foreign', 15)]",
+        "restored: True",
+    ]
+
+
+# --- Real pods (soak): a lost host, and a stop that reaches a host blocked on a dead peer --
+
+def _pod_host(root: Path, cache: list[str], port: int, process_id: int, *extra: str) -> subprocess.Popen:
+    env = harness_env(HARNESS_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", HARNESS_NUM_PROCESSES="2",
+                      HARNESS_PROCESS_ID=str(process_id), JAX_PLATFORMS="cpu")
+    args = ["--config", "local-2x4", "--no_wandb", "--log_interval", "1", *cache, "--num_train_steps", "100000",
+            "--save_interval", "100000", "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"),
+            *extra]
+    return start_harness(args, log_path=root / f"host-{process_id}.log", env=env)
+
+
+def _kill_host_1_mid_run(root: Path, cache: list[str], *extra: str) -> tuple[subprocess.Popen, float]:
+    """Start a 2x4 pod (two harness processes, no launcher), SIGKILL host 1 after a step;
+    returns host 0 and when host 1 died."""
+    port = free_port()
+    hosts = [_pod_host(root, cache, port, i, *extra) for i in range(2)]
+    try:
+        wait_for_output(root / "host-0.log", r"^Step +\d+:", hosts[0], timeout=RUN_TIMEOUT_S)
+    except BaseException:
+        for host in hosts:
+            host.kill()
+        raise
+    hosts[1].kill()
+    hosts[1].wait(timeout=30)
+    return hosts[0], time.monotonic()
+
+
+@pytest.mark.soak
+def test_a_lost_host_exits_42(tmp_path: Path, cache: list[str]) -> None:
+    survivor, _ = _kill_host_1_mid_run(tmp_path, cache, "--heartbeat_timeout", "10")
+    try:
+        returncode = survivor.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        survivor.kill()
+    output = (tmp_path / "host-0.log").read_text()
+    assert returncode == EXIT_RESTARTABLE, output[-3000:]
+    assert "harness-train: error: host 0: host(s) 1 stopped responding" in output
+
+
+@pytest.mark.soak
+def test_a_stop_reaches_a_host_blocked_on_a_dead_peer_within_seconds(tmp_path: Path, cache: list[str]) -> None:
+    """Host 1 dies; host 0 blocks on it. SIGTERM to host 0 (the launcher's stop) ends it
+    with 42 in seconds, not after the watchdog's 36 s (default --heartbeat_timeout 60)."""
+    survivor, died_at = _kill_host_1_mid_run(tmp_path, cache)
+    try:
+        survivor.send_signal(signal.SIGTERM)
+        returncode = survivor.wait(timeout=RUN_TIMEOUT_S)
+        took = time.monotonic() - died_at
+    finally:
+        survivor.kill()
+    output = (tmp_path / "host-0.log").read_text()
+    print(f"\nhost 0 exited {took:.1f} s after its peer died and the stop came")
+    assert returncode == EXIT_RESTARTABLE, output[-3000:]
+    assert "after a stop (SIGTERM)" in output
+    assert took < 30, output[-3000:]
