@@ -331,11 +331,25 @@ class FakeStore:
         return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
 
 
-def test_progress_names_the_hosts_not_in_the_stage_yet() -> None:
+def test_progress_names_the_hosts_furthest_behind() -> None:
     store = FakeStore()
-    for host, row in ((0, "devices"), (1, "consistency"), (2, "devices")):
-        Progress("run", host, 4, store).enter(row)
-    assert Progress("run", 0, 4, store).behind("devices") == {1: "consistency", 3: "unknown"}
+    stages = ("consistency", "the exchange after consistency", "devices")
+    for host, reached in ((0, 3), (1, 1), (2, 2), (3, 1)):
+        progress = Progress("run", host, 4, store)
+        for stage in stages[:reached]:
+            progress.enter(stage)
+    late, where = Progress("run", 0, 4, store).laggards()
+    assert late == [1, 3] and where == {0: "devices", 1: "consistency", 2: "the exchange after consistency",
+                                        3: "consistency"}
+    Progress("run", 4, 5, store).enter("consistency")
+    assert Progress("run", 0, 6, store).laggards()[0] == [5]  # host 5 never said where it is
+
+
+def test_hosts_at_the_same_stage_have_no_laggard() -> None:
+    store = FakeStore()
+    for host in range(3):
+        Progress("run", host, 3, store).enter("interconnect")
+    assert Progress("run", 0, 3, store).laggards() == ([], {0: "interconnect", 1: "interconnect", 2: "interconnect"})
 
 
 def test_the_private_jax_apis_used_are_still_there() -> None:

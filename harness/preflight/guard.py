@@ -1,8 +1,8 @@
 """Time bounds. Every check runs inside a `Deadline`; host-local work also runs through
 `bounded`, so a hung write or compile becomes a FAIL for that host while the others go
 on. A collective cannot be abandoned that way (the other hosts would wait in it), so
-when a stage's deadline passes the process gives up: it says which stage and which
-hosts had not reached it (each host records its stage in the coordination service's
+when a stage's deadline passes the process gives up: it names the stage and the hosts
+furthest behind (each host records how far it got in the coordination service's
 key-value store, `Progress`), process 0 first writes the report it has, and it exits 1.
 A host that dies or freezes is named sooner by the harness's watchdog
 (harness/runtime/watchdog.py), which runs beside the checks.
@@ -51,25 +51,40 @@ def _call_bounded(call: Callable[[], Any]) -> Any:
 
 
 class Progress:
-    """Which check each host is in: one key per host in the coordination service."""
+    """Where each host is: one key per host in the coordination service, holding how
+    many stages it has entered and the current one's name."""
 
     def __init__(self, run_id: str, host: int, num_hosts: int, client: Any):
         self._prefix = f"podharness/preflight/{run_id}/stage/"
         self._host = host
         self._num_hosts = num_hosts
         self._client = client
+        self._entered = 0
 
-    def enter(self, row: str) -> None:
+    def enter(self, stage: str) -> None:
+        self._entered += 1
         if self._client is not None:
-            _call_bounded(lambda: self._client.key_value_set(f"{self._prefix}{self._host}", row, allow_overwrite=True))
+            key, value = f"{self._prefix}{self._host}", f"{self._entered} {stage}"
+            _call_bounded(lambda: self._client.key_value_set(key, value, allow_overwrite=True))
 
-    def behind(self, row: str) -> dict[int, str]:
-        """Hosts not in `row` yet -> where they are (or "unknown")."""
+    def laggards(self) -> tuple[list[int], dict[int, str]]:
+        """The hosts furthest behind (none when all are at the same stage), and where
+        every host is ("unknown" for a host that never said, or a store that did not answer)."""
         if self._client is None:
-            return {}
+            return [], {}
         entries = _call_bounded(lambda: dict(self._client.key_value_dir_get(self._prefix))) or {}
-        where = {int(key.rsplit("/", 1)[1]): value for key, value in entries.items()}
-        return {h: where.get(h, "unknown") for h in range(self._num_hosts) if where.get(h) != row}
+        position, where = {}, {}
+        for key, value in entries.items():
+            count, _, stage = value.partition(" ")
+            host = int(key.rsplit("/", 1)[1])
+            position[host], where[host] = int(count), stage
+        hosts = range(self._num_hosts)
+        reached = {h: position.get(h, 0) for h in hosts}
+        where = {h: where.get(h, "unknown") for h in hosts}
+        if len(set(reached.values())) == 1:
+            return [], where
+        lowest = min(reached.values())
+        return [h for h in hosts if reached[h] == lowest], where
 
 
 class Deadline:

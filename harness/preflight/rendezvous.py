@@ -108,7 +108,8 @@ def join(config: TrainConfig, coordinates: Coordinates | None) -> Joined:
                            num_processes=coordinates.num_processes, process_id=coordinates.process_id,
                            initialization_timeout=timeout, heartbeat_timeout=config.heartbeat_timeout)
     metrics["init_s"] = time.perf_counter() - started
-    return Joined(_confirmed(coordinates, probe, metrics), probe.reply.run_id, True, roll, probe)
+    observation = dataclasses.replace(_confirmed(coordinates, probe, metrics), seconds=probe.waited_s + metrics["init_s"])
+    return Joined(observation, probe.reply.run_id, True, roll, probe)
 
 
 def _confirmed(coordinates: Coordinates, probe: Probe, metrics: dict[str, float]) -> Observation:

@@ -27,7 +27,7 @@ import os
 import socket
 import sys
 import time
-from typing import Callable
+from typing import Callable, TextIO
 
 from harness.config import TrainConfig
 from harness.errors import UsageError
@@ -103,7 +103,7 @@ def _pod_never_assembled(config: TrainConfig, options: PreflightOptions, coordin
         hostnames = {h: a.hello.hostname for h, a in roll.arrivals.items()}
         pids = {h: a.hello.pid for h, a in roll.arrivals.items()}
         report = rendezvous_failed(context, cells, hostnames, pids)
-        _publish(report, config.run_dir)
+        _publish(report, config.run_dir, sys.stdout)
         return report.exit_code
     if joined.probe is not None and joined.probe.reply is not None:
         print(f"{PROG}: host {me}: FAIL: rendezvous: the coordinator gave up: {joined.probe.reply.reason}",
@@ -117,11 +117,12 @@ def _pod_never_assembled(config: TrainConfig, options: PreflightOptions, coordin
     return report.exit_code
 
 
-def _publish(report: Report, run_dir: str, *, show: bool = True) -> None:
+def _publish(report: Report, run_dir: str, stream: TextIO | None) -> None:
+    """Writes both files; shows the table on `stream` (None: show nothing)."""
     json_path, page_path = report_files.write(report, run_dir)
-    if show:
-        print("\n".join(report_files.console_lines(report)), flush=True)
-        print(f"{PROG}: report: {json_path} and {page_path}", flush=True)
+    if stream is not None:
+        print("\n".join(report_files.console_lines(report)), file=stream, flush=True)
+        print(f"{PROG}: report: {json_path} and {page_path}", file=stream, flush=True)
 
 
 class Preflight:
@@ -146,6 +147,7 @@ class Preflight:
         self.report = HostReport(self.host, socket.gethostname(), os.getpid(), observations=(joined.observation,))
         self.received: dict[int, HostReport | str] = {}
         self.row = RENDEZVOUS
+        self.stream = sys.stdout  # the console, even while the dry run's output goes to its log
         client = coordination_client() if self.num_hosts > 1 else None
         self.progress = Progress(self.run_id, self.host, self.num_hosts, client)
         self.watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * config.heartbeat_timeout, exit_fn=self._host_lost)
@@ -154,8 +156,10 @@ class Preflight:
         options = self.options
         self.watchdog.start()
         try:
-            self._local(CONSISTENCY, self._consistency) if options.runs(selectable.CONSISTENCY) \
-                else self._skip(CONSISTENCY, NOT_SELECTED)
+            if options.runs(selectable.CONSISTENCY):
+                self._stage(CONSISTENCY, self._consistency)
+            else:
+                self._skip(CONSISTENCY, NOT_SELECTED)
             self._exchange()
             safe = not options.runs(selectable.CONSISTENCY) or same_program(self.received)
             self._collective_or_skip(DEVICES, selectable.DEVICES, safe, lambda: device_check(self.fault))
@@ -175,7 +179,7 @@ class Preflight:
         if options.runs(selectable.DRY_RUN) and safe and ready:
             if self.primary:
                 self._write_partial(Abort(DRY_RUN, "the dry run did not finish: a host stopped during it "
-                                                   "(see the hosts' and the launcher's lines)"), show=False)
+                                                   "(see the hosts' and the launcher's lines)"), stream=None)
             self._stage(DRY_RUN, lambda: dry_run(self.config, self.run_id, options.dry_run_steps))
         else:
             self._skip(DRY_RUN, NOT_SELECTED if not options.runs(selectable.DRY_RUN) else
@@ -212,7 +216,7 @@ class Preflight:
         """All reports to all hosts; a collective that fails means the pod is broken."""
         import jax
 
-        self.progress.enter(f"exchange after {self.row}")
+        self.progress.enter(f"the exchange after {self.row}")
         with Deadline(self.row, self.options.check_timeout, self._expired):
             try:
                 self.received = exchange(self.report)
@@ -222,9 +226,18 @@ class Preflight:
                                               f"{first_line(err)}"))
 
     def _consistency(self) -> Observation:
-        facts = collect_facts(self.config, self.fault)
-        self.report = dataclasses.replace(self.report, facts=facts)
-        return Observation(CONSISTENCY, PASS, f"{len(facts)} facts", "facts collected")
+        """Host-local (the step is lowered, not run): bounded; the facts join this
+        host's report only if they all came in time."""
+        facts: dict[str, str] = {}
+
+        def collect() -> Observation:
+            facts.update(collect_facts(self.config, self.fault))
+            return Observation(CONSISTENCY, PASS, f"{len(facts)} facts", "facts collected")
+
+        observation = bounded(CONSISTENCY, collect, self.options.check_timeout)
+        if observation.status == PASS:
+            self.report = dataclasses.replace(self.report, facts=dict(facts))
+        return observation
 
     def _interconnect(self) -> Observation:
         options = self.options
@@ -253,38 +266,37 @@ class Preflight:
 
         final = judge(self.received, self.context, expected_hosts=range(self.num_hosts))
         if self.primary:
-            _publish(final, self.config.run_dir)
+            _publish(final, self.config.run_dir, self.stream)
             try:
                 remove_scratch(self.config.checkpoint_dir, self.run_id)
             except OSError as err:
                 print(f"{PROG}: could not remove the preflight's scratch files: {err}", file=sys.stderr, flush=True)
         else:
-            print(f"{PROG}: seen from host {self.host}: {final.summary()}", flush=True)
+            print(f"{PROG}: seen from host {self.host}: {final.summary()}", file=self.stream, flush=True)
         all_hosts_agree(True)  # nobody exits (and makes a launcher stop the rest) before the report is written
         return final.exit_code
 
-    def _write_partial(self, abort: Abort, *, show: bool = True) -> None:
+    def _write_partial(self, abort: Abort, *, stream: TextIO | None) -> None:
         received = {**self.received, self.host: self.report}
         _publish(judge(received, self.context, abort=abort, expected_hosts=range(self.num_hosts)),
-                 self.config.run_dir, show=show)
+                 self.config.run_dir, stream)
 
     def _give_up(self, abort: Abort, code: int = 1) -> None:
         """Stops this process at once (a collective may be stuck): the report first, on process 0."""
         print(f"{PROG}: error: host {self.host}: {abort.reason}", file=sys.stderr, flush=True)
         if self.primary:
             try:
-                self._write_partial(abort)
+                self._write_partial(abort, stream=self.stream)
             except Exception as err:  # stopping matters more than the report
                 print(f"{PROG}: could not write the report: {err}", file=sys.stderr, flush=True)
-        sys.stdout.flush()
+        self.stream.flush()
         os._exit(code)
 
     def _expired(self, row: str) -> None:
-        behind = self.progress.behind(row)
-        late = [h for h, where in behind.items() if not where.startswith("exchange after")]
-        where = ", ".join(f"host {h} in {behind[h]}" for h in late)
-        reason = (f"{row} did not finish within {self.options.check_timeout:g} s (--check_timeout)"
-                  + (f"; not there yet: {where}" if late else "; every host was in it"))
+        late, where = self.progress.laggards()
+        reason = f"{row} did not finish within {self.options.check_timeout:g} s (--check_timeout)"
+        if late:
+            reason += "; behind the others: " + ", ".join(f"host {h} (in {where[h]})" for h in late)
         self._give_up(Abort(row, reason, tuple(late)))
 
     def _host_lost(self, code: int) -> None:
