@@ -94,7 +94,7 @@ def _verdict(products, total, devices, elapsed: float) -> Observation:
         diff = got - expected_product(position[shard.device.id])
         if np.any(diff != 0):
             bad = int(np.count_nonzero(diff))
-            wrong.append(f"device {shard.device.id}: {bad} of {SIZE * SIZE} elements wrong")
+            wrong.append(f"device {shard.device.id}: {bad}/{SIZE * SIZE} wrong")
             plain, weighted = checksums(diff)
             error_sum, error_weighted = error_sum + plain, error_weighted + weighted
     expected_total = sum(expected_product(i) for i in range(len(devices)))
@@ -107,7 +107,9 @@ def _verdict(products, total, devices, elapsed: float) -> Observation:
     problems = wrong + [f"device {d}'s copy of the all-reduce differs from device "
                         f"{total.addressable_shards[0].device.id}'s" for d in split]
     if problems:
-        return Observation(DEVICES, FAIL, "; ".join(problems)[:120], "; ".join(problems), metrics=metrics)
+        return Observation(DEVICES, FAIL, "; ".join(problems)[:120],
+                           f"{'; '.join(problems)} (elements of its {SIZE}x{SIZE} product that differ from the "
+                           f"exact answer)", metrics=metrics)
     return Observation(DEVICES, PASS, f"{len(products.addressable_shards)} exact, {elapsed * 1e3:.1f} ms",
                        f"matmul {SIZE}x{SIZE} + all-reduce over {len(devices)} devices: every local "
                        f"product exact, {elapsed * 1e3:.2f} ms", metrics=metrics)

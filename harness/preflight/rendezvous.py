@@ -116,7 +116,7 @@ def _confirmed(coordinates: Coordinates, probe: Probe, metrics: dict[str, float]
     import jax
 
     count, index = jax.process_count(), jax.process_index()
-    value = f"tcp {probe.connect_s * 1e3:.1f} ms, init {metrics['init_s']:.1f} s"
+    value = f"tcp {probe.connect_s * 1e3:.1f} ms, init {metrics['init_s']:.2f} s"
     detail = (f"reached {coordinates.address} in {probe.connect_s * 1e3:.2f} ms after {probe.attempts} attempt(s), "
               f"waited {probe.waited_s:.2f} s for the roll call, jax.distributed up in {metrics['init_s']:.2f} s: "
               f"process {index} of {count}")

@@ -125,7 +125,7 @@ def round_trip(checkpoint_dir: str, run_id: str, fsdp_devices: int, timeout_s: i
         return Observation(ROUND_TRIP, FAIL, f"{len(differ)} leaves differ", f"{directory}: restored leaves differ "
                                                                             f"bitwise: {', '.join(differ)}",
                            metrics=metrics)
-    return Observation(ROUND_TRIP, PASS, f"bitwise, save {saved_s:.2f} s, restore {restored_s:.2f} s",
+    return Observation(ROUND_TRIP, PASS, f"bitwise, save {saved_s:.2f}/load {restored_s:.2f} s",
                        f"{directory}: saved and restored 3 sharded leaves, identical bit for bit on this host's "
                        f"shards", metrics=metrics)
 
