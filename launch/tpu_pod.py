@@ -310,6 +310,9 @@ def launch_script(run: RemoteRun) -> str:
         f"rm -f {archive}",
         _prune_statement(_RELEASES, run.keep_releases),
         _prune_statement(_RUNS, WORKER_RUNS_KEPT - 1),
+        # Commits shipped before releases/ existed: ~/podharness/<commit>[-dirty].
+        f'find {_ROOT} -mindepth 1 -maxdepth 1 -type d -regextype posix-extended'
+        f' -regex ".*/[0-9a-f]{{40}}(-dirty)?" -exec rm -rf {{}} +',
         *(_unpack_wheelhouse_statements() if run.wheelhouse else []),
         f"cd {code_dir}",
         *_python_setup_statements(run),

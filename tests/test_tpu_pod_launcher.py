@@ -718,6 +718,10 @@ def test_a_worker_with_python311_gets_a_plain_venv_from_the_wheelhouse(make_fake
 def test_each_worker_keeps_the_newest_releases_only(make_fake_pod: MakePod, tmp_path: Path) -> None:
     pod = make_fake_pod(num_workers=1)
     checkout = standin_checkout(tmp_path)
+    home = pod.root / "worker-0" / "podharness"
+    old_layout = [home / ("a" * 40), home / f"{'b' * 40}-dirty"]  # before releases/ existed
+    for path in [*old_layout, home / "venv"]:
+        path.mkdir(parents=True)
     shipped = []
     for i in range(4):
         if i:
@@ -730,6 +734,7 @@ def test_each_worker_keeps_the_newest_releases_only(make_fake_pod: MakePod, tmp_
     releases = pod.root / "worker-0" / "podharness" / "releases"
     assert sorted(path.name for path in releases.iterdir()) == sorted(shipped[-2:])
     assert len(list((pod.root / "worker-0" / "podharness" / "runs").iterdir())) == 4
+    assert not any(path.exists() for path in old_layout) and (home / "venv").is_dir()
 
 
 def test_a_worker_killed_by_a_signal_is_reported_as_the_signal(make_fake_pod: MakePod, tmp_path: Path) -> None:
@@ -831,3 +836,26 @@ def test_a_relaunch_after_a_killed_launcher_resumes_within_seconds_with_the_real
     assert re.search(r"\[worker 0\] Resumed from checkpoint at step \d+", relaunched), relaunched[-3000:]
     assert "podharness: stopping harness process" in relaunched
     assert relaunch_s - plain_s < 30, (relaunch_s, plain_s)
+
+
+def test_the_dry_run_of_an_offline_launch_runs_as_printed(make_fake_pod: MakePod, tmp_path: Path) -> None:
+    """With --wheelhouse and --python_dist the printed lines also pack and copy those."""
+    pod = stock_pod(make_fake_pod, tmp_path, internet=False, pip=False)
+    repo = provisioned_repo(tmp_path)
+    wheelhouse = build_wheelhouse(repo, tmp_path)
+    dist = python_dist(tmp_path / "dist")
+    printed = run_launcher(pod, *provision_flags(repo, tmp_path, "--num_workers", "1", "--provision", "uv",
+                                                 "--wheelhouse", str(wheelhouse), "--python_dist", str(dist),
+                                                 "--dry-run"))
+    assert printed.returncode == 0, printed.stderr
+    commands = [line for line in printed.stdout.splitlines() if not line.startswith("#")]
+    assert [shlex.split(line)[:1] + shlex.split(line)[3:5] for line in commands[:5]] == [
+        ["git", "archive", "--format=tar.gz"], ["gcloud", "tpu-vm", "scp"], ["tar", "-C", str(wheelhouse)],
+        ["gcloud", "tpu-vm", "scp"], ["gcloud", "tpu-vm", "scp"]]
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    result = subprocess.run(["bash", "-c", "set -euo pipefail\n" + "\n".join(commands)], cwd=workdir,
+                            env=pod.env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    assert result.returncode == 0, result.stdout + result.stderr
+    venv = pod.root / "worker-0" / "podharness" / "venv"
+    assert provisioned_reports(pod) == [{"worker": 0, "python": "3.11", "prefix": str(venv), "dep": "1.0"}]
