@@ -82,7 +82,7 @@ class SigtermListener:
     def chains_to_foreign_handler(self) -> bool:
         return self._chain is not None
 
-    def start(self) -> "SigtermListener":
+    def start(self) -> SigtermListener:
         self._thread.start()
         self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, lambda signum, frame: None)  # the thread does the work
