@@ -158,7 +158,7 @@ def test_a_host_claimed_twice_is_named() -> None:
     port = free_port()
     server = RollCallServer(port, 2, 1.5, "run").start()
     results = []
-    threads = [threading.Thread(target=lambda: results.append(
+    threads = [threading.Thread(target=lambda name=name: results.append(
         call_roll(f"127.0.0.1:{port}", Hello(1, 2, name, 1), 1.5))) for name in ("vm-a", "vm-b")]
     for thread in threads:
         thread.start()

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from harness.config import TrainConfig, apply_overrides, load_preset, validate
 from harness.errors import UsageError
 from harness.preflight.faults import KINDS, check_fault
-from harness.preflight.options import CHECKS, DEFAULT_SIZES, PreflightOptions, parse_checks, parse_sizes, \
-    validate_options
+from harness.preflight.options import (CHECKS, DEFAULT_SIZES, PreflightOptions, parse_checks, parse_sizes,
+                                      validate_options)
 from harness.train.cli import build_parser as build_train_parser
 
 PROG = "harness-preflight"

@@ -27,7 +27,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
-from typing import Mapping
+from collections.abc import Mapping
 
 from harness.config import TrainConfig
 from harness.preflight.faults import CODE_HASH, JAX_VERSION, MARK, Fault

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -100,7 +100,7 @@ def _verdict(products, total, devices, elapsed: float) -> Observation:
     expected_total = sum(expected_product(i) for i in range(len(devices)))
     copies = [np.asarray(s.data, np.float64) - expected_total for s in total.addressable_shards]
     deviation = checksums(copies[0])
-    split = [s.device.id for s, c in zip(total.addressable_shards, copies) if not np.array_equal(c, copies[0])]
+    split = [s.device.id for s, c in zip(total.addressable_shards, copies, strict=True) if not np.array_equal(c, copies[0])]
     metrics = {"devices": float(len(products.addressable_shards)), "time_ms": elapsed * 1e3,
                "error_sum": error_sum, "error_weighted_sum": error_weighted,
                "allreduce_deviation_sum": deviation[0], "allreduce_deviation_weighted_sum": deviation[1]}

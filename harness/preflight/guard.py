@@ -11,7 +11,8 @@ A host that dies or freezes is named sooner by the harness's watchdog
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from harness.preflight.results import FAIL, Observation
 
@@ -95,7 +96,7 @@ class Deadline:
         self._timer = threading.Timer(seconds, on_expired, args=(row,))
         self._timer.daemon = True
 
-    def __enter__(self) -> "Deadline":
+    def __enter__(self) -> Deadline:
         self._timer.start()
         return self
 

@@ -28,7 +28,7 @@ import dataclasses
 import statistics
 import time
 from collections import defaultdict
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 

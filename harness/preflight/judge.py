@@ -9,7 +9,7 @@ compile different programs could hang in one) without another message.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from harness.preflight import consistency, devices, interconnect
 from harness.preflight.faults import Fault

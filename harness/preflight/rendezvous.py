@@ -99,7 +99,7 @@ def join(config: TrainConfig, coordinates: Coordinates | None) -> Joined:
         return Joined(Observation(RENDEZVOUS, FAIL, "no coordinator" if not probe.reached else "no answer", why,
                                   metrics=metrics), "", False, roll, probe)
     if probe.reply.kind == "abort":
-        return Joined(Observation(RENDEZVOUS, PASS, f"arrived; pod incomplete",
+        return Joined(Observation(RENDEZVOUS, PASS, "arrived; pod incomplete",
                                   f"reached {coordinates.address} in {probe.connect_s * 1e3:.1f} ms; the coordinator "
                                   f"gave up: {probe.reply.reason}", metrics=metrics),
                       probe.reply.run_id, False, roll, probe)

@@ -184,7 +184,7 @@ def write(report: Report, run_dir: str) -> tuple[Path, Path]:
     directory = Path(run_dir)
     directory.mkdir(parents=True, exist_ok=True)
     paths = directory / JSON_NAME, directory / PAGE_NAME
-    for path, text in zip(paths, (json.dumps(to_json(report), indent=1) + "\n", markdown(report))):
+    for path, text in zip(paths, (json.dumps(to_json(report), indent=1) + "\n", markdown(report)), strict=True):
         partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         partial.write_text(text, encoding="utf-8")
         partial.replace(path)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 STATUSES = (PASS, WARN, FAIL, SKIP)
@@ -70,7 +70,7 @@ class HostReport:
     def observation(self, row: str) -> Observation | None:
         return next((o for o in self.observations if o.row == row), None)
 
-    def with_observations(self, *observations: Observation) -> "HostReport":
+    def with_observations(self, *observations: Observation) -> HostReport:
         return dataclasses.replace(self, observations=self.observations + observations)
 
 

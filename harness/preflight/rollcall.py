@@ -140,7 +140,7 @@ class RollCallServer:
         self.roll = RollCall(num_processes)
         self.reply: Reply | None = None
 
-    def start(self) -> "RollCallServer":
+    def start(self) -> RollCallServer:
         self._thread.start()
         return self
 

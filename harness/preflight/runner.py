@@ -27,7 +27,8 @@ import os
 import socket
 import sys
 import time
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from harness.config import TrainConfig
 from harness.errors import UsageError

@@ -135,7 +135,7 @@ def _leaf_pairs(saved, restored):
 
     flat_saved, _ = jax.tree_util.tree_flatten_with_path(saved)
     flat_restored = jax.tree.leaves(restored)
-    return [(jax.tree_util.keystr(path), a, b) for (path, a), b in zip(flat_saved, flat_restored)]
+    return [(jax.tree_util.keystr(path), a, b) for (path, a), b in zip(flat_saved, flat_restored, strict=True)]
 
 
 def _same_bits(a, b) -> bool:
