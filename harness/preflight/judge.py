@@ -15,7 +15,7 @@ from harness.preflight import consistency, devices, interconnect
 from harness.preflight.faults import Fault
 from harness.preflight.interconnect import Measurement
 from harness.preflight.results import (CONSISTENCY, DEVICES, FAIL, INTERCONNECT, PASS, RENDEZVOUS, ROWS, SKIP,
-                                       STORAGE, HostReport, Observation, worst)
+                                       HostReport, Observation, worst)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +166,3 @@ def rendezvous_failed(context: PodContext, cell_by_host: Mapping[int, Observatio
         for row in ROWS[1:]:
             cells[row][host] = Observation(row, SKIP, "not run", "the pod never assembled: no check could run")
     return Report(context, tuple(sorted(cell_by_host)), hostnames, pids, cells, {}, (), None)
-
-
-def storage_passed(received: Mapping[int, HostReport | str]) -> bool:
-    return all_passed(received, STORAGE)
