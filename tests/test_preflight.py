@@ -127,6 +127,8 @@ def test_an_injected_fault_fails_naming_exactly_that_host(tmp_path: Path, compil
     others = {key: cell["status"] for key, cell in cells(report).items() if key[1] != host}
     assert set(others.values()) <= {"PASS", "SKIP"}, others
     assert f"harness-preflight: FAIL: host {host}: {row}: " in result.stdout
+    if kind == "never_start":  # the launcher names it too, from process 0's line
+        assert f"launch.local: host {host} stopped responding (named by host 0)" in result.stderr, failure_report(result)
     assert processes_mentioning(str(tmp_path)) == []
 
 
@@ -139,6 +141,7 @@ def test_a_coordinator_that_never_starts_is_named_by_the_others(tmp_path: Path, 
     assert report is None
     printed = host_lines(result.stdout, 1)
     assert "harness-preflight: FAIL: host 0: rendezvous: unreachable from host 1" in printed, failure_report(result)
+    assert "launch.local: host 0 stopped responding (named by host 1)" in result.stderr, failure_report(result)
     assert processes_mentioning(str(tmp_path)) == []
 
 

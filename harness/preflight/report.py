@@ -37,8 +37,10 @@ def console_lines(report: Report) -> list[str]:
     """The check x host table (hosts in blocks of four columns), then the verdict."""
     ctx = report.context
     kind = device_kind(report)
+    ici = published_ici(kind) if kind else None
     lines = [f"PREFLIGHT {report.verdict}  run {ctx.run_id} · {ctx.num_processes} host(s)"
-             + (f" · {kind}" if kind else "") + (f" · preset {ctx.preset}" if ctx.preset else "")]
+             + (f" · {kind}" if kind else "") + (f" (ICI {ici:g} GB/s per chip, published)" if ici else "")
+             + (f" · preset {ctx.preset}" if ctx.preset else "")]
     if ctx.fault.kind:
         lines.append(f"TESTING FAULT INJECTED: {ctx.fault.describe()}")
     first = max(len(row) for row in ROWS) + 2

@@ -50,6 +50,7 @@ from harness.preflight.rollcall import REPLY_MARGIN_S
 from harness.preflight.storage import probe, probe_failed, probe_target, remove_scratch, round_trip
 from harness.runtime import storage
 from harness.runtime.devices import configure_devices
+from harness.runtime.watchdog import lost_hosts_line
 
 PROG = "harness-preflight"
 # Why a check did not run: (the table's words, the page's sentence).
@@ -89,11 +90,15 @@ def _context(config: TrainConfig, options: PreflightOptions, coordinates: Coordi
 def _pod_never_assembled(config: TrainConfig, options: PreflightOptions, coordinates: Coordinates,
                          joined: Joined, fault: Fault) -> int:
     """Process 0 names who never came (and writes the report); a host that never reached
-    process 0 names it; a host the coordinator turned away says so."""
+    process 0 names it; a host the coordinator turned away says so. The names also go out
+    in the watchdog's line, which the launchers parse to name and stop those hosts."""
     context = _context(config, options, coordinates, joined.run_id, fault, {})
     me = coordinates.process_id
     if joined.roll is not None:
         roll = joined.roll
+        if roll.missing:  # the launchers parse this line and name (and stop) those hosts
+            print(lost_hosts_line(me, roll.missing, f"never arrived within {config.initialization_timeout} s"),
+                  file=sys.stderr, flush=True)
         cells = {h: Observation(RENDEZVOUS, PASS, f"arrived after {a.after_s:.1f} s",
                                 f"said hello {a.after_s:.2f} s after the roll call opened")
                  for h, a in roll.arrivals.items()}
@@ -110,6 +115,8 @@ def _pod_never_assembled(config: TrainConfig, options: PreflightOptions, coordin
         print(f"{PROG}: host {me}: FAIL: rendezvous: the coordinator gave up: {joined.probe.reply.reason}",
               file=sys.stderr, flush=True)
         return 1
+    print(lost_hosts_line(me, [0], f"the coordinator was unreachable for {config.initialization_timeout} s"),
+          file=sys.stderr, flush=True)
     unreachable = Observation(RENDEZVOUS, FAIL, f"unreachable from host {me}", joined.observation.detail)
     waited = dataclasses.replace(joined.observation, status=SKIP, value="could not join")
     report = rendezvous_failed(context, {0: unreachable, me: waited}, {me: socket.gethostname()}, {me: os.getpid()})
