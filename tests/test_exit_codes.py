@@ -213,8 +213,10 @@ listener = SigtermListener(lambda: (calls.append(("listener", threading.current_
 listener.start()
 assert listener.chains_to_foreign_handler
 threading.Thread(target=lambda: (time.sleep(0.2), os.kill(os.getpid(), signal.SIGTERM)), daemon=True).start()
-# The main thread is busy in one long C call (as in a collective): the thread still hears it.
-libc.usleep(2_000_000)
+# The main thread only sleeps in C (as in a collective; a signal may cut one sleep short).
+deadline = time.monotonic() + 20
+while len(calls) < 2 and time.monotonic() < deadline:
+    libc.usleep(50_000)
 print("heard while blocked:", heard.is_set(), calls, flush=True)
 listener.close()
 print("restored:", current_action(signal.SIGTERM).handler == address, flush=True)
