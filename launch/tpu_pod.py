@@ -419,16 +419,22 @@ def dry_run_lines(tpu: TpuVm, snapshot: Snapshot, run: RemoteRun, num_workers: i
         lines.append(shlex.join(scp_argv(tpu, Path(WHEELHOUSE_ARCHIVE), WHEELHOUSE_ARCHIVE)))
     if python_dist is not None:
         lines.append(shlex.join(scp_argv(tpu, python_dist, PYTHON_DIST_ARCHIVE)))
-    workers: Sequence[int | str] = range(num_workers) if num_workers else ["WORKER"]
-    if not num_workers:
-        lines.append(shlex.join(describe_argv(tpu)))
-        lines.append("# then one ssh per worker, WORKER = 0 .. len(networkEndpoints) - 1")
     stdin = ""
     if run.wandb_key_on_stdin:
         lines.append("# WANDB_API_KEY=*** is written to each ssh's stdin, never onto a command line")
         stdin = ' <<< "$WANDB_API_KEY"'
     command = remote_command(launch_script(run))
-    lines.extend(shlex.join(ssh_argv(tpu, worker, command)) + stdin for worker in workers)
+    lines.append("# one ssh per worker, all at once (the workers wait for each other)")
+    if num_workers:
+        lines.extend(shlex.join(ssh_argv(tpu, worker, command)) + stdin + " &" for worker in range(num_workers))
+    else:
+        count = "python3 -c 'import json, sys; print(len(json.load(sys.stdin)[\"networkEndpoints\"]))'"
+        lines.append(f'workers="$({shlex.join(describe_argv(tpu))} | {count})"')
+        argv = ssh_argv(tpu, "W", command)
+        before, after = argv[:argv.index("--worker=W")], argv[argv.index("--worker=W") + 1:]
+        lines.append(f'for worker in $(seq 0 $((workers - 1))); do {shlex.join(before)} --worker="$worker" '
+                     f"{shlex.join(after)}{stdin} & done")
+    lines.append("wait")
     lines.append("# on a worker failure, --timeout or a stop request:")
     lines.append("# " + shlex.join(ssh_argv(tpu, "all", remote_command(stop_script(run)))))
     return lines

@@ -435,8 +435,8 @@ def test_dry_run_prints_scp_then_one_ssh_per_worker_with_the_key_masked(
     location = ["--zone", "zone-z", "--project", "proj-p"]
     assert commands[0] == ["git", "-C", str(repo), "archive", "--format=tar.gz", commit, ">", archive]
     assert commands[1] == [*GCLOUD_TPU_VM, "scp", archive, f"pod-a:{archive}", *location, "--worker=all"]
-    assert len(commands) == 4
-    for worker, argv in enumerate(commands[2:]):
+    assert len(commands) == 5 and commands[-1] == ["wait"]
+    for worker, argv in enumerate(commands[2:4]):
         assert argv[:12] == [
             *GCLOUD_TPU_VM,
             "ssh",
@@ -445,7 +445,7 @@ def test_dry_run_prints_scp_then_one_ssh_per_worker_with_the_key_masked(
             f"--worker={worker}",
             "--command",
         ]
-        assert argv[13:] == ["<<<", "$WANDB_API_KEY"]
+        assert argv[13:] == ["<<<", "$WANDB_API_KEY", "&"]
         bash, dash_c, script = shlex.split(argv[12])
         assert (bash, dash_c) == ("bash", "-c")
         assert "read -r wandb_key" in script
@@ -455,15 +455,16 @@ def test_dry_run_prints_scp_then_one_ssh_per_worker_with_the_key_masked(
     assert pod.calls() == []
 
 
-@pytest.mark.parametrize("dirty", [False, True], ids=["clean", "dirty"])
-def test_the_dry_run_runs_as_printed(make_fake_pod: MakePod, tmp_path: Path, dirty: bool) -> None:
+@pytest.mark.parametrize("dirty, workers", [(False, ["--num_workers", "2"]), (True, [])],
+                         ids=["clean-2-workers", "dirty-workers-from-describe"])
+def test_the_dry_run_runs_as_printed(make_fake_pod: MakePod, tmp_path: Path, dirty: bool, workers: list[str]) -> None:
     """Its lines, run by bash in an empty directory, launch the pod: build, copy, one ssh each."""
     pod = make_fake_pod(num_workers=2)
     checkout = standin_checkout(tmp_path)
     if dirty:
         (checkout.repo / "README.md").write_text("changed on disk\n")
     env = {**pod.env, "WANDB_API_KEY": SECRET}
-    flags = ["--repo", str(checkout.repo), "--python", sys.executable, "--num_workers", "2", "--allow_dirty",
+    flags = ["--repo", str(checkout.repo), "--python", sys.executable, *workers, "--allow_dirty",
              "--dry-run", *checkout.launcher_flags]
     printed = run_launcher(pod, *flags, env=env)
     assert printed.returncode == 0, printed.stderr
@@ -492,10 +493,12 @@ def test_dry_run_without_num_workers_shows_the_describe_command(
     repo = make_repo(tmp_path / "repo", {"README.md": "hi\n"})
     result = run_launcher(pod, "--repo", str(repo), "--dry-run")
     assert result.returncode == 0, result.stderr
-    commands = [shlex.split(line) for line in result.stdout.splitlines() if not line.startswith("#")]
-    assert [argv[3] for argv in commands] == ["archive", "tpu-vm", "tpu-vm", "tpu-vm"]
-    assert [argv[4] for argv in commands[1:]] == ["scp", "describe", "ssh"]
-    assert commands[2][5:] == ["pod-a", "--zone", "zone-z", "--project", "proj-p", "--format=json"]
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("#")]
+    assert lines[2].startswith('workers="$(gcloud compute tpus tpu-vm describe ')
+    assert lines[3].startswith('for worker in $(seq 0 $((workers - 1))); do gcloud compute tpus tpu-vm ssh ')
+    assert lines[4] == "wait"
+    describe = shlex.split(lines[2].removeprefix('workers="$(').split(" | ")[0])
+    assert describe[4:] == ["describe", "pod-a", "--zone", "zone-z", "--project", "proj-p", "--format=json"]
     assert "WANDB_API_KEY" not in result.stdout
     assert pod.calls() == []
 
