@@ -30,14 +30,15 @@ the terminal), say which worker failed, and let the launcher stop the others at 
 When the worker that failed is a survivor whose watchdog named a silent peer, the
 report names the peer (on a single-slice pod, worker i is JAX process i):
 `launch.tpu_pod: worker 1 stopped responding (named by worker 0); worker 0 failed
-(exit code 3)`.
+(exit code 42)`.
 
 Stopping: when a worker fails, --timeout passes, or the launcher gets SIGTERM/SIGINT, it
 runs a stop script on all workers (`--worker=all`): SIGTERM to the harness (which saves
 a checkpoint at an agreed step and exits 42; a host whose peer is gone exits 42 within
 seconds, harness/runtime/stop_deadline.py), SIGKILL after --kill_grace seconds. A
-relaunch does the same to a harness left running by a launcher that died. Killing the local ssh alone
-would not do: without a terminal the remote process outlives its ssh session. The
+relaunch does the same to a harness left running by a launcher that died. Killing the
+local ssh alone would not do: without a terminal the remote process outlives its ssh
+session. The
 remote harness pid is kept in ~/podharness/harness.pid rather than found with
 `pkill -f harness.train`, because that pattern also matches the remote shell running
 the script (its own command line contains it). A per-launch stop marker covers workers
