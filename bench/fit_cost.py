@@ -25,7 +25,7 @@ from pathlib import Path
 from bench.common import REPO_ROOT, child_env
 from harness.config import load_preset
 from harness.fit.topology import resolve
-from harness.fit.units import format_bytes
+from harness.fit.units import format_bytes, format_duration
 
 MODELS = ("tiny", "1b", "8b")
 TARGETS = ("v4-8", "v4-32", "v5litepod-16", "v5litepod-256", "v6e-256")
@@ -82,21 +82,20 @@ def measure(size: str, target: str, *, search: bool, max_compiles: int, timeout:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | target | chips | batch | per-chip memory (compiler) / HBM | verdict | largest batch "
-             "| step ≥ | harness-fit wall, peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    searched = any(r["largest_batch_proven"] is not None for r in rows)
+    header = ["model", "target", "chips", "batch", "per-chip memory (compiler) / HBM", "verdict",
+              *(["largest batch"] if searched else []), "step time ≥", "harness-fit wall, peak RSS"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
-        headroom = "" if r["headroom_percent"] is None else f" ({r['headroom_percent']:+.0f}%)"
-        if r["largest_batch_proven"] is None:
-            largest = "not searched"
-        elif r["largest_batch"] is None:
-            largest = "none"
-        else:
-            largest = f"{r['largest_batch']}" + ("" if r["largest_batch_proven"] else " (unproven)")
-        lines.append(f"| {r['model']} | {r['target']} | {r['devices']} | {r['batch']} | "
-                     f"{format_bytes(r['used_bytes'])} / {format_bytes(r['hbm_bytes'])} | {r['verdict']}{headroom} | "
-                     f"{largest} | {r['step_time_bound_s'] * 1e3:.3g} ms ({r['limited_by'].split(' ')[0]}) | "
-                     f"{r['wall_s']:.0f} s, {r['peak_rss_mb'] / 1024:.2f} GB |")
+        headroom = "" if r["headroom_percent"] is None else f" ({r['headroom_percent']:+.1f}%)"
+        cells = [r["model"], r["target"], str(r["devices"]), str(r["batch"]),
+                 f"{format_bytes(r['used_bytes'])} / {format_bytes(r['hbm_bytes'])}", f"{r['verdict']}{headroom}"]
+        if searched:
+            cells.append("none" if r["largest_batch"] is None else
+                         f"{r['largest_batch']}" + ("" if r["largest_batch_proven"] else " (unproven)"))
+        cells += [f"{format_duration(r['step_time_bound_s'])} ({r['limited_by'].split(' ')[0]})",
+                  f"{r['wall_s']:.0f} s, {r['peak_rss_mb'] / 1024:.2f} GB"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
