@@ -26,13 +26,14 @@ from harness.config import TrainConfig
 from harness.hard_examples.codec import PayloadError
 from harness.preflight import consistency, devices, interconnect, report as report_files
 from harness.preflight.faults import WRONG_DEVICE_RESULT, Fault
-from harness.preflight.guard import Deadline, Progress, bounded
+from harness.preflight.guard import Deadline, Progress, bounded, silent_hosts
 from harness.preflight.judge import Abort, PodContext, judge, rendezvous_failed, same_program
 from harness.preflight.results import FAIL, PASS, SKIP, HostReport, Observation, Timing
 from harness.preflight.rollcall import RollCallServer, call_roll
 from harness.preflight.schema import PREFLIGHT_SCHEMA
 from harness.preflight.wire import (MAX_REPORT_BYTES, Hello, Reply, decode_hello, decode_reply, decode_report,
                                     encode_hello, encode_reply, encode_report)
+from harness.runtime.watchdog import DONE
 from launch.local import free_port
 
 FACTS = {"jax": "0.10.2", "harness code": "aaaa (40 files)", "train step": "0123456789abcdef", "platform": "cpu"}
@@ -350,6 +351,22 @@ def test_hosts_at_the_same_stage_have_no_laggard() -> None:
     for host in range(3):
         Progress("run", host, 3, store).enter("interconnect")
     assert Progress("run", 0, 3, store).laggards() == ([], {0: "interconnect", 1: "interconnect", 2: "interconnect"})
+
+
+class BeatingStore:
+    """The watchdog's heartbeat keys: host 1 beats on every read, host 2 is silent, host 3 is done."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def key_value_dir_get(self, prefix: str) -> list[tuple[str, str]]:
+        self.reads += 1
+        return [(f"{prefix}0", str(self.reads)), (f"{prefix}1", str(self.reads)), (f"{prefix}2", "7"),
+                (f"{prefix}3", DONE)]
+
+
+def test_the_silent_hosts_are_those_whose_heartbeat_stands_still() -> None:
+    assert silent_hosts(BeatingStore(), 0, 5) == [2, 4]  # host 4 never beat at all
 
 
 def test_the_private_jax_apis_used_are_still_there() -> None:

@@ -11,6 +11,7 @@ A host that dies or freezes is named sooner by the harness's watchdog
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -42,7 +43,7 @@ def bounded(row: str, work: Callable[[], Observation], timeout_s: float) -> Obse
     return box[0]
 
 
-def _call_bounded(call: Callable[[], Any]) -> Any:
+def call_bounded(call: Callable[[], Any]) -> Any:
     """A key-value call that gives up after KV_TIMEOUT_S (a dead coordinator never answers)."""
     box: list[Any] = []
     thread = threading.Thread(target=lambda: box.append(call()), name="preflight kv", daemon=True)
@@ -66,14 +67,14 @@ class Progress:
         self._entered += 1
         if self._client is not None:
             key, value = f"{self._prefix}{self._host}", f"{self._entered} {stage}"
-            _call_bounded(lambda: self._client.key_value_set(key, value, allow_overwrite=True))
+            call_bounded(lambda: self._client.key_value_set(key, value, allow_overwrite=True))
 
     def laggards(self) -> tuple[list[int], dict[int, str]]:
         """The hosts furthest behind (none when all are at the same stage), and where
         every host is ("unknown" for a host that never said, or a store that did not answer)."""
         if self._client is None:
             return [], {}
-        entries = _call_bounded(lambda: dict(self._client.key_value_dir_get(self._prefix))) or {}
+        entries = call_bounded(lambda: dict(self._client.key_value_dir_get(self._prefix))) or {}
         position, where = {}, {}
         for key, value in entries.items():
             count, _, stage = value.partition(" ")
@@ -86,6 +87,21 @@ class Progress:
             return [], where
         lowest = min(reached.values())
         return [h for h in hosts if reached[h] == lowest], where
+
+
+def silent_hosts(client: Any, me: int, num_hosts: int) -> list[int]:
+    """The hosts whose watchdog heartbeat (harness/runtime/watchdog.py) stands still over
+    two beats; for naming them in the report once the watchdog has found one."""
+    from harness.runtime.watchdog import BEAT_S, DONE, KEY_PREFIX
+
+    def beats() -> dict[str, str]:
+        return call_bounded(lambda: dict(client.key_value_dir_get(KEY_PREFIX))) or {}
+
+    before = beats()
+    time.sleep(2 * BEAT_S)
+    after = beats()
+    return [h for h in range(num_hosts) if h != me and after.get(f"{KEY_PREFIX}{h}") != DONE
+            and after.get(f"{KEY_PREFIX}{h}") == before.get(f"{KEY_PREFIX}{h}")]
 
 
 class Deadline:

@@ -106,6 +106,9 @@ def judge(received: Mapping[int, HostReport | str], context: PodContext, *, abor
                 cells[row][host] = Observation(row, SKIP, "not run", "this host never reported")
             elif isinstance(item, str):
                 cells[row][host] = Observation(row, FAIL, "report unreadable", item)
+            elif abort is not None and row == abort.row:
+                cells[row][host] = item.observation(row) or Observation(row, SKIP, "interrupted",
+                                                                        "the preflight stopped during this check")
             else:
                 cells[row][host] = item.observation(row) or Observation(row, SKIP, "not reached",
                                                                         "the preflight stopped before this check")
@@ -151,7 +154,7 @@ def _apply_abort(cells: dict[str, dict[int, Observation]], abort: Abort, hosts: 
     """The hosts the abort names FAIL in its row; with none named, every host that has
     no result in that row does."""
     row = cells[abort.row]
-    targets = abort.hosts or [h for h in hosts if row[h].status == SKIP]
+    targets = abort.hosts or [h for h in hosts if row[h].value == "interrupted"]
     for host in targets:
         row[host] = Observation(abort.row, FAIL, abort.reason[:120], abort.reason)
 

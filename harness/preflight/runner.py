@@ -12,7 +12,8 @@
 4. The checkpoint round trip, an exchange; then the dry run (the real training loop),
    the final exchange, and the verdict: process 0 prints the table and writes
    preflight.json and preflight.md, every host prints the summary line, and all exit
-   with the same code (0: no FAIL, 1: a FAIL).
+   with the same code (0: no FAIL, 1: a FAIL; 42, the harness's restartable code, when
+   the watchdog finds a lost host).
 
 Every check runs under a deadline and the watchdog (guard.py); when one gives up,
 process 0 first writes the report it has. Before the dry run, whose training loop has
@@ -38,7 +39,7 @@ from harness.preflight.devices import device_check
 from harness.preflight.dry_run import dry_run
 from harness.preflight.exchange import exchange
 from harness.preflight.faults import NEVER_START, Fault, check_fault
-from harness.preflight.guard import Deadline, Progress, bounded
+from harness.preflight.guard import Deadline, Progress, bounded, silent_hosts
 from harness.preflight.interconnect import measure, no_axis_observation
 from harness.preflight.judge import Abort, PodContext, Report, all_passed, judge, rendezvous_failed, same_program
 from harness.preflight.options import PreflightOptions
@@ -156,8 +157,8 @@ class Preflight:
         self.received: dict[int, HostReport | str] = {}
         self.row = RENDEZVOUS
         self.stream = sys.stdout  # the console, even while the dry run's output goes to its log
-        client = coordination_client() if self.num_hosts > 1 else None
-        self.progress = Progress(self.run_id, self.host, self.num_hosts, client)
+        self.client = coordination_client() if self.num_hosts > 1 else None
+        self.progress = Progress(self.run_id, self.host, self.num_hosts, self.client)
         self.watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * config.heartbeat_timeout, exit_fn=self._host_lost)
 
     def run(self) -> int:
@@ -308,5 +309,9 @@ class Preflight:
         self._give_up(Abort(row, reason, tuple(late)))
 
     def _host_lost(self, code: int) -> None:
-        """The watchdog's exit: it has printed which host stopped responding."""
-        self._give_up(Abort(self.row, "a host stopped responding (named in the watchdog's line above)"), code)
+        """The watchdog's exit (it has printed its line): name the silent hosts in the
+        report too, and exit with the watchdog's code (the harness's restartable one)."""
+        silent = silent_hosts(self.client, self.host, self.num_hosts) if self.client is not None else []
+        who = f"host(s) {', '.join(map(str, silent))}" if silent else "a host"
+        self._give_up(Abort(self.row, f"{who} stopped responding: no heartbeat (the watchdog's line says more)",
+                            tuple(silent)), code)
