@@ -97,17 +97,17 @@ def test_a_healthy_2x4_pod_passes_every_check(tmp_path: Path, compile_cache: Pat
 # kind, processes, devices each, faulty host, the row that must FAIL, extra flags (checks shortened
 # to what catches the fault; the healthy pod above runs them all).
 FAULTS = [
-    ("jax_version", 3, 2, 1, "consistency", ["--checks", "consistency"]),
+    ("jax_version", 2, 4, 1, "consistency", ["--checks", "consistency"]),
     ("code_hash", 3, 2, 0, "consistency", ["--checks", "consistency"]),
     ("wrong_device_result", 2, 4, 1, "devices", ["--checks", "consistency,devices"]),
     ("straggler", 2, 4, 1, "interconnect", ["--checks", "consistency,interconnect", "--interconnect_sizes", "65536",
                                             "--interconnect_repeats", "3"]),
     ("never_start", 2, 4, 1, "rendezvous", ["--checks", "consistency", "--initialization_timeout", "5"]),
-    ("unwritable_checkpoint_dir", 3, 2, 2, "storage", ["--checks", "consistency,storage,dry_run"]),
+    ("unwritable_checkpoint_dir", 2, 4, 1, "storage", ["--checks", "consistency,storage,dry_run"]),
 ]
 EVIDENCE = {"jax_version": "+testing-fault", "code_hash": "harness code", "wrong_device_result": "1/65536 wrong",
             "straggler": "straggler", "never_start": "never reached the coordinator",
-            "unwritable_checkpoint_dir": "not-a-directory-host2"}
+            "unwritable_checkpoint_dir": "not-a-directory-host1"}
 
 
 @pytest.mark.parametrize("kind, processes, devices, host, row, flags", FAULTS, ids=[f[0] for f in FAULTS])

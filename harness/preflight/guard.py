@@ -89,16 +89,35 @@ class Progress:
         return [h for h in hosts if reached[h] == lowest], where
 
 
-def silent_hosts(client: Any, me: int, num_hosts: int) -> list[int]:
-    """The hosts whose watchdog heartbeat (harness/runtime/watchdog.py) stands still over
-    two beats; for naming them in the report once the watchdog has found one."""
+def barrier(timeout_s: float) -> bool:
+    """Every host passes it, or False after `timeout_s` (a host gone after the last
+    exchange); the collective runs on a daemon thread so this process can still exit."""
+    from harness.runtime.checkpoint import all_hosts_agree
+
+    passed = threading.Event()
+
+    def wait() -> None:
+        try:
+            all_hosts_agree(True)
+        except Exception:  # a lost peer: the caller reports it by the missing pass
+            return
+        passed.set()
+
+    threading.Thread(target=wait, name="preflight barrier", daemon=True).start()
+    return passed.wait(timeout_s)
+
+
+def silent_hosts(client: Any, me: int, num_hosts: int, *, watch_s: float | None = None) -> list[int]:
+    """The hosts whose watchdog heartbeat (harness/runtime/watchdog.py) stands still for
+    `watch_s` (default two beats); for naming them in the report once the watchdog has
+    found one."""
     from harness.runtime.watchdog import BEAT_S, DONE, KEY_PREFIX
 
     def beats() -> dict[str, str]:
         return call_bounded(lambda: dict(client.key_value_dir_get(KEY_PREFIX))) or {}
 
     before = beats()
-    time.sleep(2 * BEAT_S)
+    time.sleep(2 * BEAT_S if watch_s is None else watch_s)
     after = beats()
     return [h for h in range(num_hosts) if h != me and after.get(f"{KEY_PREFIX}{h}") != DONE
             and after.get(f"{KEY_PREFIX}{h}") == before.get(f"{KEY_PREFIX}{h}")]

@@ -39,7 +39,7 @@ from harness.preflight.devices import device_check
 from harness.preflight.dry_run import dry_run
 from harness.preflight.exchange import exchange
 from harness.preflight.faults import NEVER_START, Fault, check_fault
-from harness.preflight.guard import Deadline, Progress, bounded, silent_hosts
+from harness.preflight.guard import Deadline, Progress, barrier, bounded, silent_hosts
 from harness.preflight.interconnect import measure, no_axis_observation
 from harness.preflight.judge import Abort, PodContext, Report, all_passed, judge, rendezvous_failed, same_program
 from harness.preflight.options import PreflightOptions
@@ -271,8 +271,6 @@ class Preflight:
     # --- The end, and the ways to stop early.
 
     def _finish(self) -> int:
-        from harness.runtime.checkpoint import all_hosts_agree
-
         final = judge(self.received, self.context, expected_hosts=range(self.num_hosts))
         if self.primary:
             _publish(final, self.config.run_dir, self.stream)
@@ -282,7 +280,12 @@ class Preflight:
                 print(f"{PROG}: could not remove the preflight's scratch files: {err}", file=sys.stderr, flush=True)
         else:
             print(f"{PROG}: seen from host {self.host}: {final.summary()}", file=self.stream, flush=True)
-        all_hosts_agree(True)  # nobody exits (and makes a launcher stop the rest) before the report is written
+        # Nobody exits (and makes a launcher stop the rest) before process 0 has written the report.
+        if not barrier(self.options.check_timeout):
+            print(f"{PROG}: error: host {self.host}: a host did not reach the end within "
+                  f"{self.options.check_timeout:g} s; exiting", file=sys.stderr, flush=True)
+            self.stream.flush()
+            os._exit(final.exit_code or 1)
         return final.exit_code
 
     def _write_partial(self, abort: Abort, *, stream: TextIO | None) -> None:
