@@ -29,9 +29,11 @@ def write_chart(report: FitReport, path: Path) -> None:
         axis.barh(rows[0], value / GIB, left=left, color=COLORS.get(name, "#999999"), edgecolor="white",
                   linewidth=0.5, label=f"{name}: {format_bytes(value)}")
         left += value / GIB
-    axis.text(left, 0, f"  {format_bytes(sum(kinds.values()))} summed", va="center", fontsize=10)
+    summed = "summed" if report.fits else "of arguments (no breakdown from the compiler)"
+    axis.text(left, 0, f"  {format_bytes(sum(kinds.values()))} {summed}", va="center", fontsize=10,
+              bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
     if used is not None:
-        axis.barh(rows[1], used / GIB, color="#2A9D8F" if report.fits else "#D62828")
+        axis.barh(rows[1], used / GIB, color="#2A9D8F" if report.fits else "#6D2E46")
         axis.text(used / GIB, 1, f"  {format_bytes(used)}", va="center", fontsize=10, fontweight="bold")
     axis.axvline(hbm, color="black", linestyle="--", linewidth=1.5)
     axis.text(hbm, 1.5, f" HBM {format_bytes(report.memory.hbm)}", va="center", fontsize=10)
@@ -44,8 +46,9 @@ def write_chart(report: FitReport, path: Path) -> None:
                    f"global batch {report.batch_size}: {report.verdict}"
                    + ("" if headroom is None else f" ({headroom:+.1f}% headroom)"), fontsize=11)
     axis.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=9, frameon=False)
-    figure.text(0.01, 0.01, "The peak is what must fit: the compiler's figure for memory live at once, "
-                "not the sum of the kinds.", fontsize=8, color="#555555")
+    note = ("The peak is what must fit: the compiler's figure for memory live at once, not the sum of the kinds."
+            if report.fits else "Out of memory: 'required' is the compiler's figure from its refusal.")
+    figure.text(0.01, 0.01, note, fontsize=8, color="#555555")
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
