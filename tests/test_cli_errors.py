@@ -81,6 +81,8 @@ def _cases(bad_preset: Path, unwritable: Path) -> dict[str, tuple[list[str], str
         "unwritable_checkpoint_dir": (["--checkpoint_dir", str(unwritable)],
                                       f"checkpoint dir {unwritable}: {unwritable.parent} is not a directory"),
         "empty_checkpoint_dir": (["--checkpoint_dir", ""], "--checkpoint_dir must not be empty"),
+        "model_path_fails": (["--model", "nope.mod:make"],
+                             "--model nope.mod:make: cannot import nope.mod (ModuleNotFoundError: No module named 'nope')"),
         "run_dir_is_a_file": (["--run_dir", str(unwritable.parent)],
                               f"run dir {unwritable.parent}: {unwritable.parent} is not a directory"),
         "batch_never_fits": (

@@ -238,7 +238,10 @@ def test_a_run_resumed_past_a_flipped_byte_logs_the_uninterrupted_metrics(flippe
 # start fresh.
 
 @pytest.mark.parametrize("change, field", [(("--hidden_dim", "64"), "hidden_dim: checkpoint 32 vs now 64"),
-                                           (("--num_layers", "3"), "num_layers: checkpoint 2 vs now 3")])
+                                           (("--num_layers", "3"), "num_layers: checkpoint 2 vs now 3"),
+                                           (("--model", "transformer", "--model_size", "tiny"),
+                                            "model: checkpoint 'mlp' vs now 'transformer'; "
+                                            "model_size: checkpoint '' vs now 'tiny'")])
 @pytest.mark.parametrize("fresh", [(), ("--allow_fresh_start",)], ids=["resume", "allow_fresh_start"])
 def test_resume_with_other_model_shapes_names_the_setting_and_renames_nothing(
         change, field, fresh, pristine, tmp_path, cache):

@@ -33,8 +33,8 @@ COMMIT_MARKER = "commit_success.txt"
 # Settings that must match between a checkpoint and the run resuming from it: anything
 # that changes the state's shapes or which batch a step reads.
 RESUME_MUST_MATCH = (
-    "batch_size", "seed", "hidden_dim", "num_layers", "vocab_size", "seq_len",
-    "num_cameras", "action_horizon", "image_size", "hard_fraction",
+    "batch_size", "seed", "model", "model_size", "param_dtype", "hidden_dim", "num_layers", "vocab_size",
+    "seq_len", "num_cameras", "action_horizon", "image_size", "hard_fraction",
 )
 
 

@@ -50,11 +50,23 @@ def _first_problem(config: TrainConfig) -> str | None:
         check_topology(config.batch_size, config.fsdp_devices)
     except UsageError as err:
         return str(err)
-    checks = (_batch_memory_problem, _run_dir_problem, _checkpoint_dir_problem, _existing_checkpoints_problem)
+    checks = (_model_problem, _batch_memory_problem, _run_dir_problem, _checkpoint_dir_problem,
+              _existing_checkpoints_problem)
     for check in checks:
         problem = check(config)
         if problem:
             return problem
+    return None
+
+
+def _model_problem(config: TrainConfig) -> str | None:
+    """A `--model` import path that fails is bad input like any other: before the banner."""
+    from harness.train.step import build_model
+
+    try:
+        build_model(config)
+    except UsageError as err:
+        return str(err)
     return None
 
 
