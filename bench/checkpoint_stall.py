@@ -35,14 +35,13 @@ def measure(repeats: int) -> dict:
     from harness.config import TrainConfig
     from harness.mock.data import MockDataset
     from harness.runtime.mesh import make_global_batch, make_mesh
-    from harness.train.loop import data_spec
-    from harness.train.step import init_state, make_train_step
+        from harness.train.step import init_state, make_train_step
 
-    config = TrainConfig(batch_size=16, fsdp_devices=8, hidden_dim=512, vocab_size=4096, image_size=64)
-    mesh = make_mesh(config.fsdp_devices)
+    config = TrainConfig().replace(batch_size=16, fsdp_devices=8, hidden_dim=512, vocab_size=4096, image_size=64)
+    mesh = make_mesh(config.mesh.fsdp_devices)
     state = init_state(config, mesh)
     step_fn = make_train_step(config, mesh)
-    batch = make_global_batch(MockDataset(data_spec(config), 0).batch_at(0), mesh)
+    batch = make_global_batch(MockDataset(config.data, 0).batch_at(0), mesh)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
 
     def run_steps(n: int) -> float:

@@ -52,7 +52,7 @@ def python() -> str:
 
 
 def trainer_seconds_per_step(config, *, warmup: int) -> float:
-    """Steady-state seconds per step of the real `Trainer` (run to `config.num_train_steps`
+    """Steady-state seconds per step of the real `Trainer` (run to `config.run.num_train_steps`
     in a temporary dir), timed between finished steps after `warmup` steps (compiling)."""
     from harness.outputs import run_outputs
     from harness.train.loop import Trainer
@@ -70,5 +70,5 @@ def trainer_seconds_per_step(config, *, warmup: int) -> float:
             Trainer(config.replace(checkpoint_dir=f"{tmp}/ckpt", run_dir=f"{tmp}/run")).run()
     finally:
         run_outputs.RunOutputs.step_finished = original
-    last = config.num_train_steps - 1
+    last = config.run.num_train_steps - 1
     return (stamps[last] - stamps[warmup - 1]) / (last - warmup + 1)

@@ -33,7 +33,7 @@ SETTINGS = ("--model", "transformer", "--compute_dtype", "bfloat16", "--remat", 
 
 
 def fit_command(size: str, target: str, run_dir: Path, *, search: bool, max_compiles: int) -> list[str]:
-    chips = resolve(load_preset(target).topology).devices_per_slice
+    chips = resolve(load_preset(target).tpu.topology).devices_per_slice
     command = [sys.executable, "-m", "harness.fit", "--config", target, *SETTINGS, "--model_size", size,
                "--fsdp_devices", str(chips), "--run_dir", str(run_dir)]
     return command + (["--max_compiles", str(max_compiles)] if search else ["--no_search"])

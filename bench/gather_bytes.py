@@ -13,7 +13,8 @@ import jax
 import numpy as np
 
 from harness.runtime import distributed
-from harness.mock.data import DataSpec, MockDataset
+from harness.config import DataConfig
+from harness.mock.data import MockDataset
 from harness.hard_examples.gather import gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
 
@@ -25,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     distributed.initialize("auto")
     host, hosts = jax.process_index(), jax.process_count()
-    dataset = MockDataset(DataSpec(global_batch_size=32 * hosts, image_size=128), seed=0,
+    dataset = MockDataset(DataConfig(batch_size=32 * hosts, image_size=128), seed=0,
                           process_index=host, process_count=hosts)
     tracker = HardExampleTracker(args.k, dataset.tokenizer, host=host)
     rng = np.random.default_rng(host)

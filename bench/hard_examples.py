@@ -38,7 +38,7 @@ def tracking_on_off(steps: int, repeats: int) -> dict:
     from harness.config import TrainConfig
 
     def block(track: bool) -> float:
-        config = TrainConfig(batch_size=256, image_size=224, fsdp_devices=8, num_train_steps=steps,
+        config = TrainConfig().replace(batch_size=256, image_size=224, fsdp_devices=8, num_train_steps=steps,
                              track_hard_examples=track, hard_example_log_interval=10,
                              save_interval=10**6, use_wandb=False, log_interval=10**6)
         return trainer_seconds_per_step(config, warmup=5)

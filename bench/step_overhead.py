@@ -33,7 +33,7 @@ def _timed_bare_loop(config, batches) -> float:
     from harness.runtime.mesh import make_mesh
     from harness.train.step import init_state, make_train_step
 
-    mesh = make_mesh(config.fsdp_devices)
+    mesh = make_mesh(config.mesh.fsdp_devices)
     state = init_state(config, mesh)
     step_fn = make_train_step(config, mesh)
     in_flight: collections.deque = collections.deque()
@@ -46,7 +46,7 @@ def _timed_bare_loop(config, batches) -> float:
         state, metrics = step_fn(state, batch)
         timed += step >= WARMUP
         in_flight.append(metrics)
-        if len(in_flight) >= config.max_steps_in_flight:
+        if len(in_flight) >= config.run.max_steps_in_flight:
             float(in_flight.popleft()["loss"])
     while in_flight:
         float(in_flight.popleft()["loss"])
@@ -57,10 +57,9 @@ def bare_block(config, steps: int) -> float:
     """The bare loop on one pre-built global batch: no input pipeline at all."""
     from harness.mock.data import MockDataset
     from harness.runtime.mesh import make_global_batch, make_mesh
-    from harness.train.loop import data_spec
-
-    batch = make_global_batch(MockDataset(data_spec(config), config.seed).batch_at(0),
-                              make_mesh(config.fsdp_devices))
+    
+    batch = make_global_batch(MockDataset(config.data, config.run.seed).batch_at(0),
+                              make_mesh(config.mesh.fsdp_devices))
     return _timed_bare_loop(config, ((step, batch) for step in range(steps)))
 
 
@@ -69,12 +68,11 @@ def bare_with_data_block(config, steps: int) -> float:
     from harness.mock.data import MockDataset
     from harness.runtime.mesh import make_global_batch, make_mesh
     from harness.train.prefetch import Prefetcher
-    from harness.train.loop import data_spec
-
-    mesh = make_mesh(config.fsdp_devices)
-    dataset = MockDataset(data_spec(config), config.seed)
+    
+    mesh = make_mesh(config.mesh.fsdp_devices)
+    dataset = MockDataset(config.data, config.run.seed)
     batches = Prefetcher(lambda s: make_global_batch(dataset.batch_at(s), mesh), range(steps),
-                         depth=config.max_steps_in_flight)
+                         depth=config.run.max_steps_in_flight)
     try:
         return _timed_bare_loop(config, batches)
     finally:

@@ -51,7 +51,7 @@ def existing(tmp_path_factory, env, cache) -> Path:
 @pytest.fixture(scope="module")
 def bad_preset(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("presets") / "typo.toml"
-    path.write_text('base = "smoke"\nbatch_sise = 32\n')
+    path.write_text('base = "smoke"\n[data]\nbatch_sise = 32\n')
     return path
 
 
@@ -62,11 +62,11 @@ def _cases(bad_preset: Path, unwritable: Path) -> dict[str, tuple[list[str], str
         "fsdp_3": (["--fsdp_devices", "3"], "--fsdp_devices=3 does not divide the 8 devices"),
         "steps_0": (["--num_train_steps", "0"], "--num_train_steps must be positive, got 0"),
         "steps_negative": (["--num_train_steps", "-5"], "--num_train_steps must be positive, got -5"),
-        "steps_not_int": (["--num_train_steps", "ten"], "argument --num_train_steps: invalid int value: 'ten'"),
+        "steps_not_int": (["--num_train_steps", "ten"], "argument --num_train_steps/--run.num_train_steps: invalid int value: 'ten'"),
         "unknown_preset": (["--config", "nope"],
                            f"unknown preset 'nope' (available: {', '.join(available_presets())})"),
         "unknown_flag": (["--bogus_flag", "1"], "unrecognized arguments: --bogus_flag 1"),
-        "preset_unknown_key": (["--config", str(bad_preset)], f"{bad_preset}: unknown config key(s): batch_sise"),
+        "preset_unknown_key": (["--config", str(bad_preset)], f"{bad_preset}: unknown config key(s): data.batch_sise"),
         "resume_and_overwrite": (["--overwrite"], "--resume and --overwrite contradict each other: pick one"),
         "partial_coordinates": (
             ["--coordinator_address", "127.0.0.1:1234"],

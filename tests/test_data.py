@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from harness.mock.data import ACTION_DIM, CAMERA_NAMES, STATE_DIM, Batch, DataSpec, MockDataset
+from harness.config import DataConfig
+from harness.mock.data import ACTION_DIM, CAMERA_NAMES, STATE_DIM, Batch, MockDataset
 from harness.mock.tokenizer import BOS, EOS, PAD, SEP, SPECIAL_TOKENS, MockTokenizer
 from tests.support.runs import REPO_ROOT
 
@@ -110,7 +111,7 @@ def test_tokenizer_rejects_a_vocabulary_too_small_for_its_words():
 
 # Mock data.
 
-SPEC = DataSpec(global_batch_size=16, image_size=32, seq_len=64)
+SPEC = DataConfig(batch_size=16, image_size=32, seq_len=64)
 
 
 def test_batch_shapes_and_dtypes_are_as_documented():
@@ -133,7 +134,7 @@ def test_batch_shapes_and_dtypes_are_as_documented():
 
 @pytest.mark.parametrize("num_cameras", [1, 3, 4])
 def test_number_of_cameras_is_configurable(num_cameras):
-    spec = DataSpec(global_batch_size=4, image_size=16, num_cameras=num_cameras)
+    spec = DataConfig(batch_size=4, image_size=16, num_cameras=num_cameras)
     batch = MockDataset(spec, seed=0).batch_at(0)
 
     assert list(batch.images) == list(CAMERA_NAMES[:num_cameras])
@@ -143,7 +144,7 @@ def test_number_of_cameras_is_configurable(num_cameras):
 @pytest.mark.parametrize("num_cameras", [0, 5])
 def test_impossible_camera_counts_fail(num_cameras):
     with pytest.raises(ValueError, match="num_cameras"):
-        MockDataset(DataSpec(global_batch_size=4, num_cameras=num_cameras), seed=0)
+        MockDataset(DataConfig(batch_size=4, num_cameras=num_cameras), seed=0)
 
 
 def test_batch_is_bitwise_the_same_when_rebuilt_and_from_a_fresh_dataset():
@@ -161,7 +162,7 @@ def test_batch_is_bitwise_the_same_when_rebuilt_and_from_a_fresh_dataset():
     dict(seed=8, process_index=0), dict(seed=7, process_index=1),
 ], ids=["other_seed", "other_process"])
 def test_other_seed_or_process_draws_other_samples(other):
-    spec = DataSpec(global_batch_size=16, image_size=32, seq_len=64)
+    spec = DataConfig(batch_size=16, image_size=32, seq_len=64)
     mine = MockDataset(spec, seed=7, process_index=0, process_count=2).batch_at(5)
     theirs = MockDataset(spec, process_count=2, **other).batch_at(5)
 
@@ -171,7 +172,7 @@ def test_other_seed_or_process_draws_other_samples(other):
 
 
 def test_sample_ids_are_unique_across_steps_and_hosts():
-    spec = DataSpec(global_batch_size=16, image_size=16, seq_len=64)
+    spec = DataConfig(batch_size=16, image_size=16, seq_len=64)
     hosts = [MockDataset(spec, seed=0, process_index=i, process_count=2) for i in range(2)]
 
     ids = [host.batch_at(step).sample_id for step in range(5) for host in hosts]
@@ -183,11 +184,11 @@ def test_sample_ids_are_unique_across_steps_and_hosts():
 
 def test_batch_size_must_split_over_processes():
     with pytest.raises(ValueError, match="not divisible by the 3 processes"):
-        MockDataset(DataSpec(global_batch_size=16), seed=0, process_count=3)
+        MockDataset(DataConfig(batch_size=16), seed=0, process_count=3)
 
 
 def test_sample_ids_past_int32_fail_loudly():
-    dataset = MockDataset(DataSpec(global_batch_size=16, image_size=16), seed=0)
+    dataset = MockDataset(DataConfig(batch_size=16, image_size=16), seed=0)
 
     with pytest.raises(OverflowError, match="int32"):
         dataset.batch_at(2**31 // 16)
@@ -212,7 +213,7 @@ def test_prompt_layout_and_masks():
 
 
 def test_masks_stay_inside_the_prompt_when_it_is_cut_at_seq_len():
-    spec = DataSpec(global_batch_size=64, image_size=16, seq_len=16)
+    spec = DataConfig(batch_size=64, image_size=16, seq_len=16)
     batch = MockDataset(spec, seed=0).batch_at(0)
     prompt = batch.tokenized_prompt_mask
 
@@ -242,7 +243,7 @@ def _hard_by_label_noise(actions: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("hard_fraction", [0.12, 0.3])
 def test_fraction_of_hard_samples_follows_hard_fraction(hard_fraction):
-    spec = DataSpec(global_batch_size=250, image_size=16, seq_len=64, hard_fraction=hard_fraction)
+    spec = DataConfig(batch_size=250, image_size=16, seq_len=64, hard_fraction=hard_fraction)
     dataset = MockDataset(spec, seed=3)
 
     hard = np.concatenate([_hard_by_label_noise(dataset.batch_at(step).actions) for step in range(8)])
@@ -253,7 +254,7 @@ def test_fraction_of_hard_samples_follows_hard_fraction(hard_fraction):
 
 def test_no_hard_samples_when_hard_fraction_is_zero_and_all_when_one():
     def rate(fraction):
-        spec = DataSpec(global_batch_size=200, image_size=16, seq_len=64, hard_fraction=fraction)
+        spec = DataConfig(batch_size=200, image_size=16, seq_len=64, hard_fraction=fraction)
         return _hard_by_label_noise(MockDataset(spec, seed=0).batch_at(0).actions).mean()
 
     assert rate(0.0) < 0.02

@@ -22,7 +22,6 @@ from harness.fit.topology import resolve
 from harness.fit.units import GIB
 from harness.mock.data import MockDataset
 from harness.runtime.mesh import FSDP_AXIS, SLICE_AXIS, fsdp_spec, make_global_batch, make_mesh
-from harness.train.loop import data_spec
 from harness.train.step import build_model, init_state, make_train_step
 
 TEN_M = dict(model="transformer", model_size="10m", image_size=224, seq_len=128)
@@ -98,7 +97,7 @@ def test_a_model_too_big_does_not_fit_with_the_compilers_numbers():
 def test_largest_batch_compiles_and_the_next_size_up_does_not():
     """The MLP on 4096x4096 images: ~150 MB of activations per sample, so the limit is a
     few dozen samples per chip and each compile takes seconds."""
-    config = TrainConfig(topology="v5litepod-4", fsdp_devices=4, image_size=4096, batch_size=96)
+    config = TrainConfig().replace(topology="v5litepod-4", fsdp_devices=4, image_size=4096, batch_size=96)
     report = run_fit(config, search=True, max_compiles=12)
     search = report.search
 
@@ -126,7 +125,7 @@ def test_several_slices_get_a_dcn_axis_and_fsdp_stays_in_a_slice():
     assert dict(mesh.shape) == {SLICE_AXIS: 2, "data": 1, "fsdp": 4}
     for index, block in enumerate(mesh.devices):
         assert {d.slice_index for d in block.flat} == {index}
-    report = run_fit(TrainConfig(**SMALL_TRANSFORMER, topology="v5litepod-4", num_slices=2, fsdp_devices=4,
+    report = run_fit(TrainConfig().replace(**SMALL_TRANSFORMER, topology="v5litepod-4", num_slices=2, fsdp_devices=4,
                                  batch_size=16), search=False)
     assert report.fits and report.mesh == {SLICE_AXIS: 2, "data": 1, "fsdp": 4}
     assert report.target.num_devices == 8
@@ -140,10 +139,10 @@ def test_fit_compiles_the_training_step(changes):
     """Training lowers its step with the real state and batch; fit with abstract ones.
     Same StableHLO, and the same compiled program (its fingerprint ignores debug info,
     which names the caller's source lines)."""
-    config = TrainConfig(batch_size=16, image_size=32, seq_len=64, hidden_dim=32, fsdp_devices=8,
+    config = TrainConfig().replace(batch_size=16, image_size=32, seq_len=64, hidden_dim=32, fsdp_devices=8,
                          use_wandb=False).replace(**changes)
     mesh = make_mesh(8)
-    batch = MockDataset(data_spec(config), config.seed).batch_at(0)
+    batch = MockDataset(config.data, config.run.seed).batch_at(0)
     training = make_train_step(config, mesh).lower(init_state(config, mesh), make_global_batch(batch, mesh))
 
     fit = compile_train_step(config, mesh)

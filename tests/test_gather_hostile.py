@@ -35,7 +35,8 @@ from harness.hard_examples.codec import (
 from harness.hard_examples.entry import Candidate
 from harness.hard_examples.gather import GatherResult, gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
-from harness.mock.data import DataSpec, MockDataset
+from harness.config import DataConfig
+from harness.mock.data import MockDataset
 from tests.support.oracles import merge_oracle, merge_stats_oracle
 from tests.test_codec import ANY_FINITE, HOSTILE_ENCODERS, Encoder, hostile
 
@@ -48,7 +49,7 @@ BARRIER_TIMEOUT_S = 30
 @functools.cache
 def tracker(host: int) -> HardExampleTracker:
     """Host's tracker after two steps of mock batches (the gather only reads it)."""
-    dataset = MockDataset(DataSpec(global_batch_size=4 * HOSTS, image_size=8, num_cameras=1, seq_len=32),
+    dataset = MockDataset(DataConfig(batch_size=4 * HOSTS, image_size=8, num_cameras=1, seq_len=32),
                           seed=5, process_index=host, process_count=HOSTS)
     tracker = HardExampleTracker(K, dataset.tokenizer, host=host, resize_hw=(4, 4))
     rng = np.random.default_rng([5, host])

@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from harness.mock.data import DataSpec, MockDataset
+from harness.config import DataConfig
+from harness.mock.data import MockDataset
 from harness.hard_examples.gather import GatherResult, gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.hard_examples.check import Checks, LossModel, check_interval
@@ -63,7 +64,7 @@ def test_passes_on_two_processes_under_the_launcher():
 @pytest.fixture(scope="module")
 def checked_interval():
     args = argparse.Namespace(buffer_size=4, thumbnail_size=8, seed=0)
-    spec = DataSpec(global_batch_size=8, image_size=16, seq_len=64)
+    spec = DataConfig(batch_size=8, image_size=16, seq_len=64)
     dataset = MockDataset(spec, args.seed)
     model = LossModel(spec, args.seed)
     tracker = HardExampleTracker(args.buffer_size, dataset.tokenizer, resize_hw=(8, 8))

@@ -20,10 +20,10 @@ from harness.config import TrainConfig
 from harness.mock.data import MockDataset
 from harness.runtime.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, host_local_rows, make_global_batch, make_mesh
 from harness.models.mlp import per_sample_outputs
-from harness.train.loop import data_spec
-from harness.train.step import TrainState, init_state, make_train_step, model_spec, state_shardings
+from harness.models.interface import ModelSpec
+from harness.train.step import TrainState, init_state, make_train_step, state_shardings
 
-CONFIG = TrainConfig(batch_size=16, image_size=32, hidden_dim=32, seq_len=64, warmup_steps=5,
+CONFIG = TrainConfig().replace(batch_size=16, image_size=32, hidden_dim=32, seq_len=64, warmup_steps=5,
                      fsdp_devices=8, use_wandb=False)
 EVAL_SIZE = 512
 
@@ -36,7 +36,7 @@ def _hard_by_label_noise(actions: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def eval_batch():
     """A large held-out batch (a seed no training run uses) and its hard-sample mask."""
-    spec = dataclasses.replace(data_spec(CONFIG), global_batch_size=EVAL_SIZE)
+    spec = dataclasses.replace(CONFIG.data, batch_size=EVAL_SIZE)
     batch = MockDataset(spec, seed=99).batch_at(0)
     return batch, _hard_by_label_noise(batch.actions)
 
@@ -44,7 +44,7 @@ def eval_batch():
 @pytest.fixture(scope="module")
 def eval_loss():
     """Per-sample loss without dropout, on one device."""
-    spec = dataclasses.replace(model_spec(CONFIG), dropout_rate=0.0)
+    spec = dataclasses.replace(ModelSpec.of(CONFIG.model, CONFIG.data), dropout_rate=0.0)
     return jax.jit(lambda params, batch: per_sample_outputs(params, batch, spec, jax.random.PRNGKey(0))[0])
 
 
@@ -81,12 +81,12 @@ def _adam_moments(opt_state):
 @pytest.fixture(scope="module")
 def trained() -> Trained:
     """40 steps on the 8-device FSDP mesh (fsdp=8), the module's one real training run."""
-    mesh = make_mesh(CONFIG.fsdp_devices)
+    mesh = make_mesh(CONFIG.mesh.fsdp_devices)
     state = init_state(CONFIG, mesh)
     initial_state, layout_before = jax.device_get(state), _layout(state)
     first_params = state.params
     step = make_train_step(CONFIG, mesh)
-    dataset = MockDataset(data_spec(CONFIG), CONFIG.seed)
+    dataset = MockDataset(CONFIG.data, CONFIG.run.seed)
     losses, first = [], {}
     for i in range(40):
         state, metrics = step(state, make_global_batch(dataset.batch_at(i), mesh))
@@ -157,7 +157,7 @@ def test_dropout_key_changes_the_loss_only_when_dropout_is_on(trained, eval_batc
     keys = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
 
     def losses(rate):
-        spec = dataclasses.replace(model_spec(CONFIG), dropout_rate=rate)
+        spec = dataclasses.replace(ModelSpec.of(CONFIG.model, CONFIG.data), dropout_rate=rate)
         loss = jax.jit(lambda params, batch, key: per_sample_outputs(params, batch, spec, key)[0])
         return [np.asarray(loss(initial, batch, key)) for key in keys]
 
@@ -235,7 +235,7 @@ def test_train_step_donates_the_state_and_returns_batch_sharded_rows(trained):
 @pytest.mark.parametrize("fsdp", [1, 2, 8])
 def test_global_batch_is_split_over_all_devices_and_reads_back_in_order(fsdp):
     mesh = make_mesh(fsdp)
-    local = MockDataset(data_spec(CONFIG), seed=0).batch_at(3)
+    local = MockDataset(CONFIG.data, seed=0).batch_at(3)
 
     batch = make_global_batch(local, mesh)
 
@@ -267,7 +267,7 @@ def _losses(config: TrainConfig, mesh: Mesh, initial_state: TrainState) -> np.nd
     """Per-step losses from `initial_state` (put on the mesh's FSDP layout: no init compile)."""
     state = jax.device_put(initial_state, state_shardings(config, mesh))
     step = make_train_step(config, mesh)
-    dataset = MockDataset(data_spec(config), config.seed)
+    dataset = MockDataset(config.data, config.run.seed)
     losses = []
     for i in range(INVARIANCE_STEPS):
         state, metrics = step(state, make_global_batch(dataset.batch_at(i), mesh))
@@ -284,7 +284,7 @@ def single_device_losses(trained):
 
 @pytest.mark.parametrize("fsdp", [1, 2, 4, 8])
 def test_losses_do_not_depend_on_the_mesh(trained, single_device_losses, fsdp):
-    if fsdp == CONFIG.fsdp_devices:  # the module's training run already did these steps
+    if fsdp == CONFIG.mesh.fsdp_devices:  # the module's training run already did these steps
         losses = np.asarray(trained.losses[:INVARIANCE_STEPS])
     else:
         losses = _losses(CONFIG.replace(fsdp_devices=fsdp), make_mesh(fsdp), trained.initial_state)

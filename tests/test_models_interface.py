@@ -13,17 +13,16 @@ import pytest
 from harness.config import TrainConfig, validate
 from harness.errors import UsageError
 from harness.mock.data import MockDataset
-from harness.models.interface import Model, SampleOutputs
+from harness.models.interface import ModelSpec, Model, SampleOutputs
 from harness.models.mlp import VlaMlp
 from harness.models.registry import load_model
 from harness.models.transformer import VlaTransformer
 from harness.outputs.sinks import read_metrics
-from harness.train.loop import data_spec
-from harness.train.step import build_model, model_spec
+from harness.train.step import build_model
 from tests.support.runs import REPO_ROOT, compile_cache_flags, failure_report, run_harness
 
 EXAMPLE = "examples/user_model.py:make_model"
-SMALL = TrainConfig(batch_size=8, image_size=32, seq_len=64, hidden_dim=32)
+SMALL = TrainConfig().replace(batch_size=8, image_size=32, seq_len=64, hidden_dim=32)
 
 
 @pytest.mark.parametrize("name, kind", [("mlp", VlaMlp), ("transformer", VlaTransformer)])
@@ -37,7 +36,7 @@ def test_builtin_models_implement_the_interface(name, kind):
 def test_the_user_model_example_loads_by_path_and_gives_per_sample_outputs(path):
     config = SMALL.replace(model=path)
     model = build_model(config)
-    batch = MockDataset(data_spec(config), seed=0).batch_at(0)
+    batch = MockDataset(config.data, seed=0).batch_at(0)
 
     out = jax.jit(model.per_sample_outputs)(model.init(jax.random.PRNGKey(0)), batch, jax.random.PRNGKey(1))
 
@@ -70,12 +69,11 @@ def test_the_user_model_example_trains_in_harness_train(tmp_path):
     ("harness.models.mlp:no_factory", "--model harness.models.mlp:no_factory: harness.models.mlp has no "
                                       "callable 'no_factory'"),
     ("harness.models.mlp:init_params", "--model harness.models.mlp:init_params: the factory failed"),
-    ("harness.models.interface:ModelSpec", "--model harness.models.interface:ModelSpec: the factory returned "
-                                           "ModelSpec, which lacks init(key) and per_sample_outputs"),
+    ("builtins:str", "--model builtins:str: the factory returned str, which lacks init(key) and per_sample_outputs"),
 ])
 def test_bad_models_are_usage_errors_naming_the_path(name, message):
     with pytest.raises(UsageError) as caught:
-        load_model(name, model_spec(SMALL))
+        load_model(name, ModelSpec.of(SMALL.model, SMALL.data))
 
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
@@ -92,10 +90,10 @@ def test_bad_models_are_usage_errors_naming_the_path(name, message):
 ])
 def test_model_settings_are_validated(changes, message):
     with pytest.raises(UsageError) as caught:
-        validate(TrainConfig(**changes))
+        validate(TrainConfig().replace(**changes))
 
     assert str(caught.value).startswith(message)
 
 
 def test_user_models_get_every_setting_as_given():
-    validate(TrainConfig(model=EXAMPLE, model_size="whatever-it-means-to-you", remat="full"))
+    validate(TrainConfig().replace(model=EXAMPLE, model_size="whatever-it-means-to-you", remat="full"))

@@ -23,12 +23,12 @@ from harness.models.names import TRANSFORMER_SIZES
 from harness.models.transformer import VlaTransformer
 from harness.outputs.sinks import read_metrics
 from harness.runtime.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, make_global_batch, make_mesh
-from harness.train.loop import data_spec
-from harness.train.step import build_model, init_state, make_train_step, model_spec, state_shardings
+from harness.models.interface import ModelSpec
+from harness.train.step import build_model, init_state, make_train_step, state_shardings
 from tests.support.runs import compile_cache_flags, failure_report, run_harness
 
 # A custom size (hidden 64 -> one 64-wide head, 2 layers) on small images: seconds on CPU.
-CONFIG = TrainConfig(model="transformer", hidden_dim=64, num_layers=2, batch_size=16, image_size=32, seq_len=64,
+CONFIG = TrainConfig().replace(model="transformer", hidden_dim=64, num_layers=2, batch_size=16, image_size=32, seq_len=64,
                      warmup_steps=5, fsdp_devices=8, use_wandb=False)
 EVAL_SIZE = 256
 STEPS = 30
@@ -41,7 +41,7 @@ def _hard_by_label_noise(actions: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def eval_batch():
-    spec = dataclasses.replace(data_spec(CONFIG), global_batch_size=EVAL_SIZE)
+    spec = dataclasses.replace(CONFIG.data, batch_size=EVAL_SIZE)
     batch = MockDataset(spec, seed=99).batch_at(0)
     return batch, _hard_by_label_noise(batch.actions)
 
@@ -55,11 +55,11 @@ def eval_loss():
 @pytest.fixture(scope="module")
 def trained():
     """STEPS steps on the 8-device mesh (fsdp=8): initial params, final params, losses."""
-    mesh = make_mesh(CONFIG.fsdp_devices)
+    mesh = make_mesh(CONFIG.mesh.fsdp_devices)
     state = init_state(CONFIG, mesh)
     initial = jax.device_get(state)
     step = make_train_step(CONFIG, mesh)
-    dataset = MockDataset(data_spec(CONFIG), CONFIG.seed)
+    dataset = MockDataset(CONFIG.data, CONFIG.run.seed)
     losses = []
     for i in range(STEPS):
         state, metrics = step(state, make_global_batch(dataset.batch_at(i), mesh))
@@ -70,7 +70,7 @@ def trained():
 # Sizes and layout (shapes only: nothing is allocated).
 
 def _shapes(size: str) -> dict[str, tuple[int, ...]]:
-    spec = dataclasses.replace(model_spec(CONFIG), model_size=size, image_size=224, seq_len=128)
+    spec = dataclasses.replace(ModelSpec.of(CONFIG.model, CONFIG.data), model_size=size, image_size=224, seq_len=128)
     shapes = VlaTransformer(spec).param_shapes()
     flat = jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))[0]
     return {jax.tree_util.keystr(path): shape for path, shape in flat}
@@ -189,7 +189,7 @@ def test_remat_recomputes_the_same_loss_and_gradients(trained, eval_batch, remat
 def _losses(config: TrainConfig, mesh: Mesh, initial_state) -> np.ndarray:
     state = jax.device_put(initial_state, state_shardings(config, mesh))
     step = make_train_step(config, mesh)
-    dataset = MockDataset(data_spec(config), config.seed)
+    dataset = MockDataset(config.data, config.run.seed)
     losses = []
     for i in range(INVARIANCE_STEPS):
         state, metrics = step(state, make_global_batch(dataset.batch_at(i), mesh))
@@ -205,7 +205,7 @@ def single_device_losses(trained):
 
 @pytest.mark.parametrize("fsdp", [1, 2, 4, 8])
 def test_losses_do_not_depend_on_the_mesh(trained, single_device_losses, fsdp):
-    losses = (trained[2][:INVARIANCE_STEPS] if fsdp == CONFIG.fsdp_devices
+    losses = (trained[2][:INVARIANCE_STEPS] if fsdp == CONFIG.mesh.fsdp_devices
               else _losses(CONFIG.replace(fsdp_devices=fsdp), make_mesh(fsdp), trained[0]))
 
     relative = np.abs(losses - single_device_losses) / np.abs(single_device_losses)

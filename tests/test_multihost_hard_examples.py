@@ -63,10 +63,10 @@ def training_run(request, tmp_path_factory):
 
 def intervals(config) -> list[tuple[int, int]]:
     """(first step, steps completed) of each gather: every interval, and the last step."""
-    ends = list(range(config.hard_example_log_interval, config.num_train_steps + 1,
-                      config.hard_example_log_interval))
-    if ends[-1] != config.num_train_steps:
-        ends.append(config.num_train_steps)
+    ends = list(range(config.hard_examples.log_interval, config.run.num_train_steps + 1,
+                      config.hard_examples.log_interval))
+    if ends[-1] != config.run.num_train_steps:
+        ends.append(config.run.num_train_steps)
     return list(zip([0, *ends[:-1]], ends))
 
 
@@ -78,7 +78,7 @@ def interval_observations(run: dict, start: int, end: int) -> dict[int, list[tup
     for row in run["per_sample_losses"]:
         if start <= row["step"] < end:
             for sample_id, loss in zip(row["sample_id"], row["loss"]):
-                per_host[owner(sample_id, config.batch_size, n)].append((sample_id, loss, row["step"]))
+                per_host[owner(sample_id, config.data.batch_size, n)].append((sample_id, loss, row["step"]))
     return per_host
 
 
@@ -97,10 +97,10 @@ def test_training_run_exits_0_and_records_every_step(training_run):
 
     assert result.returncode == 0, failure_report(result)
     rows = training_run["per_sample_losses"]
-    assert [row["step"] for row in rows] == list(range(config.num_train_steps))
+    assert [row["step"] for row in rows] == list(range(config.run.num_train_steps))
     for row in rows:
         step = row["step"]
-        assert sorted(row["sample_id"]) == list(range(step * config.batch_size, (step + 1) * config.batch_size))
+        assert sorted(row["sample_id"]) == list(range(step * config.data.batch_size, (step + 1) * config.data.batch_size))
         assert all(math.isfinite(loss) for loss in row["loss"])
 
 
@@ -137,7 +137,7 @@ def test_a_json_file_per_interval(training_run):
 
 def test_entries_are_the_oracle_merge_of_every_hosts_top_k(training_run):
     assert training_run["result"].returncode == 0, failure_report(training_run["result"])
-    k = training_run["config"].max_hard_examples_buffer
+    k = training_run["config"].hard_examples.buffer_size
 
     for start, end in intervals(training_run["config"]):
         entries = step_json(training_run, end)["entries"]
@@ -160,9 +160,9 @@ def test_each_entry_pairs_with_its_own_sample(training_run):
         for entry in step_json(training_run, end)["entries"]:
             assert start <= entry["step"] < end, entry
             assert recorded[(entry["step"], entry["sample_id"])] == entry["loss"], entry
-            assert entry["host"] == owner(entry["sample_id"], config.batch_size, n), entry
-            side = config.hard_example_image_size
-            assert entry["image_shape"] == [side, side * config.num_cameras, 3], entry
+            assert entry["host"] == owner(entry["sample_id"], config.data.batch_size, n), entry
+            side = config.hard_examples.image_size
+            assert entry["image_shape"] == [side, side * config.data.num_cameras, 3], entry
             assert entry["lang_action"] and entry["token_len"] > 0, entry
 
 
@@ -175,14 +175,14 @@ def test_global_stats_cover_every_host(training_run):
         per_host = interval_observations(training_run, start, end)
         host_stats = [
             IntervalStats(host=host, threshold=None, **interval_stats_oracle(
-                sorted({step for _, _, step in obs}), [loss for _, loss, _ in obs], config.high_loss_threshold))
+                sorted({step for _, _, step in obs}), [loss for _, loss, _ in obs], config.hard_examples.high_loss_threshold))
             for host, obs in sorted(per_host.items())
         ]
-        merged = expected_merge(per_host, config.max_hard_examples_buffer)
+        merged = expected_merge(per_host, config.hard_examples.buffer_size)
         expected = merge_stats_oracle(host_stats, merged)
         stats = document["stats"]
 
-        assert stats["num_samples"] == (end - start) * config.batch_size
+        assert stats["num_samples"] == (end - start) * config.data.batch_size
         assert stats["num_hosts"] == n
         assert stats["threshold"] == min(e["loss"] for e in document["entries"])
         assert stats == {**expected, "loss_mean": pytest.approx(expected["loss_mean"], rel=1e-12)}
@@ -201,7 +201,7 @@ def test_round_robin_lets_more_than_one_host_in(training_run):
     plain_top_k = [
         [s for s, _, _ in top_k_oracle(
             [o for obs in interval_observations(training_run, start, end).values() for o in obs],
-            config.max_hard_examples_buffer)]
+            config.hard_examples.buffer_size)]
         for start, end in intervals(config)
     ]
     logged = [[e["sample_id"] for e in step_json(training_run, end)["entries"]] for _, end in intervals(config)]

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from harness.mock.data import DataSpec, MockDataset
+from harness.config import DataConfig
+from harness.mock.data import MockDataset, camera_names
 from harness.hard_examples.entry import HardExample
 from harness.outputs.pictures import read_contact_sheet_layout, render_contact_sheet, save_contact_sheet, save_loss_curve
 
 
 def make_entries(count: int, *, image_size: int = 64, num_cameras: int = 2) -> list[HardExample]:
     """Entries with mock-data images (cameras side by side), highest loss first."""
-    spec = DataSpec(global_batch_size=max(count, 1), image_size=image_size, num_cameras=num_cameras)
+    spec = DataConfig(batch_size=max(count, 1), image_size=image_size, num_cameras=num_cameras)
     batch = MockDataset(spec, seed=0).batch_at(0)
-    side_by_side = np.concatenate([batch.images[name] for name in spec.camera_names], axis=2)
+    side_by_side = np.concatenate([batch.images[name] for name in camera_names(spec)], axis=2)
     actions = ["move right 10cm and move forward 5cm and move up 3cm", "move left 2cm"]
     return [
         HardExample(sample_id=int(batch.sample_id[i]), loss=9.0 - 0.5 * i, step=100 + i, host=i % 3,

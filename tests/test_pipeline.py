@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.mock.data import DataSpec, MockDataset
+from harness.config import DataConfig
+from harness.mock.data import MockDataset
 from harness.outputs.sinks import read_metrics
 from harness.runtime.checkpoint import existing_steps
 from harness.train.pipeline import InputPipeline, PipelineStateError
 from tests.support.runs import compile_cache_flags, failure_report, run_harness, start_harness
 
-SPEC = DataSpec(global_batch_size=12, image_size=8, seq_len=32)
+SPEC = DataConfig(batch_size=12, image_size=8, seq_len=32)
 RUN_TIMEOUT_S = 240
 
 
@@ -34,7 +35,7 @@ def _pipeline(host: int = 0, hosts: int = 1) -> InputPipeline:
 
 @pytest.mark.parametrize("hosts", [1, 2, 3])
 def test_each_step_takes_the_next_global_batch_of_keys_host_i_the_ith_block(hosts):
-    per_host = SPEC.global_batch_size // hosts
+    per_host = SPEC.batch_size // hosts
     for host in range(hosts):
         pipeline = _pipeline(host, hosts)
         ids = [next(pipeline).sample_id.tolist() for _ in range(4)]

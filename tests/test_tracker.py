@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from harness.mock.data import DataSpec, MockDataset
+from harness.config import DataConfig
+from harness.mock.data import MockDataset
 from harness.hard_examples.entry import Candidate, HardExample
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.mock.tokenizer import DIRECTIONS
@@ -28,7 +29,7 @@ BATCH = 8
 
 @functools.cache
 def dataset(num_cameras: int = 2, image_size: int = 32) -> MockDataset:
-    spec = DataSpec(global_batch_size=BATCH, image_size=image_size, num_cameras=num_cameras, seq_len=48)
+    spec = DataConfig(batch_size=BATCH, image_size=image_size, num_cameras=num_cameras, seq_len=48)
     return MockDataset(spec, seed=7)
 
 
@@ -288,7 +289,7 @@ def test_constructor_rejects_bad_knobs(kwargs, message):
 
 def test_update_cost_for_a_256_batch():
     """Prints the per-step cost; no timing assertion (CI machines vary)."""
-    ds = MockDataset(DataSpec(global_batch_size=256, image_size=64), seed=1)
+    ds = MockDataset(DataConfig(batch_size=256, image_size=64), seed=1)
     batches = [ds.batch_at(step) for step in range(6)]
     rng = np.random.default_rng(0)
     tracker = HardExampleTracker(50, ds.tokenizer)

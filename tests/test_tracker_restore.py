@@ -7,7 +7,8 @@ import base64
 import numpy as np
 import pytest
 
-from harness.mock.data import DataSpec, MockDataset
+from harness.config import DataConfig
+from harness.mock.data import MockDataset
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.outputs.sinks import Console
@@ -24,7 +25,7 @@ def _tracker_after(steps: range, dataset: MockDataset) -> HardExampleTracker:
 
 @pytest.fixture
 def dataset() -> MockDataset:
-    return MockDataset(DataSpec(global_batch_size=8, image_size=16), seed=3)
+    return MockDataset(DataConfig(batch_size=8, image_size=16), seed=3)
 
 
 def test_restore_rebuilds_buffer_stats_and_pixels(dataset):

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from harness.config import TrainConfig, apply_overrides, load_preset, validate
+from harness.config import TrainConfig
+from harness.config.flags import config_from_args
 from harness.errors import UsageError
 from harness.train.cli import build_parser as build_train_parser
 
@@ -36,9 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def parse(argv: Sequence[str]) -> tuple[TrainConfig, bool, int]:
     args = vars(build_parser().parse_args(argv))
     search, max_compiles = args.pop("search"), args.pop("max_compiles")
-    preset = args.pop("config", None)
-    config = apply_overrides(load_preset(preset) if preset else TrainConfig(), args, source="command line")
-    validate(config)
+    config = config_from_args(args)
     if max_compiles < 0:
         raise UsageError(f"--max_compiles must be >= 0, got {max_compiles}")
     return config, search, max_compiles
@@ -62,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from harness.fit.console import render
     from harness.fit.report import write_json
 
-    run_dir = Path(config.run_dir)
+    run_dir = Path(config.run.run_dir)
     write_json(report, run_dir / "fit.json")
     write_chart(report, run_dir / "fit_memory.png")
     print(render(report, [str(run_dir / "fit.json"), str(run_dir / "fit_memory.png")]))

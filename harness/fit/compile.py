@@ -24,7 +24,6 @@ from harness.config import TrainConfig
 from harness.fit.libtpu import parse_bytes
 from harness.mock.data import Batch, MockDataset
 from harness.runtime.mesh import batch_sharding
-from harness.train.loop import data_spec
 from harness.train.step import TrainState, abstract_state, make_train_step
 
 _REQUIRED = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)")
@@ -35,11 +34,11 @@ _DEBUG_TABLES = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
 
 def abstract_batch(config: TrainConfig, mesh: Mesh) -> Batch:
     """The global batch's shapes and dtypes (one real sample, scaled), batch-sharded."""
-    spec = dataclasses.replace(data_spec(config), global_batch_size=1)
-    sample = MockDataset(spec, config.seed).batch_at(0)
+    spec = dataclasses.replace(config.data, batch_size=1)
+    sample = MockDataset(spec, config.run.seed).batch_at(0)
     sharding = batch_sharding(mesh)
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct((config.batch_size, *x.shape[1:]),
+        lambda x: jax.ShapeDtypeStruct((config.data.batch_size, *x.shape[1:]),
                                        jax.dtypes.canonicalize_dtype(x.dtype), sharding=sharding),
         sample)
 
@@ -155,8 +154,8 @@ def compile_train_step(config: TrainConfig, mesh: Mesh, *, keep_hlo: bool = Fals
         oom = _out_of_memory(err)
         if oom is None:
             raise
-        return CompileOutcome(config.batch_size, time.perf_counter() - started, oom=oom)
+        return CompileOutcome(config.data.batch_size, time.perf_counter() - started, oom=oom)
     hlo_text = compiled.as_text()
-    return CompileOutcome(config.batch_size, time.perf_counter() - started, memory=_memory(compiled),
+    return CompileOutcome(config.data.batch_size, time.perf_counter() - started, memory=_memory(compiled),
                           cost=_cost(compiled), fingerprint=program_fingerprint(hlo_text),
                           hlo_text=hlo_text if keep_hlo else None)

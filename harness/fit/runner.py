@@ -29,21 +29,21 @@ from harness.train.step import abstract_state, build_model
 def check_divisibility(config: TrainConfig, target: Target) -> None:
     """Training's start-up checks, against the target's devices and hosts."""
     devices, hosts = target.num_devices, target.hosts_per_slice * target.num_slices
-    if target.devices_per_slice % config.fsdp_devices:
-        raise UsageError(f"--fsdp_devices={config.fsdp_devices} does not divide the {target.devices_per_slice} "
+    if target.devices_per_slice % config.mesh.fsdp_devices:
+        raise UsageError(f"--fsdp_devices={config.mesh.fsdp_devices} does not divide the {target.devices_per_slice} "
                          f"devices of a {target.product} slice")
-    if config.batch_size % devices:
-        raise UsageError(f"--batch_size={config.batch_size} is not divisible by the {devices} devices of "
+    if config.data.batch_size % devices:
+        raise UsageError(f"--batch_size={config.data.batch_size} is not divisible by the {devices} devices of "
                          f"{target.product}" + (f" x {target.num_slices} slices" if target.num_slices > 1 else ""))
-    if config.batch_size % hosts:
-        raise UsageError(f"--batch_size={config.batch_size} is not divisible by the {hosts} hosts")
+    if config.data.batch_size % hosts:
+        raise UsageError(f"--batch_size={config.data.batch_size} is not divisible by the {hosts} hosts")
 
 
 def describe_model(config: TrainConfig, model: Model, abstract_params: Any) -> dict[str, Any]:
     return {
-        "name": config.model, "size": config.model_size,
+        "name": config.model.name, "size": config.model.size,
         "parameters": sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(abstract_params)),
-        "param_dtype": config.param_dtype, "compute_dtype": config.compute_dtype, "remat": config.remat,
+        "param_dtype": config.model.param_dtype, "compute_dtype": config.model.compute_dtype, "remat": config.model.remat,
         "analytic_flops": hasattr(model, "train_flops"),
     }
 
@@ -52,11 +52,11 @@ def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 8) 
     """Compiles `config`'s training step for its TPU target. UsageError for bad input;
     running out of HBM is a report with `fits=False`."""
     started = time.perf_counter()
-    target = resolve(config.topology, config.chip_config, config.num_slices)
+    target = resolve(config.tpu.topology, config.tpu.chip_config, config.mesh.num_slices)
     check_divisibility(config, target)
     model = build_model(config)  # a failing import path is bad input, found before any compile
     devices = topology_devices(target)
-    mesh = make_mesh(config.fsdp_devices, devices)
+    mesh = make_mesh(config.mesh.fsdp_devices, devices)
     hbm = compiler_hbm_bytes(devices[0]) or target.chip.hbm_bytes
     state = abstract_state(config, mesh)
     outcome = compile_train_step(config, mesh, keep_hlo=True)
@@ -69,7 +69,7 @@ def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 8) 
         generated_code=outcome.memory["generated_code_size"] if outcome.fits else None,
         peak=outcome.memory["peak_memory"] if outcome.fits else None,
     )
-    analytic = model.train_flops(config.batch_size) if hasattr(model, "train_flops") else None
+    analytic = model.train_flops(config.data.batch_size) if hasattr(model, "train_flops") else None
     bound = step_time_bound(analytic_flops=analytic,
                             compiler_flops_per_device=(outcome.cost or {}).get("flops"),
                             num_devices=target.num_devices, arguments=arguments, chip=target.chip)
@@ -81,7 +81,7 @@ def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 8) 
                            max_compiles=max_compiles) if search else None
     return FitReport(
         target=target, model=describe_model(config, model, state.params), mesh=dict(mesh.shape),
-        batch_size=config.batch_size, fits=outcome.fits, memory=memory, oom=outcome.oom,
+        batch_size=config.data.batch_size, fits=outcome.fits, memory=memory, oom=outcome.oom,
         compile_seconds=outcome.seconds, program_fingerprint=outcome.fingerprint,
         census=collective_census(outcome.hlo_text) if outcome.hlo_text else None,
         bound=bound, compiler_cost=outcome.cost, search=result,

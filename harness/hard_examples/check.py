@@ -24,7 +24,8 @@ from jax.experimental import multihost_utils
 from PIL import Image
 
 from harness.runtime import distributed
-from harness.mock.data import Batch, DataSpec, MockDataset
+from harness.config import DataConfig, ModelConfig
+from harness.mock.data import Batch, MockDataset, camera_names
 from harness.errors import UsageError
 from harness.hard_examples.gather import GatherResult, gather_hard_examples
 from harness.hard_examples.reporter import format_block
@@ -71,9 +72,8 @@ class LossModel:
     """The mock model's per-sample losses at fixed parameters (no dropout), so any host
     can recompute the loss of any sample exactly."""
 
-    def __init__(self, spec: DataSpec, seed: int):
-        self.spec = ModelSpec(hidden_dim=64, num_layers=2, vocab_size=spec.vocab_size, seq_len=spec.seq_len,
-                              num_cameras=spec.num_cameras, action_horizon=spec.action_horizon, dropout_rate=0.0)
+    def __init__(self, spec: DataConfig, seed: int):
+        self.spec = ModelSpec.of(ModelConfig(hidden_dim=64, num_layers=2, dropout_rate=0.0), spec)
         self.params = init_params(self.spec, jax.random.PRNGKey(seed))
         self._fn = jax.jit(lambda p, b: per_sample_outputs(p, b, self.spec, jax.random.PRNGKey(0))[0])
 
@@ -105,7 +105,7 @@ def allgather_interval(seen: list[tuple[int, float]]) -> list[list[tuple[int, fl
 
 
 def check_interval(checks: Checks, result: GatherResult, everyone: list[list[tuple[int, float]]],
-                   args: argparse.Namespace, spec: DataSpec, model: LossModel) -> None:
+                   args: argparse.Namespace, spec: DataConfig, model: LossModel) -> None:
     """Process 0's checks of one gathered interval against independent recomputation."""
     per_host = [[(loss, host, sid) for sid, loss in pairs] for host, pairs in enumerate(everyone)]
     expected = oracle_merge(per_host, args.buffer_size)
@@ -136,7 +136,7 @@ def check_interval(checks: Checks, result: GatherResult, everyone: list[list[tup
                       f"sample {entry.sample_id}: {entry.loss} vs recomputed {float(losses[row])}")
         side = args.thumbnail_size
         panels = [np.asarray(Image.fromarray(batch.images[n][row]).resize((side, side), RESAMPLE))
-                  for n in spec.camera_names]
+                  for n in camera_names(spec)]
         checks.expect("every entry's image is its own sample's image",
                       np.array_equal(np.concatenate(panels, axis=1), entry.image),
                       f"sample {entry.sample_id} host {entry.host}")
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch_size={args.batch_size} is not divisible by the {hosts} processes")
     primary = host == 0
     say = print if primary else (lambda *a, **k: None)
-    spec = DataSpec(global_batch_size=args.batch_size, image_size=args.image_size)
+    spec = DataConfig(batch_size=args.batch_size, image_size=args.image_size)
     dataset = MockDataset(spec, args.seed, host, hosts)
     model = LossModel(spec, args.seed)
     tracker = HardExampleTracker(args.buffer_size, dataset.tokenizer, host=host,

@@ -14,11 +14,11 @@ while the model trains (label noise is irreducible).
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import numpy as np
 
+from harness.config import DataConfig
 from harness.mock.tokenizer import BOS, DIRECTIONS, EOS, MAX_AMOUNT, SEP, MockTokenizer
 
 STATE_DIM = 7
@@ -60,38 +60,25 @@ class Batch(NamedTuple):
         return int(self.sample_id.shape[0])
 
 
-@dataclasses.dataclass(frozen=True)
-class DataSpec:
-    """What a batch looks like; taken from the run's config."""
+def camera_names(spec: DataConfig) -> tuple[str, ...]:
+    return CAMERA_NAMES[: spec.num_cameras]
 
-    global_batch_size: int
-    image_size: int = 128
-    num_cameras: int = 2
-    seq_len: int = 128
-    action_horizon: int = 4
-    vocab_size: int = 256
-    hard_fraction: float = 0.12
 
-    @property
-    def camera_names(self) -> tuple[str, ...]:
-        return CAMERA_NAMES[: self.num_cameras]
-
-    @property
-    def sample_bytes(self) -> int:
-        """Host bytes of one sample of a `Batch`: cameras, prompt tokens and their four
-        masks, state, actions, the sample mask and id."""
-        images = self.num_cameras * self.image_size * self.image_size * 3
-        tokens = self.seq_len * (4 + 4)
-        return images + tokens + 4 * STATE_DIM + 4 * self.action_horizon * ACTION_DIM + 1 + 4
+def sample_bytes(spec: DataConfig) -> int:
+    """Host bytes of one sample of a `Batch`: cameras, prompt tokens and their four
+    masks, state, actions, the sample mask and id."""
+    images = spec.num_cameras * spec.image_size * spec.image_size * 3
+    tokens = spec.seq_len * (4 + 4)
+    return images + tokens + 4 * STATE_DIM + 4 * spec.action_horizon * ACTION_DIM + 1 + 4
 
 
 class MockDataset:
     """The mock source, and which keys one process of a (possibly multi-host) run reads."""
 
-    def __init__(self, spec: DataSpec, seed: int, process_index: int = 0, process_count: int = 1):
-        if spec.global_batch_size % process_count:
+    def __init__(self, spec: DataConfig, seed: int, process_index: int = 0, process_count: int = 1):
+        if spec.batch_size % process_count:
             raise ValueError(
-                f"batch size {spec.global_batch_size} is not divisible by the "
+                f"batch size {spec.batch_size} is not divisible by the "
                 f"{process_count} processes"
             )
         if not 1 <= spec.num_cameras <= len(CAMERA_NAMES):
@@ -100,16 +87,16 @@ class MockDataset:
         self.seed = seed
         self.process_index = process_index
         self.process_count = process_count
-        self.local_batch_size = spec.global_batch_size // process_count
+        self.local_batch_size = spec.batch_size // process_count
         self.tokenizer = MockTokenizer(vocab_size=spec.vocab_size, max_tokens=spec.seq_len)
         self._grid_y = ((np.arange(spec.image_size, dtype=np.float32) + 0.5) / spec.image_size)[None, :, None]
 
     def keys_at(self, step: int) -> np.ndarray:
         """The record keys this host reads at `step`: each step takes the next
-        `global_batch_size` keys, host i the i-th block of them. The input pipeline
+        `batch_size` keys, host i the i-th block of them. The input pipeline
         (harness/train/pipeline.py) walks the same blocks; this is for tests and tools."""
         n = self.local_batch_size
-        first = step * self.spec.global_batch_size + self.process_index * n
+        first = step * self.spec.batch_size + self.process_index * n
         return np.arange(first, first + n, dtype=np.int64)
 
     def batch_at(self, step: int) -> Batch:
@@ -134,7 +121,7 @@ class MockDataset:
         actions = self._actions(rngs, state, displacement, hard)
         images = {
             name: self._render(rngs, camera, state, colors, hard)
-            for camera, name in enumerate(self.spec.camera_names)
+            for camera, name in enumerate(camera_names(self.spec))
         }
         return Batch(
             images=images,

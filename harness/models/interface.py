@@ -31,6 +31,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import jax
 from jax.sharding import PartitionSpec as P
 
+from harness.config import DataConfig, ModelConfig
 from harness.mock.data import Batch
 
 Params = Any  # a pytree of arrays
@@ -38,21 +39,32 @@ Params = Any  # a pytree of arrays
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """What a model is built from: the data it reads and its size (from the run's config)."""
+    """What a model is built from: its size and the shapes of the data it reads. Built
+    from the run's config (`ModelSpec.of`), whose groups hold the defaults."""
 
-    hidden_dim: int = 128
-    num_layers: int = 2
-    vocab_size: int = 256
-    seq_len: int = 128
-    num_cameras: int = 2
-    action_horizon: int = 4
-    dropout_rate: float = 0.1
-    token_loss_weight: float = 0.05
-    image_size: int = 128
-    model_size: str = ""          # a named size (transformer); "" = from hidden_dim/num_layers
-    param_dtype: str = "float32"  # float32 | bfloat16
-    compute_dtype: str = "float32"
-    remat: str = "none"           # none | full | dots (see harness/models/transformer.py)
+    hidden_dim: int
+    num_layers: int
+    vocab_size: int
+    seq_len: int
+    num_cameras: int
+    action_horizon: int
+    dropout_rate: float
+    token_loss_weight: float
+    image_size: int
+    model_size: str     # a named size (transformer); "" = from hidden_dim/num_layers
+    param_dtype: str    # float32 | bfloat16
+    compute_dtype: str
+    remat: str          # none | full | dots (see harness/models/transformer.py)
+
+    @classmethod
+    def of(cls, model: ModelConfig, data: DataConfig) -> "ModelSpec":
+        return cls(
+            hidden_dim=model.hidden_dim, num_layers=model.num_layers, vocab_size=data.vocab_size,
+            seq_len=data.seq_len, num_cameras=data.num_cameras, action_horizon=data.action_horizon,
+            dropout_rate=model.dropout_rate, token_loss_weight=model.token_loss_weight,
+            image_size=data.image_size, model_size=model.size, param_dtype=model.param_dtype,
+            compute_dtype=model.compute_dtype, remat=model.remat,
+        )
 
 
 class SampleOutputs(NamedTuple):

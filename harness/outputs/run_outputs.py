@@ -50,7 +50,7 @@ class RunOutputs:
     def __init__(self, config: TrainConfig, console: Console, *, start_step: int):
         self.config = config
         self.console = console
-        self.run_dir = Path(config.run_dir)
+        self.run_dir = Path(config.run.run_dir)
         primary = console.is_primary
         self.metrics_file = MetricsFile(self.run_dir / "metrics.jsonl", is_primary=primary, start_step=start_step)
         # Every step's loss, for the loss curve (metrics.jsonl has the logged steps only).
@@ -58,19 +58,19 @@ class RunOutputs:
                                         start_step=start_step)
         self.loss_record = (
             PerSampleLossFile(self.run_dir / "per_sample_losses.jsonl", is_primary=primary, start_step=start_step)
-            if config.record_per_sample_losses else None
+            if config.hard_examples.record_per_sample_losses else None
         )
-        self.progress = Progress(is_primary=primary, total=config.num_train_steps, initial=start_step)
+        self.progress = Progress(is_primary=primary, total=config.run.num_train_steps, initial=start_step)
         console.attach(self.progress)
         self.writer = BackgroundWriter()  # PNGs and wandb calls, in order, off the loop
         # wandb starts on the writer too (importing it and starting its service takes
         # ~1 s); every later wandb call is queued behind this one.
         self.wandb: WandbSink | None = None
         self.writer.submit(self._open_wandb, WandbSink, dict(
-            enabled=config.use_wandb, project=config.wandb_project,
-            run_name=config.wandb_run_name or None, run_dir=self.run_dir,
+            enabled=config.wandb.enabled, project=config.wandb.project,
+            run_name=config.wandb.run_name or None, run_dir=self.run_dir,
             config=dataclasses.asdict(config), is_primary=primary,
-            resume=config.resume and start_step > 0,
+            resume=config.checkpoint.resume and start_step > 0,
         ))
 
     def _open_wandb(self, sink: type[WandbSink], arguments: dict[str, Any]) -> None:

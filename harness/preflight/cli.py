@@ -13,7 +13,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from harness.config import TrainConfig, apply_overrides, load_preset, validate
+from harness.config import TrainConfig
+from harness.config.flags import config_from_args
 from harness.errors import UsageError
 from harness.preflight.faults import KINDS, check_fault
 from harness.preflight.options import (CHECKS, DEFAULT_SIZES, PreflightOptions, parse_checks, parse_sizes,
@@ -63,9 +64,7 @@ def parse(argv: Sequence[str]) -> tuple[TrainConfig, PreflightOptions]:
     )
     validate_options(options)
     check_fault(options.testing_fault, options.testing_fault_host, 0)
-    preset = args.pop("config", None)
-    config = apply_overrides(load_preset(preset) if preset else TrainConfig(), args, source="command line")
-    validate(config)
+    config = config_from_args(args)
     return config, options
 
 

@@ -17,7 +17,6 @@ program JAX will compile) and the devices (platform, kind, local count).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -29,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from collections.abc import Mapping
 
-from harness.config import TrainConfig
+from harness.config import TrainConfig, flat_values
 from harness.preflight.faults import CODE_HASH, JAX_VERSION, MARK, Fault
 from harness.preflight.results import CONSISTENCY, FAIL, PASS, HostReport, Observation
 
@@ -73,7 +72,7 @@ def code_hash(modules: Mapping[str, ModuleType] | None = None, *, salt: str = ""
 
 
 def config_hash(config: TrainConfig) -> str:
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in PER_HOST_FIELDS}
+    fields = {k: v for k, v in flat_values(config).items() if k not in PER_HOST_FIELDS}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:HASH_CHARS]
 
 
@@ -84,8 +83,8 @@ def step_fingerprint(config: TrainConfig) -> str:
     from harness.runtime.mesh import check_topology, make_mesh
 
     try:
-        check_topology(config.batch_size, config.fsdp_devices)
-        text = lower_train_step(config, make_mesh(config.fsdp_devices)).as_text()
+        check_topology(config.data.batch_size, config.mesh.fsdp_devices)
+        text = lower_train_step(config, make_mesh(config.mesh.fsdp_devices)).as_text()
     except UsageError as err:
         return f"{STEP_FAILED}: {err}"
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]

@@ -24,8 +24,8 @@ def dry_run_configs(config: TrainConfig, run_id: str, steps: int) -> tuple[Train
     first = config.replace(
         num_train_steps=steps, save_interval=steps, hard_example_log_interval=steps, log_interval=steps,
         track_hard_examples=True, keep=2, resume=False, overwrite=False, use_wandb=False,
-        checkpoint_dir=f"{scratch_dir(config.checkpoint_dir, run_id)}/dry-run",
-        run_dir=str(Path(config.run_dir) / "preflight" / "dry_run"),
+        checkpoint_dir=f"{scratch_dir(config.checkpoint.dir, run_id)}/dry-run",
+        run_dir=str(Path(config.run.run_dir) / "preflight" / "dry_run"),
     )
     return first, first.replace(resume=True, num_train_steps=steps + RESUMED_STEPS)
 
@@ -35,7 +35,7 @@ def dry_run(config: TrainConfig, run_id: str, steps: int) -> Observation:
     from harness.train.loop import train
 
     first, resumed = dry_run_configs(config, run_id, steps)
-    log_path = Path(config.run_dir) / "preflight" / "dry_run.log"
+    log_path = Path(config.run.run_dir) / "preflight" / "dry_run.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as log, contextlib.redirect_stdout(log):
         before = train(first)

@@ -38,13 +38,13 @@ def new_run_id() -> str:
 
 def pod_coordinates(config: TrainConfig) -> Coordinates | None:
     """Where this process belongs, or None for a single process."""
-    if config.distributed == "off":
+    if config.distributed.mode == "off":
         return None
-    if config.distributed == "pod":
-        return detected_pod(config.initialization_timeout)
-    if config.distributed not in distributed.MODES:
-        raise UsageError(f"--distributed must be one of {', '.join(distributed.MODES)}, got {config.distributed!r}")
-    found = distributed.explicit_coordinates(config.coordinator_address, config.num_processes, config.process_id)
+    if config.distributed.mode == "pod":
+        return detected_pod(config.distributed.initialization_timeout)
+    if config.distributed.mode not in distributed.MODES:
+        raise UsageError(f"--distributed must be one of {', '.join(distributed.MODES)}, got {config.distributed.mode!r}")
+    found = distributed.explicit_coordinates(config.distributed.coordinator_address, config.distributed.num_processes, config.distributed.process_id)
     if found is None or found.num_processes == 1:
         return None
     return Coordinates(found.coordinator_address, found.num_processes, found.process_id)
@@ -82,7 +82,7 @@ def join(config: TrainConfig, coordinates: Coordinates | None) -> Joined:
     if coordinates is None:
         return Joined(Observation(RENDEZVOUS, PASS, "single process", "one process: nothing to join"),
                       new_run_id(), True)
-    timeout = config.initialization_timeout
+    timeout = config.distributed.initialization_timeout
     server = None
     if coordinates.process_id == 0:
         _, port = split_address(coordinates.address)
@@ -106,7 +106,7 @@ def join(config: TrainConfig, coordinates: Coordinates | None) -> Joined:
     started = time.perf_counter()
     distributed.initialize("auto", coordinator_address=coordinates.address,
                            num_processes=coordinates.num_processes, process_id=coordinates.process_id,
-                           initialization_timeout=timeout, heartbeat_timeout=config.heartbeat_timeout)
+                           initialization_timeout=timeout, heartbeat_timeout=config.distributed.heartbeat_timeout)
     metrics["init_s"] = time.perf_counter() - started
     observation = dataclasses.replace(_confirmed(coordinates, probe, metrics), seconds=probe.waited_s + metrics["init_s"])
     return Joined(observation, probe.reply.run_id, True, roll, probe)

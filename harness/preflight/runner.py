@@ -65,15 +65,15 @@ NOT_READY = ("storage failed", "the checkpoint dir failed a check (storage or ro
 def run(config: TrainConfig, options: PreflightOptions) -> int:
     """The whole preflight on this host; the exit code (UsageError for bad input)."""
     storage.configure_gcs_emulator_from_env()
-    configure_devices(cpu_devices=config.cpu_devices, cpu_fast_compile=config.cpu_fast_compile,
-                      compilation_cache_dir=config.compilation_cache_dir)
+    configure_devices(cpu_devices=config.devices.cpu_devices, cpu_fast_compile=config.devices.cpu_fast_compile,
+                      compilation_cache_dir=config.devices.compilation_cache_dir)
     coordinates = pod_coordinates(config)
     host, num = (coordinates.process_id, coordinates.num_processes) if coordinates else (0, 1)
     check_fault(options.testing_fault, options.testing_fault_host, num)
     fault = Fault(options.testing_fault, options.testing_fault_host, host)
     if fault.here(NEVER_START):
         print(f"{PROG}: host {host}: testing fault {NEVER_START}: not joining the pod", file=sys.stderr, flush=True)
-        time.sleep(config.initialization_timeout + REPLY_MARGIN_S + 5)
+        time.sleep(config.distributed.initialization_timeout + REPLY_MARGIN_S + 5)
         return 1
     joined = join(config, coordinates)
     if not joined.joined:
@@ -98,25 +98,25 @@ def _pod_never_assembled(config: TrainConfig, options: PreflightOptions, coordin
     if joined.roll is not None:
         roll = joined.roll
         if roll.missing:  # the launchers parse this line and name (and stop) those hosts
-            print(lost_hosts_line(me, roll.missing, f"never arrived within {config.initialization_timeout} s"),
+            print(lost_hosts_line(me, roll.missing, f"never arrived within {config.distributed.initialization_timeout} s"),
                   file=sys.stderr, flush=True)
         cells = {h: Observation(RENDEZVOUS, PASS, f"arrived after {a.after_s:.1f} s",
                                 f"said hello {a.after_s:.2f} s after the roll call opened")
                  for h, a in roll.arrivals.items()}
-        cells.update({h: missing_host_observation(h, config.initialization_timeout, context.host_names.get(h))
+        cells.update({h: missing_host_observation(h, config.distributed.initialization_timeout, context.host_names.get(h))
                       for h in roll.missing})
         for named, text in roll.problems:
             cells[me if named is None else named] = Observation(RENDEZVOUS, FAIL, text[:120], text)
         hostnames = {h: a.hello.hostname for h, a in roll.arrivals.items()}
         pids = {h: a.hello.pid for h, a in roll.arrivals.items()}
         report = rendezvous_failed(context, cells, hostnames, pids)
-        _publish(report, config.run_dir, sys.stdout)
+        _publish(report, config.run.run_dir, sys.stdout)
         return report.exit_code
     if joined.probe is not None and joined.probe.reply is not None:
         print(f"{PROG}: host {me}: FAIL: rendezvous: the coordinator gave up: {joined.probe.reply.reason}",
               file=sys.stderr, flush=True)
         return 1
-    print(lost_hosts_line(me, [0], f"the coordinator was unreachable for {config.initialization_timeout} s"),
+    print(lost_hosts_line(me, [0], f"the coordinator was unreachable for {config.distributed.initialization_timeout} s"),
           file=sys.stderr, flush=True)
     unreachable = Observation(RENDEZVOUS, FAIL, f"unreachable from host {me}", joined.observation.detail)
     waited = dataclasses.replace(joined.observation, status=SKIP, value="could not join")
@@ -149,7 +149,7 @@ class Preflight:
         self.host, self.num_hosts = jax.process_index(), jax.process_count()
         self.primary = self.host == 0
         try:
-            mesh = dict(make_mesh(config.fsdp_devices).shape)
+            mesh = dict(make_mesh(config.mesh.fsdp_devices).shape)
         except UsageError:
             mesh = {}
         self.context = _context(config, options, coordinates, joined.run_id, fault, mesh)
@@ -159,7 +159,7 @@ class Preflight:
         self.stream = sys.stdout  # the console, even while the dry run's output goes to its log
         self.client = coordination_client() if self.num_hosts > 1 else None
         self.progress = Progress(self.run_id, self.host, self.num_hosts, self.client)
-        self.watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * config.heartbeat_timeout, exit_fn=self._host_lost)
+        self.watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * config.distributed.heartbeat_timeout, exit_fn=self._host_lost)
 
     def run(self) -> int:
         options = self.options
@@ -250,7 +250,7 @@ class Preflight:
 
     def _interconnect(self) -> Observation:
         options = self.options
-        timings = measure(self.config.fsdp_devices, options.interconnect_sizes, options.interconnect_repeats,
+        timings = measure(self.config.mesh.fsdp_devices, options.interconnect_sizes, options.interconnect_repeats,
                           self.fault)
         self.report = dataclasses.replace(self.report, timings=timings)
         if not timings:
@@ -258,14 +258,14 @@ class Preflight:
         return Observation(INTERCONNECT, PASS, f"{len(timings)} measurements", "judged across hosts")
 
     def _probe(self) -> Observation:
-        target = probe_target(self.config.checkpoint_dir, self.run_id, self.host, self.fault)
+        target = probe_target(self.config.checkpoint.dir, self.run_id, self.host, self.fault)
         try:
             return probe(target)
         except OSError as err:
             return probe_failed(err, target)
 
     def _round_trip(self) -> Observation:
-        return round_trip(self.config.checkpoint_dir, self.run_id, self.config.fsdp_devices,
+        return round_trip(self.config.checkpoint.dir, self.run_id, self.config.mesh.fsdp_devices,
                           int(self.options.check_timeout))
 
     # --- The end, and the ways to stop early.
@@ -273,9 +273,9 @@ class Preflight:
     def _finish(self) -> int:
         final = judge(self.received, self.context, expected_hosts=range(self.num_hosts))
         if self.primary:
-            _publish(final, self.config.run_dir, self.stream)
+            _publish(final, self.config.run.run_dir, self.stream)
             try:
-                remove_scratch(self.config.checkpoint_dir, self.run_id)
+                remove_scratch(self.config.checkpoint.dir, self.run_id)
             except OSError as err:
                 print(f"{PROG}: could not remove the preflight's scratch files: {err}", file=sys.stderr, flush=True)
         else:
@@ -291,7 +291,7 @@ class Preflight:
     def _write_partial(self, abort: Abort, *, stream: TextIO | None) -> None:
         received = {**self.received, self.host: self.report}
         _publish(judge(received, self.context, abort=abort, expected_hosts=range(self.num_hosts)),
-                 self.config.run_dir, stream)
+                 self.config.run.run_dir, stream)
 
     def _give_up(self, abort: Abort, code: int = 1) -> None:
         """Stops this process at once (a collective may be stuck): the report first, on process 0."""

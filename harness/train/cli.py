@@ -2,7 +2,8 @@
 
     harness-train --config cpu-8-devices --num_train_steps 100 --batch_size 16
 
-Precedence: dataclass defaults < `--config` preset < flags given on the command line.
+Every setting has a flat flag (`--batch_size`) and a grouped one (`--data.batch_size`);
+precedence: defaults < `--config` preset < flags given on the command line.
 Bad input (unknown preset, indivisible batch, unwritable checkpoint dir, ...) prints one
 line on stderr and exits 2 before anything is written, with the same line on every host.
 Exit codes follow the restart contract in harness/errors.py: 0 done, 1 non-finite, 2 bad
@@ -16,52 +17,21 @@ import os
 import sys
 from typing import Sequence
 
-from harness.config import FIELD_TYPES, TrainConfig, apply_overrides, load_preset, validate
+from harness.config.flags import ArgumentParser, add_config_flags, config_from_args
+from harness.config import TrainConfig
 from harness.errors import EXIT_RESTARTABLE, HostLostError, NonFiniteStateError, UsageError
 
 PROG = "harness-train"
 
-# Short names kept from the seed scripts: flag -> (field, value it sets). Every boolean
-# field also has `--FIELD` and `--no_FIELD`, so a preset's switch can be set either way.
-ALIASES = {
-    "no_hard_examples": ("track_hard_examples", False),
-    "no_wandb": ("use_wandb", False),
-    "sync_checkpointing": ("async_checkpointing", False),
-}
-
-
-class _ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's own errors: one line, exit 2
-        raise UsageError(message)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
-                             argument_default=argparse.SUPPRESS)
-    parser.add_argument("--config", help="preset name in configs/ (or a .toml path)")
-    for name, kind in FIELD_TYPES.items():
-        if kind == "bool":
-            default = getattr(TrainConfig(), name)
-            parser.add_argument(f"--{name}", dest=name, action="store_const", const=True,
-                                help=f"default {default!r}")
-            parser.add_argument(f"--no_{name}", dest=name, action="store_const", const=False)
-        else:
-            caster = {"int": int, "float": float, "str": str}[kind]
-            default = getattr(TrainConfig(), name)
-            parser.add_argument(f"--{name}", type=caster, metavar=kind.upper(),
-                                help=f"default {default!r}")
-    for flag, (field, value) in ALIASES.items():
-        parser.add_argument(f"--{flag}", dest=field, action="store_const", const=value)
+    parser = ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    add_config_flags(parser)
     return parser
 
 
 def parse_config(argv: Sequence[str]) -> TrainConfig:
-    args = vars(build_parser().parse_args(argv))
-    preset = args.pop("config", None)
-    config = load_preset(preset) if preset else TrainConfig()
-    config = apply_overrides(config, args, source="command line")
-    validate(config)
-    return config
+    return config_from_args(vars(build_parser().parse_args(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from harness.runtime.checkpoint import delete_all
     from harness.train.loop import train
 
-    if config.overwrite:
-        delete_all(config.checkpoint_dir)
+    if config.checkpoint.overwrite:
+        delete_all(config.checkpoint.dir)
     try:
         summary = train(config)
     except (UsageError, NonFiniteStateError) as err:

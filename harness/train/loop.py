@@ -24,7 +24,7 @@ import jax
 from harness.runtime.agree import gather_json
 from harness.runtime.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
 from harness.config import TrainConfig
-from harness.mock.data import Batch, DataSpec, MockDataset
+from harness.mock.data import Batch, MockDataset
 from harness.errors import HostLostError, NonFiniteStateError, UsageError
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
@@ -48,17 +48,8 @@ class _InFlight(NamedTuple):
     local_batch: Batch
 
 
-def data_spec(config: TrainConfig) -> DataSpec:
-    return DataSpec(
-        global_batch_size=config.batch_size, image_size=config.image_size,
-        num_cameras=config.num_cameras, seq_len=config.seq_len,
-        action_horizon=config.action_horizon, vocab_size=config.vocab_size,
-        hard_fraction=config.hard_fraction,
-    )
-
-
 def resume_fingerprint(config: TrainConfig) -> dict[str, Any]:
-    return {name: getattr(config, name) for name in RESUME_MUST_MATCH}
+    return {name: config.setting(name) for name in RESUME_MUST_MATCH}
 
 
 def print_banner(console: Console, config: TrainConfig, mesh: jax.sharding.Mesh) -> None:
@@ -67,12 +58,12 @@ def print_banner(console: Console, config: TrainConfig, mesh: jax.sharding.Mesh)
     console.print(BANNER_RULE)
     console.print("Configuration:")
     rows = [
-        ("Steps", config.num_train_steps),
-        ("Batch size", config.batch_size),
-        ("Log interval", config.log_interval),
-        ("Track hard examples", config.track_hard_examples),
-        ("Checkpoint dir", config.checkpoint_dir),
-        ("Run dir", config.run_dir),
+        ("Steps", config.run.num_train_steps),
+        ("Batch size", config.data.batch_size),
+        ("Log interval", config.run.log_interval),
+        ("Track hard examples", config.hard_examples.enabled),
+        ("Checkpoint dir", config.checkpoint.dir),
+        ("Run dir", config.run.run_dir),
         ("Processes", f"{jax.process_count()} x {jax.local_device_count()} {jax.default_backend()} devices"),
         ("Mesh", ", ".join(f"{k}={v}" for k, v in mesh.shape.items())),
     ]
@@ -87,42 +78,42 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.console = Console(jax.process_index() == 0)
-        self.mesh = make_mesh(config.fsdp_devices)
+        self.mesh = make_mesh(config.mesh.fsdp_devices)
         self.dataset = MockDataset(
-            data_spec(config), config.seed, jax.process_index(), jax.process_count()
+            config.data, config.run.seed, jax.process_index(), jax.process_count()
         )
         self.pipeline = InputPipeline(self.dataset)
         self._data_state = self.pipeline.state()  # after the last batch a step took
         self.store = CheckpointStore(
-            config.checkpoint_dir, keep=config.keep, async_save=config.async_checkpointing,
-            timeout_s=config.checkpoint_timeout,
+            config.checkpoint.dir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
+            timeout_s=config.checkpoint.timeout,
         )
-        self.run_dir = Path(config.run_dir)
-        self.reporter = self._make_reporter() if config.track_hard_examples else None
+        self.run_dir = Path(config.run.run_dir)
+        self.reporter = self._make_reporter() if config.hard_examples.enabled else None
         self.skipped_updates = 0
 
     def _make_reporter(self) -> HardExampleReporter:
         config = self.config
         tracker = HardExampleTracker(
-            config.max_hard_examples_buffer, self.dataset.tokenizer, host=jax.process_index(),
-            resize_hw=(config.hard_example_image_size, config.hard_example_image_size),
-            high_loss_threshold=config.high_loss_threshold,
+            config.hard_examples.buffer_size, self.dataset.tokenizer, host=jax.process_index(),
+            resize_hw=(config.hard_examples.image_size, config.hard_examples.image_size),
+            high_loss_threshold=config.hard_examples.high_loss_threshold,
         )
         return HardExampleReporter(
-            tracker, interval=config.hard_example_log_interval, k=config.max_hard_examples_buffer,
+            tracker, interval=config.hard_examples.log_interval, k=config.hard_examples.buffer_size,
             run_dir=self.run_dir, console=self.console,
         )
 
     def _initial_state(self) -> tuple[TrainState, int]:
         config = self.config
-        if not config.resume:
+        if not config.checkpoint.resume:
             return init_state(config, self.mesh), 0
         restored = self.store.restore_latest(abstract_state(config, self.mesh), self._check_resume_settings,
                                              on_skip=self._report_skipped)
         damaged = list(self.store.damaged_steps)
-        if restored is None and damaged and not config.allow_fresh_start:
+        if restored is None and damaged and not config.checkpoint.allow_fresh_start:
             raise UsageError(
-                f"no valid checkpoint in {config.checkpoint_dir} (damaged: steps "
+                f"no valid checkpoint in {config.checkpoint.dir} (damaged: steps "
                 f"{', '.join(map(str, damaged))}); nothing was changed. Pass --allow_fresh_start "
                 f"to start from step 0 (damaged steps are kept, renamed to damaged-<step>-<time>)"
             )
@@ -148,7 +139,7 @@ class Trainer:
         """Puts the input pipeline where it stood at the save: this host's own saved
         state, or, on another process count, the state all hosts shared."""
         saved = meta.get(DATA_ITEM)
-        where = f"{self.config.checkpoint_dir} step {step}"
+        where = f"{self.config.checkpoint.dir} step {step}"
         if not isinstance(saved, list) or not saved:
             raise UsageError(f"cannot resume from {where}: it holds no input pipeline state "
                              f"(written by an older harness); start over with --overwrite")
@@ -169,7 +160,7 @@ class Trainer:
     def _check_resume_settings(self, step: int, meta: dict) -> None:
         saved = meta.get("resume")
         check_resume_compatible(saved if isinstance(saved, dict) else {}, resume_fingerprint(self.config),
-                                where=f"{self.config.checkpoint_dir} step {step}")
+                                where=f"{self.config.checkpoint.dir} step {step}")
 
     def _report_skipped(self, step: int, problem: str) -> None:
         self.console.print(f"WARNING: checkpoint step {step} is damaged ({problem}); trying an older one")
@@ -199,8 +190,8 @@ class Trainer:
     def _finish_step(self, pending: _InFlight, outputs: RunOutputs) -> dict[str, float]:
         fetched = jax.device_get({name: pending.metrics[name] for name in SCALAR_METRICS})
         scalars = {name: float(fetched[name]) for name in SCALAR_METRICS}  # device_get sorts keys
-        last_step = self.config.num_train_steps - 1
-        log = itstime(pending.step, self.config.log_interval, last_step)
+        last_step = self.config.run.num_train_steps - 1
+        log = itstime(pending.step, self.config.run.log_interval, last_step)
         outputs.step_finished(pending.step, scalars, pending.metrics, log=log)
         self._check_finite(pending, scalars)
         if self.reporter is not None:
@@ -230,7 +221,7 @@ class Trainer:
     def run(self) -> RunSummary:
         """The whole run, watched by the host watchdog from the first collective (the
         restore) to the last (the final save); a host that fails tells the others."""
-        watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * self.config.heartbeat_timeout).start()
+        watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * self.config.distributed.heartbeat_timeout).start()
         outcome = FAILED + "the run ended early"
         try:
             summary = self._run(watchdog)
@@ -275,7 +266,7 @@ class Trainer:
         summary = RunSummary(
             start_step=start_step, end_step=end_step,
             wall_time_s=time.perf_counter() - started, checkpoints=list(self.store.saved_steps),
-            run_dir=str(self.run_dir), checkpoint_dir=config.checkpoint_dir, final_metrics=last,
+            run_dir=str(self.run_dir), checkpoint_dir=config.checkpoint.dir, final_metrics=last,
             hard_example_intervals=self.reporter.intervals_logged if self.reporter else 0,
             preempted=preempted,
         )
@@ -291,16 +282,16 @@ class Trainer:
         in_flight: collections.deque[_InFlight] = collections.deque()
         last: dict[str, float] = {}
         self.console.print("Starting training loop...")
-        batches = Prefetcher(self._batches_for, range(start_step, config.num_train_steps),
-                             depth=config.max_steps_in_flight)
+        batches = Prefetcher(self._batches_for, range(start_step, config.run.num_train_steps),
+                             depth=config.run.max_steps_in_flight)
         try:
             for step, (local_batch, global_batch, self._data_state) in batches:
                 state, metrics = train_step(state, global_batch)
                 in_flight.append(_InFlight(step, metrics, local_batch))
-                if len(in_flight) >= config.max_steps_in_flight:
+                if len(in_flight) >= config.run.max_steps_in_flight:
                     last = self._finish_step(in_flight.popleft(), outputs)
                 stop = watch.should_stop(step)
-                if stop or (step + 1) % config.save_interval == 0:
+                if stop or (step + 1) % config.checkpoint.save_interval == 0:
                     last = self._save(step + 1, state, in_flight, outputs) or last
                 if stop:
                     return state, step + 1, last, True
@@ -308,7 +299,7 @@ class Trainer:
             batches.close()
         while in_flight:
             last = self._finish_step(in_flight.popleft(), outputs)
-        return state, max(start_step, config.num_train_steps), last, False
+        return state, max(start_step, config.run.num_train_steps), last, False
 
 def _first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]

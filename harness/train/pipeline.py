@@ -1,8 +1,8 @@
 """The input pipeline: a grain dataset over record keys, sharded by process, with
 checkpointable iterator state.
 
-Each step reads the next `global_batch_size` record keys; host i of n reads the i-th
-block of `global_batch_size / n` of them (grain: `range(...).batch(local)[i::n]`), and
+Each step reads the next `batch_size` record keys; host i of n reads the i-th
+block of `batch_size / n` of them (grain: `range(...).batch(local)[i::n]`), and
 the blocks become batches through the data source's `records(keys)`. Where the
 pipeline stands is grain's iterator state, a small JSON dict saved in every
 checkpoint, so an exact resume comes from that state rather than from the step count,
@@ -34,7 +34,7 @@ class InputPipeline:
 
     def __init__(self, dataset: MockDataset):
         # Every key a sample id (int32) can hold: the mock source never runs out.
-        batch = dataset.spec.global_batch_size
+        batch = dataset.spec.batch_size
         keys = grain.MapDataset.range((2**31 - 1) // batch * batch)
         blocks = keys.batch(dataset.local_batch_size)[dataset.process_index :: dataset.process_count]
         self._dataset = blocks.map(dataset.records)

@@ -27,15 +27,15 @@ def prepare_runtime(config: TrainConfig) -> None:
     """Starts the runtime and runs the start-up checks. Raises UsageError (the same on
     every host); writes nothing."""
     storage.configure_gcs_emulator_from_env()
-    configure_devices(cpu_devices=config.cpu_devices, cpu_fast_compile=config.cpu_fast_compile,
-                      compilation_cache_dir=config.compilation_cache_dir)
+    configure_devices(cpu_devices=config.devices.cpu_devices, cpu_fast_compile=config.devices.cpu_fast_compile,
+                      compilation_cache_dir=config.devices.compilation_cache_dir)
     distributed.initialize(
-        config.distributed,
-        coordinator_address=config.coordinator_address,
-        num_processes=config.num_processes,
-        process_id=config.process_id,
-        initialization_timeout=config.initialization_timeout,
-        heartbeat_timeout=config.heartbeat_timeout,
+        config.distributed.mode,
+        coordinator_address=config.distributed.coordinator_address,
+        num_processes=config.distributed.num_processes,
+        process_id=config.distributed.process_id,
+        initialization_timeout=config.distributed.initialization_timeout,
+        heartbeat_timeout=config.distributed.heartbeat_timeout,
     )
     problem = agreed_problem(_first_problem(config))
     if problem:
@@ -47,7 +47,7 @@ def _first_problem(config: TrainConfig) -> str | None:
     from harness.runtime.mesh import check_topology
 
     try:
-        check_topology(config.batch_size, config.fsdp_devices)
+        check_topology(config.data.batch_size, config.mesh.fsdp_devices)
     except UsageError as err:
         return str(err)
     checks = (_model_problem, _batch_memory_problem, _run_dir_problem, _checkpoint_dir_problem,
@@ -73,37 +73,37 @@ def _model_problem(config: TrainConfig) -> str | None:
 def _batch_memory_problem(config: TrainConfig) -> str | None:
     import jax
 
-    from harness.train.loop import data_spec
+    from harness.mock.data import sample_bytes
 
-    per_batch = data_spec(config).sample_bytes * (config.batch_size // jax.process_count())
-    needed = per_batch * BATCH_COPIES_PER_STEP_IN_FLIGHT * (config.max_steps_in_flight + 1)
+    per_batch = sample_bytes(config.data) * (config.data.batch_size // jax.process_count())
+    needed = per_batch * BATCH_COPIES_PER_STEP_IN_FLIGHT * (config.run.max_steps_in_flight + 1)
     available = available_host_bytes()
     if available is None or needed <= BATCH_MEMORY_SHARE * available:
         return None
-    return (f"--batch_size={config.batch_size} needs ~{format_bytes(needed)} of host memory for its batches "
-            f"({format_bytes(per_batch)} per host batch, {config.max_steps_in_flight} steps in flight), "
+    return (f"--batch_size={config.data.batch_size} needs ~{format_bytes(needed)} of host memory for its batches "
+            f"({format_bytes(per_batch)} per host batch, {config.run.max_steps_in_flight} steps in flight), "
             f"more than half of the {format_bytes(available)} available")
 
 
 def _run_dir_problem(config: TrainConfig) -> str | None:
-    if storage.is_gcs_path(config.run_dir):
-        return f"run dir {config.run_dir}: must be a local directory (checkpoints can go to gs://)"
-    problem = storage.checkpoint_path_writable(config.run_dir)
-    return f"run dir {config.run_dir}: {problem}" if problem else None
+    if storage.is_gcs_path(config.run.run_dir):
+        return f"run dir {config.run.run_dir}: must be a local directory (checkpoints can go to gs://)"
+    problem = storage.checkpoint_path_writable(config.run.run_dir)
+    return f"run dir {config.run.run_dir}: {problem}" if problem else None
 
 
 def _checkpoint_dir_problem(config: TrainConfig) -> str | None:
-    if storage.is_gcs_path(config.checkpoint_dir):
-        storage.configure_orbax_gcs_retries(storage.GcsRetryPolicy(max_retries=config.gcs_max_retries))
-    problem = storage.checkpoint_path_writable(config.checkpoint_dir)
-    return f"checkpoint dir {config.checkpoint_dir}: {problem}" if problem else None
+    if storage.is_gcs_path(config.checkpoint.dir):
+        storage.configure_orbax_gcs_retries(storage.GcsRetryPolicy(max_retries=config.checkpoint.gcs_max_retries))
+    problem = storage.checkpoint_path_writable(config.checkpoint.dir)
+    return f"checkpoint dir {config.checkpoint.dir}: {problem}" if problem else None
 
 
 def _existing_checkpoints_problem(config: TrainConfig) -> str | None:
     from harness.runtime.checkpoint import existing_steps
 
-    steps = existing_steps(config.checkpoint_dir)
-    if steps and not (config.resume or config.overwrite):
-        return (f"{config.checkpoint_dir} already holds checkpoints (latest step {steps[-1]}): "
+    steps = existing_steps(config.checkpoint.dir)
+    if steps and not (config.checkpoint.resume or config.checkpoint.overwrite):
+        return (f"{config.checkpoint.dir} already holds checkpoints (latest step {steps[-1]}): "
                 f"pass --resume to continue or --overwrite to start over")
     return None

@@ -27,34 +27,23 @@ class TrainState(NamedTuple):
     rng: jax.Array         # uint32[2]: advanced every step (dropout)
 
 
-def model_spec(config: TrainConfig) -> ModelSpec:
-    return ModelSpec(
-        hidden_dim=config.hidden_dim, num_layers=config.num_layers,
-        vocab_size=config.vocab_size, seq_len=config.seq_len,
-        num_cameras=config.num_cameras, action_horizon=config.action_horizon,
-        dropout_rate=config.dropout_rate, token_loss_weight=config.token_loss_weight,
-        image_size=config.image_size, model_size=config.model_size, param_dtype=config.param_dtype,
-        compute_dtype=config.compute_dtype, remat=config.remat,
-    )
-
-
 def build_model(config: TrainConfig) -> Model:
     """The run's model (`--model`: built-in or import path), behind the model interface."""
-    return load_model(config.model, model_spec(config))
+    return load_model(config.model.name, ModelSpec.of(config.model, config.data))
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     """AdamW with linear warmup, behind global-norm clipping (0 disables clipping)."""
-    schedule = optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1))
-    adamw = optax.adamw(schedule, weight_decay=config.weight_decay)
-    if config.grad_clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
+    schedule = optax.linear_schedule(0.0, config.optimizer.learning_rate, max(config.optimizer.warmup_steps, 1))
+    adamw = optax.adamw(schedule, weight_decay=config.optimizer.weight_decay)
+    if config.optimizer.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.optimizer.grad_clip_norm), adamw)
     return adamw
 
 
 def _init_fn(config: TrainConfig, optimizer: optax.GradientTransformation) -> Callable[[], TrainState]:
     def init() -> TrainState:
-        init_key, rng = jax.random.split(jax.random.PRNGKey(config.seed))
+        init_key, rng = jax.random.split(jax.random.PRNGKey(config.run.seed))
         params = build_model(config).init(init_key)
         return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
 
@@ -92,7 +81,7 @@ def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Ba
     """
     model = build_model(config)
     optimizer = make_optimizer(config)
-    skip_nonfinite = config.on_nonfinite == "skip"
+    skip_nonfinite = config.run.on_nonfinite == "skip"
 
     def loss_fn(params, batch: Batch, dropout_key):
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # lets models pin activations (batch_sharded)
@@ -106,8 +95,8 @@ def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Ba
         (loss, (per_sample_loss, token_hits, token_count)), grads = jax.value_and_grad(
             loss_fn, has_aux=True
         )(state.params, batch, dropout_key)
-        if config.testing_nonfinite_step >= 0:  # fault injection for tests: a nan loss and gradient
-            poison = jnp.where(state.step == config.testing_nonfinite_step, jnp.nan, 1.0)
+        if config.run.testing_nonfinite_step >= 0:  # fault injection for tests: a nan loss and gradient
+            poison = jnp.where(state.step == config.run.testing_nonfinite_step, jnp.nan, 1.0)
             loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

@@ -47,11 +47,11 @@ def check(preset: str, name: str, harness_flags: Sequence[str], tpu: GkeSlice) -
     if not NAME.fullmatch(name) or len(name) > MAX_NAME:
         raise UsageError(f"--name {name!r}: lowercase letters, digits and '-', starting with a letter, "
                          f"at most {MAX_NAME} characters")
-    checkpoint_dir = flag_value(harness_flags, "--checkpoint_dir") or config.checkpoint_dir
+    checkpoint_dir = flag_value(harness_flags, "--checkpoint_dir") or config.checkpoint.dir
     if not checkpoint_dir.startswith("gs://") or "YOUR_BUCKET" in checkpoint_dir:
         raise UsageError(f"checkpoint dir {checkpoint_dir!r}: a restarted pod resumes only from a bucket; "
                          f"pass -- --checkpoint_dir gs://BUCKET/PATH")
-    distributed = flag_value(harness_flags, "--distributed") or config.distributed
+    distributed = flag_value(harness_flags, "--distributed") or config.distributed.mode
     if tpu.vms * tpu.num_slices > 1 and distributed != "pod":
         raise UsageError(f"{tpu.vms * tpu.num_slices} pods need jax.distributed from the TPU metadata: "
                          f"distributed = {distributed!r} in the preset; pass -- --distributed pod")
@@ -99,11 +99,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, harness_flags = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = load_preset(args.preset)
-        if not config.topology:
+        if not config.tpu.topology:
             raise UsageError(f"preset {args.preset!r} has no TPU topology; use a TPU preset "
                              f"(one with `topology = ...`, e.g. v5litepod-16)")
-        num_slices = args.num_slices or config.num_slices
-        tpu = slice_for(config.topology, config.chip_config, num_slices)
+        num_slices = args.num_slices or config.mesh.num_slices
+        tpu = slice_for(config.tpu.topology, config.tpu.chip_config, num_slices)
         check(args.preset, args.name, harness_flags, tpu)
     except UsageError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

@@ -33,7 +33,8 @@ import sys
 import numpy as np
 
 from harness.runtime import distributed
-from harness.mock.data import DataSpec, MockDataset
+from harness.config import DataConfig
+from harness.mock.data import MockDataset
 from harness.hard_examples.codec import CandidatePayload, encode_payload
 from harness.hard_examples.gather import DEFAULT_MAX_PAYLOAD_BYTES, gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
@@ -133,7 +134,7 @@ def main(argv: list[str]) -> int:
     host, hosts = jax.process_index(), jax.process_count()
     if hosts < 3:
         parser.error(f"needs at least 3 processes (hosts 1 and 2 are made faulty), got {hosts}")
-    spec = DataSpec(global_batch_size=LOCAL_BATCH * hosts, image_size=8, num_cameras=1, seq_len=32)
+    spec = DataConfig(batch_size=LOCAL_BATCH * hosts, image_size=8, num_cameras=1, seq_len=32)
     dataset = MockDataset(spec, SEED, host, hosts)
     for round_index, name in enumerate(names):
         print("ROUND " + json.dumps(run_round(round_index, name, host, hosts, dataset)), flush=True)
