@@ -4,8 +4,7 @@ threads, a fake allgather where they meet (a barrier with a timeout), and the ga
 encoders make of its payload. Every host must finish, make the same four collectives,
 agree on what was skipped and why, and log the other hosts' entries.
 
-In one process `jax.process_index()` is 0 on every thread, so every simulated host also
-decodes phase 2 and returns the logged entries.
+Every host decodes phase 2 as well, so every simulated host returns the logged entries.
 
 Run: .venv/bin/python -m pytest -q tests/test_gather_hostile.py
 """

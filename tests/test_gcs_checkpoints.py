@@ -223,9 +223,6 @@ class _DenyEverything(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.mark.soak
-@pytest.mark.xfail(strict=True, reason="known open defect: orbax reports an async save's failure only in its "
-                   "background thread, so the failing host goes on into the next save and the pod waits "
-                   "for the launcher's timeout")
 def test_pod_whose_save_fails_on_one_host_ends_promptly(gcs_emulator, cache, tmp_path):
     """Host 1's array writes are refused (403, not retried), host 0's succeed. The pod
     should fail within the heartbeat timeout plus a margin, saying why, not sit in orbax's

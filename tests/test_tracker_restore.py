@@ -11,7 +11,6 @@ from harness.config import DataConfig
 from harness.mock.data import MockDataset
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
-from harness.outputs.sinks import Console
 
 
 def _tracker_after(steps: range, dataset: MockDataset) -> HardExampleTracker:
@@ -54,7 +53,7 @@ def test_restore_refuses_a_reader_that_returns_other_records(dataset):
 
 
 def _reporter(tracker: HardExampleTracker, tmp_path) -> HardExampleReporter:
-    return HardExampleReporter(tracker, interval=100, k=5, run_dir=tmp_path, console=Console(False))
+    return HardExampleReporter(tracker, interval=100, k=5, total_steps=1000)
 
 
 def test_reporter_state_round_trip_single_process(dataset, tmp_path):

@@ -11,7 +11,8 @@ import re
 import pytest
 
 from harness.runtime.checkpoint import existing_steps
-from harness.outputs.sinks import SCALAR_METRICS, MetricsFile, format_metrics_line, itstime, read_metrics
+from harness.outputs.sinks import SCALAR_METRICS, MetricsFile, format_metrics_line, read_metrics
+from harness.runtime.schedule import itstime
 from tests.support.runs import compile_cache_flags, run_harness
 
 NUMBER = r"-?\d+\.\d{4}"
@@ -89,12 +90,23 @@ def test_checkpoints_every_save_interval_and_at_the_end(smoke_run):
 
 # Sinks.
 
-@pytest.mark.parametrize("step, every, last, expected", [
-    (0, 4, None, True), (3, 4, None, False), (4, 4, None, True),
-    (11, 4, 11, True), (11, 4, None, False), (7, 1, None, True),
+@pytest.mark.parametrize("step, every, last, first, expected", [
+    (0, 4, None, False, False), (0, 4, None, True, True), (3, 4, None, False, False), (4, 4, None, False, True),
+    (8, 4, 11, False, True), (11, 4, 11, False, True), (11, 4, None, False, False), (7, 1, None, False, True),
 ])
-def test_itstime(step, every, last, expected):
-    assert itstime(step, every, last) is expected
+def test_itstime(step, every, last, first, expected):
+    assert itstime(step, every, last=last, first=first) is expected
+
+
+def test_one_convention_gives_the_seed_log_steps_and_saves_after_every_interval():
+    """Logging asks about the step itself (its metrics are of the state after `step`
+    updates); saves and gathers ask about the steps done after it."""
+    total = 100
+    logged = [s for s in range(total) if itstime(s, 10, last=total - 1, first=True)]
+    saved = [s + 1 for s in range(total) if itstime(s + 1, 30, last=total)]
+
+    assert logged == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99]
+    assert saved == [30, 60, 90, 100]
 
 
 def test_metrics_line_format():

@@ -28,7 +28,8 @@ from harness.config import DataConfig, ModelConfig
 from harness.mock.data import Batch, MockDataset, camera_names
 from harness.errors import UsageError
 from harness.hard_examples.gather import GatherResult, gather_hard_examples
-from harness.hard_examples.reporter import format_block
+from harness.outputs.hard_example_report import format_block
+from harness.runtime.schedule import itstime
 from harness.hard_examples.tracker import RESAMPLE, HardExampleTracker
 from harness.models.mlp import ModelSpec, init_params, per_sample_outputs
 
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
                       all(a.loss >= b.loss for a, b in zip(buffer, buffer[1:])), f"step {step}")
         checks.expect("keys match buffer entries (no duplicates)",
                       len({c.sample_id for c in buffer}) == len(buffer), f"step {step}")
-        if (step + 1) % args.log_interval and step != args.steps - 1:
+        if not itstime(step + 1, args.log_interval, last=args.steps):
             continue
         entries = tracker.materialize()
         checks.expect("all buffer entries have valid images", all(

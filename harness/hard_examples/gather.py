@@ -15,7 +15,8 @@ merged and logged. Since every host sees the same bytes, they all make the same 
 decisions and the same merge (which fails on all hosts or none), so every host goes on
 to phase 2's collectives, in the same order. A host makes examples only for winners it
 holds, so bytes that decoded but did not match its buffer can't make it raise alone
-between the collectives; process 0 names a host that sent no example for a winner.
+between the collectives; every host decodes phase 2 too, so every host names the same
+host that sent no example for a winner and ends with the same result.
 
 Tests: `.venv/bin/python -m pytest -q tests/test_gather_hostile.py` (in one process,
 simulated hosts) and `tests/test_multihost_hard_examples.py` (real processes).
@@ -144,17 +145,14 @@ def gather_hard_examples(
     examples_payload = ExamplePayload(host=host, step=step, examples=tracker.materialize(mine))
     blobs_2, width_2 = allgather_bytes(encode_payload(examples_payload),
                                        max_payload_bytes=max_payload_bytes, allgather=allgather)
-    examples: list[HardExample] = []
-    if jax.process_index() == 0:
-        decoded_2, bad_2 = _decode_all(blobs_2, ExamplePayload, step, max_payload_bytes,
-                                       max_entries=max(k, 1))
-        bad.update({h: why for h, why in bad_2.items() if h not in bad})
-        by_key = {
-            (e.host, e.sample_id): e for p in decoded_2 if p is not None for e in p.examples
-        }
-        examples = [by_key[(c.host, c.sample_id)] for c in winners if (c.host, c.sample_id) in by_key]
-        unsent = Counter(c.host for c in winners if (c.host, c.sample_id) not in by_key and c.host not in bad)
-        for h, count in sorted(unsent.items()):
-            bad[h] = f"payload from host {h}: no example for {count} of its winners"
+    # Every host decodes every payload, so every host holds the same result (the same
+    # entries and the same skipped hosts) and the writer needs no host check here.
+    decoded_2, bad_2 = _decode_all(blobs_2, ExamplePayload, step, max_payload_bytes, max_entries=max(k, 1))
+    bad.update({h: why for h, why in bad_2.items() if h not in bad})
+    by_key = {(e.host, e.sample_id): e for p in decoded_2 if p is not None for e in p.examples}
+    examples: list[HardExample] = [by_key[(c.host, c.sample_id)] for c in winners if (c.host, c.sample_id) in by_key]
+    unsent = Counter(c.host for c in winners if (c.host, c.sample_id) not in by_key and c.host not in bad)
+    for h, count in sorted(unsent.items()):
+        bad[h] = f"payload from host {h}: no example for {count} of its winners"
     return GatherResult(step=step, examples=examples, stats=stats, bad_hosts=bad,
                         bytes_sent={"candidates": width_1, "examples": width_2})

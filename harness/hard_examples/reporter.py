@@ -1,20 +1,16 @@
-"""Hard examples in the training loop: feed the tracker, gather at each interval, log.
+"""Hard examples in the training loop: feed the tracker, and gather when it is time.
 
-Every host calls `observe` for each finished step and `end_of_step` after it; at an
-interval boundary every host takes part in the gather (`gather.py`) and process 0 prints
-the seed-style block, writes `<run_dir>/hard_examples/step_<N>.json` (entries without
-pixels) and hands the result to any extra sinks (pictures, wandb). `N` is the number of
-steps completed, as for checkpoints.
+Every host calls `observe` for each finished step and `end_of_step` after it; when
+`itstime` says so, every host takes part in the gather (`gather.py`) and gets the same
+result, which the loop hands to the run's outputs (harness/outputs/run_outputs.py) to
+print and write. The result is named by the steps done (harness/runtime/schedule.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
-import json
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -28,49 +24,9 @@ from harness.hard_examples.gather import (
     gather_hard_examples,
 )
 from harness.hard_examples.tracker import HardExampleTracker
-from harness.outputs.sinks import Console
+from harness.runtime.schedule import itstime
 
-PRINTED_ENTRIES = 5
 STATE_VERSION = 1
-
-HardExampleSink = Callable[[GatherResult], None]
-
-
-def format_block(result: GatherResult, *, printed: int = PRINTED_ENTRIES) -> list[str]:
-    """The console block, seed style, with the host of each entry."""
-    stats = result.stats
-    threshold = "n/a" if stats.threshold is None else f"{stats.threshold:.4f}"
-    lines = [
-        f"  Hard examples: {len(result.examples)} entries, threshold={threshold}, "
-        f"total_samples={stats.num_samples}"
-    ]
-    for rank, entry in enumerate(result.examples[:printed], start=1):
-        lines.append(
-            f"    #{rank}: loss={entry.loss:.4f}, step={entry.step}, host={entry.host}, "
-            f"lang_action={entry.lang_action} (len={entry.token_len})..."
-        )
-    if len(result.examples) > printed:
-        lines.append(f"    ... {len(result.examples) - printed} more")
-    for host, why in sorted(result.bad_hosts.items()):
-        lines.append(f"  WARNING: {'skipped host ' + str(host) if host >= 0 else 'no entries'}: {why}")
-    return lines
-
-
-def result_to_json(result: GatherResult) -> dict:
-    """Everything about an interval except pixels (the image shape stays)."""
-    return {
-        "step": result.step,
-        "stats": dataclasses.asdict(result.stats),
-        "bad_hosts": {str(h): why for h, why in sorted(result.bad_hosts.items())},
-        "entries": [
-            {
-                "rank": rank, "sample_id": e.sample_id, "loss": e.loss, "step": e.step,
-                "host": e.host, "lang_action": e.lang_action, "prompt": e.prompt,
-                "token_len": e.token_len, "image_shape": list(e.image.shape),
-            }
-            for rank, e in enumerate(result.examples, start=1)
-        ],
-    }
 
 
 class HardExampleReporter:
@@ -82,37 +38,26 @@ class HardExampleReporter:
         *,
         interval: int,
         k: int,
-        run_dir: Path,
-        console: Console,
-        sinks: Sequence[HardExampleSink] = (),
+        total_steps: int,
     ):
         self.tracker = tracker
         self.interval = interval
         self.k = k
-        self.out_dir = run_dir / "hard_examples"
-        self.console = console
-        self.sinks = list(sinks)
+        self.total_steps = total_steps
         self.intervals_logged = 0  # a count, not the results: those hold every interval's images
 
     def observe(self, step: int, batch: Batch, per_sample_loss: np.ndarray, sample_id: np.ndarray) -> None:
         self.tracker.update(step, batch, per_sample_loss, sample_id)
 
-    def end_of_step(self, step: int, last_step: int) -> GatherResult | None:
-        """Gathers after every `interval` completed steps and after the last step."""
-        completed = step + 1
-        if completed % self.interval and step != last_step:
+    def end_of_step(self, step: int) -> GatherResult | None:
+        """After step `step`: every `interval` steps done, and after the last step, the
+        hosts gather (a collective) and the tracker starts a new interval."""
+        done = step + 1
+        if not itstime(done, self.interval, last=self.total_steps):
             return None
-        result = gather_hard_examples(self.tracker, step=completed, k=self.k)
+        result = gather_hard_examples(self.tracker, step=done, k=self.k)
         self.tracker.reset()
         self.intervals_logged += 1
-        if self.console.is_primary:
-            for line in format_block(result):
-                self.console.print(line)
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            path = self.out_dir / f"step_{completed}.json"
-            path.write_text(json.dumps(result_to_json(result), indent=1) + "\n")
-            for sink in self.sinks:
-                sink(result)
         return result
 
     def checkpoint_state(self, step: int) -> dict[str, Any]:

@@ -1,13 +1,16 @@
 """Everything a run writes besides checkpoints, in one place.
 
 Console lines and the progress bar, `metrics.jsonl`, wandb, the optional per-sample loss
-record, hard-example contact sheets, and at the end the loss curve and a summary. Every
-host makes every call; the host-0 checks live inside each sink.
+record, hard-example blocks, JSON and contact sheets, and at the end the loss curve and
+a summary. This is the run's one writer: every host makes every call with the same
+arguments, and the host-0 checks live in here and in the sinks it owns (big_vision's
+metric writer style), never at a call site.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,6 +18,7 @@ from typing import Any, Mapping
 from harness.outputs.background import BackgroundWriter
 from harness.config import TrainConfig
 from harness.hard_examples.gather import GatherResult
+from harness.outputs.hard_example_report import format_block, result_to_json
 from harness.outputs.pictures import save_contact_sheet, save_loss_curve
 from harness.outputs.progress import Progress
 from harness.outputs.sinks import Console, MetricsFile, PerSampleLossFile, format_metrics_line, read_metrics
@@ -51,7 +55,7 @@ class RunOutputs:
         self.config = config
         self.console = console
         self.run_dir = Path(config.run.run_dir)
-        primary = console.is_primary
+        self.is_primary = primary = console.is_primary
         self.metrics_file = MetricsFile(self.run_dir / "metrics.jsonl", is_primary=primary, start_step=start_step)
         # Every step's loss, for the loss curve (metrics.jsonl has the logged steps only).
         self.loss_history = MetricsFile(self.run_dir / "loss_history.jsonl", is_primary=primary,
@@ -93,12 +97,19 @@ class RunOutputs:
             self.metrics_file.write(step, scalars)
             self.writer.submit(self._to_wandb, "log_metrics", step, dict(scalars))
 
-    def hard_examples_logged(self, result: GatherResult) -> None:
-        """Reporter sink, called on process 0 only: contact sheet PNG and wandb table,
-        both rendered on the writer thread."""
-        sheet = self.run_dir / "hard_examples" / f"step_{result.step}.png"
-        self.writer.submit(save_contact_sheet, result.examples, sheet, step=result.step,
-                           threshold=result.stats.threshold)
+    def hard_examples_gathered(self, result: GatherResult) -> None:
+        """One interval's hard examples (the same result on every host): the console
+        block, and on process 0 `step_<N>.json`, then the contact sheet PNG and the
+        wandb table, rendered on the writer thread."""
+        for line in format_block(result):
+            self.console.print(line)
+        if not self.is_primary:
+            return
+        folder = self.run_dir / "hard_examples"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"step_{result.step}.json").write_text(json.dumps(result_to_json(result), indent=1) + "\n")
+        self.writer.submit(save_contact_sheet, result.examples, folder / f"step_{result.step}.png",
+                           step=result.step, threshold=result.stats.threshold)
         self.writer.submit(self._to_wandb, "log_hard_examples", result.step, result.examples, result.stats)
 
     def hard_example_steps(self) -> list[int]:
@@ -115,7 +126,7 @@ class RunOutputs:
         })
         self.writer.submit(self._to_wandb, "finish")
         self.writer.close(timeout_s=OUTPUTS_TIMEOUT_S)
-        if self.console.is_primary:
+        if self.is_primary:
             history = self.run_dir / "loss_history.jsonl"
             rows = read_metrics(history) if history.exists() else []
             save_loss_curve(rows, self.run_dir / "loss_curve.png", hard_example_steps=self.hard_example_steps())

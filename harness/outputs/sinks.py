@@ -15,12 +15,6 @@ from typing import Mapping, TextIO
 SCALAR_METRICS = ("loss", "grad_norm", "param_norm", "token_acc", "max_per_sample_loss")
 
 
-def itstime(step: int, every: int, last_step: int | None = None) -> bool:
-    """The one place that decides 'is it time': every `every` steps counting from 0,
-    and on the last step if given."""
-    return step % every == 0 or step == last_step
-
-
 def format_metrics_line(step: int, metrics: Mapping[str, float], *, steps_per_s: float | None = None) -> str:
     """`Step    0: loss=2.1234, grad_norm=...` in the seed's style, plus the step rate
     since the previous line when known (not on the first line: it includes compiling)."""

@@ -173,6 +173,14 @@ class CheckpointStore:
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
+    def raise_failed_save(self) -> None:
+        """Raises the error of a background save that failed on this host, if one has.
+
+        orbax keeps such an error in its save thread until the next save; meanwhile the
+        other hosts wait for this one in the save's commit barrier. Called after every
+        step, it turns that wait into a failed host that the watchdog names at once."""
+        self._manager.check_for_errors()
+
     def close(self) -> None:
         """Waits for the last save and releases orbax's threads; safe to call twice."""
         if self._closed:

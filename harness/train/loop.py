@@ -33,7 +33,8 @@ from harness.runtime.preemption import PreemptionWatch
 from harness.train.pipeline import InputPipeline, PipelineStateError
 from harness.train.prefetch import Prefetcher
 from harness.outputs.run_outputs import RunOutputs, RunSummary
-from harness.outputs.sinks import SCALAR_METRICS, Console, itstime
+from harness.outputs.sinks import SCALAR_METRICS, Console
+from harness.runtime.schedule import itstime
 from harness.train.step import TrainState, abstract_state, init_state, make_train_step
 from harness.runtime.watchdog import DONE, FAILED, SILENCE_FRACTION, HostWatchdog
 
@@ -101,7 +102,7 @@ class Trainer:
         )
         return HardExampleReporter(
             tracker, interval=config.hard_examples.log_interval, k=config.hard_examples.buffer_size,
-            run_dir=self.run_dir, console=self.console,
+            total_steps=config.run.num_train_steps,
         )
 
     def _initial_state(self) -> tuple[TrainState, int]:
@@ -190,14 +191,16 @@ class Trainer:
     def _finish_step(self, pending: _InFlight, outputs: RunOutputs) -> dict[str, float]:
         fetched = jax.device_get({name: pending.metrics[name] for name in SCALAR_METRICS})
         scalars = {name: float(fetched[name]) for name in SCALAR_METRICS}  # device_get sorts keys
-        last_step = self.config.run.num_train_steps - 1
-        log = itstime(pending.step, self.config.run.log_interval, last_step)
+        log = itstime(pending.step, self.config.run.log_interval, last=self.config.run.num_train_steps - 1, first=True)
         outputs.step_finished(pending.step, scalars, pending.metrics, log=log)
         self._check_finite(pending, scalars)
+        self.store.raise_failed_save()
         if self.reporter is not None:
             losses, sample_ids = host_local_rows_of([pending.metrics["per_sample_loss"], pending.metrics["sample_id"]])
             self.reporter.observe(pending.step, pending.local_batch, losses, sample_ids)
-            self.reporter.end_of_step(pending.step, last_step)
+            result = self.reporter.end_of_step(pending.step)
+            if result is not None:
+                outputs.hard_examples_gathered(result)
         return scalars
 
     def _check_finite(self, pending: _InFlight, scalars: dict[str, float]) -> None:
@@ -239,8 +242,6 @@ class Trainer:
         print_banner(self.console, config, self.mesh)
         state, start_step = self._initial_state()
         outputs = RunOutputs(config, self.console, start_step=start_step)
-        if self.reporter is not None:
-            self.reporter.sinks.append(outputs.hard_examples_logged)
         watch = PreemptionWatch()
         try:
             state, end_step, last, preempted = self._loop(state, start_step, outputs, watch)
@@ -252,8 +253,6 @@ class Trainer:
                                 f"still answers: {_first_line(err)}") from err
         finally:
             watch.close()
-        if end_step > start_step and end_step not in self.store.saved_steps:
-            self.store.save(end_step, state, self._checkpoint_meta(end_step))
         self.store.close()
         self.console.print(BANNER_RULE)
         if preempted:
@@ -291,7 +290,7 @@ class Trainer:
                 if len(in_flight) >= config.run.max_steps_in_flight:
                     last = self._finish_step(in_flight.popleft(), outputs)
                 stop = watch.should_stop(step)
-                if stop or (step + 1) % config.checkpoint.save_interval == 0:
+                if stop or itstime(step + 1, config.checkpoint.save_interval, last=config.run.num_train_steps):
                     last = self._save(step + 1, state, in_flight, outputs) or last
                 if stop:
                     return state, step + 1, last, True
