@@ -30,3 +30,12 @@ class NonFiniteStateError(Exception):
     that state (so no good checkpoint is pruned for it); exit 1."""
 
     exit_code = 1
+
+
+class CheckpointSaveError(Exception):
+    """A checkpoint save failed on this host (in orbax's background thread). The others
+    are waiting for this host in the save's commit barrier, so the CLI prints this and
+    exits 1 at once (`os._exit`), and the watchdog tells the others; the checkpoints
+    already committed stay as they are."""
+
+    exit_code = 1

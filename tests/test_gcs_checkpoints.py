@@ -225,9 +225,10 @@ class _DenyEverything(http.server.BaseHTTPRequestHandler):
 @pytest.mark.soak
 def test_pod_whose_save_fails_on_one_host_ends_promptly(gcs_emulator, cache, tmp_path):
     """Host 1's array writes are refused (403, not retried), host 0's succeed. The pod
-    should fail within the heartbeat timeout plus a margin, saying why, not sit in orbax's
-    save barrier until its 20-minute async timeout. Whether it hangs depends on timing
-    (about half the tries here), so up to three pods are tried."""
+    fails within the heartbeat timeout plus a margin, host 1 saying why, instead of
+    sitting in orbax's save barrier until its timeout. Before host 1 listened for the
+    failure (harness/runtime/failed_saves.py), about half the tries hung, so three pods
+    are tried."""
     deny = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DenyEverything)
     threading.Thread(target=deny.serve_forever, daemon=True).start()
     # The harness's own switch would point tensorstore at the emulator too; set the
@@ -246,6 +247,9 @@ def test_pod_whose_save_fails_on_one_host_ends_promptly(gcs_emulator, cache, tmp
 
             assert "PERMISSION_DENIED" in result.stdout + result.stderr, failure_report(result)  # it did fail
             assert result.returncode not in (0, 124), f"attempt {attempt}: {failure_report(result)}"
+            assert f"[host 1] harness-train: error: host 1: a checkpoint save to {directory} failed: " \
+                   "PERMISSION_DENIED" in result.stdout + result.stderr, failure_report(result)
+            assert "launch.local: host 1 failed (exit code 1)" in result.stderr, failure_report(result)
     finally:
         deny.shutdown()
         deny.server_close()

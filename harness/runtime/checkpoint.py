@@ -1,9 +1,9 @@
 """Checkpoints: orbax `CheckpointManager` over a local directory or a `gs://` bucket.
 
 A checkpoint at step N holds everything an exact resume needs: the train state (params,
-optimizer moments, the rng, the step counter) and JSON metadata (the data position,
-which is the step itself since batches are a pure function of it, the settings a resume
-must match, and each host's hard-example tracker state).
+optimizer moments, the rng, the step counter) and JSON metadata (every host's input
+pipeline state, the settings a resume must match, each array's checksums, and each
+host's hard-example tracker state).
 
 Restoring walks from the newest step down and skips steps that fail to restore (a
 truncated or corrupted save), saying so; orbax itself only lists steps whose save
@@ -22,13 +22,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from harness.errors import NonFiniteStateError, UsageError
+from harness.errors import CheckpointSaveError, NonFiniteStateError, UsageError
+from harness.runtime.failed_saves import FailedSaveListener
 from harness.runtime.integrity import inspect_state, mismatched_leaves
 
 logger = logging.getLogger("harness.runtime.checkpoint")
 
 STATE_ITEM, META_ITEM = "state", "meta"
 COMMIT_MARKER = "commit_success.txt"
+SAVE_POLL_S = 0.05
 
 # Settings that must match between a checkpoint and the run resuming from it: anything
 # that changes the state's shapes or which batch a step reads.
@@ -57,6 +59,7 @@ class CheckpointStore:
         self.saved_steps: list[int] = []
         self.damaged_steps: list[int] = []
         self._closed = False
+        self._failed_saves = FailedSaveListener().attach()
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -71,6 +74,7 @@ class CheckpointStore:
         if bad:
             raise NonFiniteStateError(f"not saving step {step}: non-finite values in {', '.join(bad[:3])}")
         meta = {**meta, "checksums": checksums, "state_signature": state_signature(state)}
+        self.wait()  # orbax would wait for the previous save too, but not notice it failed here
         self._manager.save(
             step,
             args=ocp.args.Composite(
@@ -171,22 +175,32 @@ class CheckpointStore:
         return moved
 
     def wait(self) -> None:
+        """Waits for the save in flight; raises CheckpointSaveError as soon as it fails
+        here, rather than after the commit barrier it would leave the others in."""
+        while self._manager.is_saving_in_progress():
+            self.raise_failed_save()
+            time.sleep(SAVE_POLL_S)
         self._manager.wait_until_finished()
 
     def raise_failed_save(self) -> None:
-        """Raises the error of a background save that failed on this host, if one has.
-
-        orbax keeps such an error in its save thread until the next save; meanwhile the
-        other hosts wait for this one in the save's commit barrier. Called after every
-        step, it turns that wait into a failed host that the watchdog names at once."""
-        self._manager.check_for_errors()
+        """Raises CheckpointSaveError if a background save failed on this host. Called
+        after every step: orbax would only say so at the next save, while the other
+        hosts wait for this one in the save's commit barrier (failed_saves.py)."""
+        failure = self._failed_saves.failure
+        if failure is not None:
+            first = (str(failure).strip().splitlines() or [type(failure).__name__])[0][:300]
+            raise CheckpointSaveError(f"host {jax.process_index()}: a checkpoint save to {self.directory} "
+                                      f"failed: {first}")
 
     def close(self) -> None:
         """Waits for the last save and releases orbax's threads; safe to call twice."""
         if self._closed:
             return
         self._closed = True
-        self._manager.wait_until_finished()
+        try:
+            self.wait()
+        finally:
+            self._failed_saves.detach()
         self._manager.close()
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from harness.config.flags import ArgumentParser, add_config_flags, config_from_args
 from harness.config import TrainConfig
-from harness.errors import EXIT_RESTARTABLE, HostLostError, NonFiniteStateError, UsageError
+from harness.errors import EXIT_RESTARTABLE, CheckpointSaveError, HostLostError, NonFiniteStateError, UsageError
 
 PROG = "harness-train"
 
@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, NonFiniteStateError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except HostLostError as err:
+    except (HostLostError, CheckpointSaveError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(err.exit_code)

@@ -25,7 +25,7 @@ from harness.runtime.agree import gather_json
 from harness.runtime.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
 from harness.config import TrainConfig
 from harness.mock.data import Batch, MockDataset
-from harness.errors import HostLostError, NonFiniteStateError, UsageError
+from harness.errors import CheckpointSaveError, HostLostError, NonFiniteStateError, UsageError
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.runtime.mesh import host_local_rows_of, make_global_batch, make_mesh
@@ -308,8 +308,8 @@ def train(config: TrainConfig) -> RunSummary:
     trainer = Trainer(config)
     try:
         return trainer.run()
-    except HostLostError:
-        raise  # no waiting on orbax here: its barriers could hang on the dead peer
+    except (HostLostError, CheckpointSaveError):
+        raise  # no waiting on orbax here: its barriers could hang on the dead or failed peer
     except BaseException:
         trainer.store.close()  # orbax's threads must not outlive a failed run
         raise
