@@ -35,7 +35,7 @@ def measure(repeats: int) -> dict:
     from harness.config import TrainConfig
     from harness.mock.data import MockDataset
     from harness.runtime.mesh import make_global_batch, make_mesh
-        from harness.train.step import init_state, make_train_step
+    from harness.train.step import init_state, make_train_step
 
     config = TrainConfig().replace(batch_size=16, fsdp_devices=8, hidden_dim=512, vocab_size=4096, image_size=64)
     mesh = make_mesh(config.mesh.fsdp_devices)

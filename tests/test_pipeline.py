@@ -7,9 +7,6 @@ checkpointable iterator state, and exact resume through that state.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,7 @@ from harness.mock.data import MockDataset
 from harness.outputs.sinks import read_metrics
 from harness.runtime.checkpoint import existing_steps
 from harness.train.pipeline import InputPipeline, PipelineStateError
-from tests.support.runs import compile_cache_flags, failure_report, run_harness, start_harness
+from tests.support.runs import compile_cache_flags, failure_report, run_harness, sigkill_when, start_harness
 
 SPEC = DataConfig(batch_size=12, image_size=8, seq_len=32)
 RUN_TIMEOUT_S = 240
@@ -108,20 +105,9 @@ def _hard_example_files(root: Path) -> dict[str, str]:
 def test_a_run_killed_mid_interval_resumes_with_identical_metrics_and_hard_examples(reference, tmp_path, cache):
     args = _args(tmp_path, cache)
     killed = start_harness(args, log_path=tmp_path / "killed.log")
-    try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        # Until a checkpoint inside a hard-example interval (4, 8, 16, 20: not 12 or 24) is committed.
-        while not set(existing_steps(str(tmp_path / "ckpt"))) & {4, 8, 16, 20}:
-            assert killed.poll() is None, (tmp_path / "killed.log").read_text()
-            assert time.monotonic() < deadline, "no mid-interval checkpoint before the deadline"
-            time.sleep(0.01)
-        os.kill(killed.pid, signal.SIGKILL)
-        killed.wait(timeout=30)
-    finally:
-        if killed.poll() is None:
-            killed.kill()
-            killed.wait(timeout=30)
-    assert killed.returncode == -signal.SIGKILL
+    # Killed once a checkpoint inside a hard-example interval (4, 8, 16, 20: not 12 or 24) is committed.
+    sigkill_when(killed, lambda: bool(set(existing_steps(str(tmp_path / "ckpt"))) & {4, 8, 16, 20}),
+                 log_path=tmp_path / "killed.log", timeout=RUN_TIMEOUT_S)
 
     result = run_harness([*args, "--resume"], timeout=RUN_TIMEOUT_S)
 

@@ -12,17 +12,16 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from harness.runtime.checkpoint import existing_steps
 from harness.outputs.sinks import read_metrics
-from tests.support.runs import REPO_ROOT, compile_cache_flags, harness_env, run_harness, start_harness, tree_snapshot
+from tests.support.runs import (REPO_ROOT, compile_cache_flags, harness_env, run_harness, sigkill_when, start_harness,
+                                tree_snapshot)
 
 STEPS = 60
 COMMON = ["--config", "smoke", "--log_interval", "1", "--no_wandb", "--no_hard_examples"]
@@ -114,24 +113,12 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(reference, 
     args = _args(cache, tmp_path, "--num_train_steps", str(STEPS), "--save_interval", "10")
     metrics_path, ckpt = tmp_path / "run" / "metrics.jsonl", str(tmp_path / "ckpt")
     killed = start_harness(args, log_path=tmp_path / "killed.log")
-    try:
-        deadline = time.monotonic() + RUN_TIMEOUT_S
-        while True:  # until a step past the first committed checkpoint is logged
-            committed = existing_steps(ckpt)
-            if committed and max(_logged_steps(metrics_path), default=-1) >= committed[0]:
-                break
-            if killed.poll() is not None:
-                pytest.fail(f"run ended (rc {killed.returncode}) before the kill:\n"
-                            + (tmp_path / "killed.log").read_text())
-            assert time.monotonic() < deadline, "no checkpoint and later step before the deadline"
-            time.sleep(0.01)
-        os.kill(killed.pid, signal.SIGKILL)
-        killed.wait(timeout=30)
-    finally:
-        if killed.poll() is None:
-            killed.kill()
-            killed.wait(timeout=30)
-    assert killed.returncode == -signal.SIGKILL
+
+    def past_first_checkpoint() -> bool:  # a step after the first committed checkpoint is logged
+        committed = existing_steps(ckpt)
+        return bool(committed) and max(_logged_steps(metrics_path), default=-1) >= committed[0]
+
+    sigkill_when(killed, past_first_checkpoint, log_path=tmp_path / "killed.log", timeout=RUN_TIMEOUT_S)
     assert max(_logged_steps(metrics_path)) < STEPS - 1  # really killed mid-run
 
     result = run_harness([*args, "--resume"], timeout=RUN_TIMEOUT_S)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 240
@@ -57,6 +58,26 @@ def start_harness(args: list[str], *, log_path: Path, env: dict[str, str] | None
             [sys.executable, "-m", "harness.train", *args],
             cwd=REPO_ROOT, env=env or harness_env(), stdout=log, stderr=subprocess.STDOUT,
         )
+
+
+def sigkill_when(process: subprocess.Popen, ready: Callable[[], bool], *, log_path: Path, timeout: float) -> None:
+    """SIGKILLs `process` as soon as `ready()` holds (polled every 10 ms); fails if the
+    process ends first or `ready` never holds within `timeout`. The process is gone after."""
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if process.poll() is not None:
+                raise AssertionError(f"run ended (rc {process.returncode}) before the kill:\n{log_path.read_text()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not ready for the kill within {timeout} s:\n{log_path.read_text()}")
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
 
 
 def launch_local(num_processes: int, devices_per_process: int, command: list[str], *, timeout: float,
