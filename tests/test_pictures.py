@@ -14,7 +14,8 @@ from PIL import Image
 from harness.config import DataConfig
 from harness.mock.data import MockDataset, camera_names
 from harness.hard_examples.entry import HardExample
-from harness.outputs.pictures import read_contact_sheet_layout, render_contact_sheet, save_contact_sheet, save_loss_curve
+from harness.outputs.loss_curve import LINES, MARK_COLOR, nice_ticks, read_curve_axes, save_loss_curve
+from harness.outputs.pictures import read_contact_sheet_layout, render_contact_sheet, save_contact_sheet
 
 
 def make_entries(count: int, *, image_size: int = 64, num_cameras: int = 2) -> list[HardExample]:
@@ -106,3 +107,49 @@ def test_loss_curve_is_1000_by_500(tmp_path):
     for name in ("loss.png", "empty.png"):
         with Image.open(tmp_path / name) as picture:
             assert (picture.format, picture.size) == ("PNG", (1000, 500))
+
+
+def _near(pixel, color, tolerance=60) -> bool:
+    return sum(abs(a - b) for a, b in zip(pixel, color)) <= tolerance
+
+
+def test_loss_curve_draws_each_logged_point_where_its_axes_say(tmp_path):
+    rows = [{"step": s, "loss": 3.0 / (1 + s), "max_per_sample_loss": 9.0 / (1 + s) + 1} for s in range(0, 200, 10)]
+    save_loss_curve(rows, tmp_path / "loss.png", hard_example_steps=[50, 150])
+    axes = read_curve_axes(tmp_path / "loss.png")
+    left, top, right, bottom = axes.box
+
+    with Image.open(tmp_path / "loss.png") as picture:
+        image = picture.convert("RGB")
+    for key, _, color in LINES:
+        for row in rows:
+            # The axes' own mapping, computed here from the stored ranges and box.
+            x = left + (row["step"] - axes.steps[0]) / (axes.steps[1] - axes.steps[0]) * (right - left)
+            y = bottom - (row[key] - axes.losses[0]) / (axes.losses[1] - axes.losses[0]) * (bottom - top)
+            window = [image.getpixel((round(x) + dx, round(y) + dy)) for dx in (-1, 0, 1) for dy in (-1, 0, 1)]
+            assert any(_near(p, color) for p in window), (key, row["step"])
+    assert axes.steps == (0.0, 190.0) and axes.losses[0] <= 3.0 / 191 and axes.losses[1] >= 10.0
+    for step in (50, 150):  # a dashed gray line from top to bottom
+        x = round(left + (step - axes.steps[0]) / (axes.steps[1] - axes.steps[0]) * (right - left))
+        marked = sum(any(_near(image.getpixel((x + dx, y)), MARK_COLOR, 30) for dx in (-1, 0, 1))
+                     for y in range(top + 1, bottom))
+        assert marked > (bottom - top) // 3
+
+
+def test_an_empty_loss_curve_draws_no_line():
+    from harness.outputs.loss_curve import render_loss_curve
+
+    image, _ = render_loss_curve([{"step": 3, "grad_norm": 1.0}], hard_example_steps=[])
+    colors = {color for _, _, color in LINES}
+    assert not any(_near(p, c, 30) for p in image.get_flattened_data() for c in colors)
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (0.0, 10.0, [0, 2, 4, 6, 8, 10]),
+    (0.13, 0.97, [0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]),
+    (-3.0, 47.0, [-10, 0, 10, 20, 30, 40, 50]),
+])
+def test_nice_ticks_cover_the_range_in_round_steps(low, high, expected):
+    ticks = nice_ticks(low, high)
+    assert ticks == pytest.approx(expected)
+    assert ticks[0] <= low and ticks[-1] >= high

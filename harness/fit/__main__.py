@@ -1,7 +1,5 @@
 """`python -m harness.fit`: the same entry point as `harness-fit`."""
 
-import sys
+from harness.fit.cli import run
 
-from harness.fit.cli import main
-
-sys.exit(main())
+run()

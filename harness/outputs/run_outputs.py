@@ -19,7 +19,8 @@ from harness.outputs.background import BackgroundWriter
 from harness.config import TrainConfig
 from harness.hard_examples.gather import GatherResult
 from harness.outputs.hard_example_report import format_block, result_to_json
-from harness.outputs.pictures import save_contact_sheet, save_loss_curve
+from harness.outputs.loss_curve import save_loss_curve
+from harness.outputs.pictures import save_contact_sheet
 from harness.outputs.progress import Progress
 from harness.outputs.sinks import Console, MetricsFile, PerSampleLossFile, format_metrics_line, read_metrics
 from harness.outputs.wandb_sink import WandbSink
@@ -108,9 +109,12 @@ class RunOutputs:
         folder = self.run_dir / "hard_examples"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"step_{result.step}.json").write_text(json.dumps(result_to_json(result), indent=1) + "\n")
-        self.writer.submit(save_contact_sheet, result.examples, folder / f"step_{result.step}.png",
-                           step=result.step, threshold=result.stats.threshold)
-        self.writer.submit(self._to_wandb, "log_hard_examples", result.step, result.examples, result.stats)
+        self.writer.submit(self._write_pictures, result, folder / f"step_{result.step}.png")
+
+    def _write_pictures(self, result: GatherResult, path: Path) -> None:
+        """On the writer thread: one contact sheet, to its PNG and to wandb."""
+        sheet = save_contact_sheet(result.examples, path, step=result.step, threshold=result.stats.threshold)
+        self._to_wandb("log_hard_examples", result.step, result.examples, result.stats, sheet.image)
 
     def hard_example_steps(self) -> list[int]:
         """Every interval logged in this run dir (before a resume too)."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from harness.hard_examples.entry import HardExample
 from harness.hard_examples.merge import GlobalStats
@@ -164,22 +165,26 @@ class WandbSink:
         if self._accepts(step):
             self._guarded("log", lambda: self._log(step, {k: float(v) for k, v in metrics.items()}))
 
-    def log_hard_examples(self, step: int, entries: Sequence[HardExample], stats: GlobalStats) -> None:
-        """A table of the entries, their contact sheet, and the tracker's scalars."""
+    def log_hard_examples(self, step: int, entries: Sequence[HardExample], stats: GlobalStats,
+                          sheet: Image.Image | None = None) -> None:
+        """A table of the entries, their contact sheet (`sheet` if already rendered), and
+        the tracker's scalars."""
         if self._accepts(step):
-            self._guarded("log of hard examples", self._log_hard_examples, step, entries, stats)
+            self._guarded("log of hard examples", self._log_hard_examples, step, entries, stats, sheet)
 
-    def _log_hard_examples(self, step: int, entries: Sequence[HardExample], stats: GlobalStats) -> None:
+    def _log_hard_examples(self, step: int, entries: Sequence[HardExample], stats: GlobalStats,
+                           sheet: Image.Image | None) -> None:
         import wandb
 
         table = wandb.Table(columns=list(TABLE_COLUMNS))
         for entry in entries:
             table.add_data(wandb.Image(np.asarray(entry.image)), float(entry.loss), int(entry.step),
                            int(entry.host), int(entry.sample_id), entry.lang_action, entry.prompt)
-        sheet = render_contact_sheet(entries, step=step, threshold=stats.threshold)
+        if sheet is None:
+            sheet = render_contact_sheet(entries, step=step, threshold=stats.threshold).image
         data = {
             "hard_examples/table": table,
-            "hard_examples/contact_sheet": wandb.Image(sheet.image, caption=f"step {step}"),
+            "hard_examples/contact_sheet": wandb.Image(sheet, caption=f"step {step}"),
             "hard_examples/num_entries": len(entries),
             "hard_examples/total_samples": int(stats.num_samples),
             "hard_examples/num_high_loss": int(stats.num_high_loss),

@@ -80,5 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
 
 
+def run() -> None:
+    """The console entry point: `main`, then a fast exit (harness/runtime/fast_exit.py)."""
+    from harness.runtime.fast_exit import run_and_exit
+
+    run_and_exit(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

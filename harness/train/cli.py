@@ -62,5 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_RESTARTABLE if summary.preempted else 0
 
 
+def run() -> None:
+    """The console entry point: `main`, then a fast exit (harness/runtime/fast_exit.py)."""
+    from harness.runtime.fast_exit import run_and_exit
+
+    run_and_exit(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
