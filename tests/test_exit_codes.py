@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import EXIT_RESTARTABLE, HostLostError, NonFiniteStateError, UsageError
+from harness.errors import EXIT_RESTARTABLE, CheckpointSaveError, HostLostError, NonFiniteStateError, UsageError
 from harness.runtime.stop_deadline import StopDeadline
 from harness.runtime.watchdog import DONE, EXIT_HOST_LOST, KEY_PREFIX
 from launch.gke.manifest import RESTARTABLE_EXIT_CODES
@@ -38,7 +38,7 @@ WAIT_S = 30  # bound on any wait for a verdict in the in-process tests
 
 
 def test_the_documented_codes_and_the_gke_restart_list_agree() -> None:
-    assert (UsageError.exit_code, NonFiniteStateError.exit_code) == (2, 1)
+    assert (UsageError.exit_code, NonFiniteStateError.exit_code, CheckpointSaveError.exit_code) == (2, 1, 1)
     assert HostLostError.exit_code == EXIT_HOST_LOST == EXIT_RESTARTABLE == 42
     assert EXIT_RESTARTABLE in RESTARTABLE_EXIT_CODES
     assert not {0, 1, 2} & set(RESTARTABLE_EXIT_CODES)
