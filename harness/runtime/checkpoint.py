@@ -176,7 +176,9 @@ class CheckpointStore:
 
     def wait(self) -> None:
         """Waits for the save in flight; raises CheckpointSaveError as soon as it fails
-        here, rather than after the commit barrier it would leave the others in."""
+        here, rather than after the commit barrier it would leave the others in. Bounded:
+        orbax's barriers time out after `--checkpoint_timeout`, and the watchdog names a
+        host that dies meanwhile."""
         while self._manager.is_saving_in_progress():
             self.raise_failed_save()
             time.sleep(SAVE_POLL_S)
