@@ -7,6 +7,14 @@ xpk's JobSets restart on 42 and on 127-255 (signals), and launch/gke generates t
 
 # A lost host, a preemption, or a stop that found the pod broken: resume from the last checkpoint.
 EXIT_RESTARTABLE = 42
+# This host's accelerator is unusable (TPU held by another process, driver missing):
+# restarting on the same host fails the same way; fix or replace the host.
+EXIT_HOST_UNUSABLE = 3
+
+
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as one line for a one-line message: its first line, or its type."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
 
 
 class UsageError(Exception):
@@ -16,6 +24,13 @@ class UsageError(Exception):
     """
 
     exit_code = 2
+
+
+class TpuUnavailableError(Exception):
+    """A TPU was expected (device files present, or `--platform tpu`) and did not come up.
+    Never a silent fall back to the CPU: the CLI prints the reason and exits 3."""
+
+    exit_code = EXIT_HOST_UNUSABLE
 
 
 class HostLostError(Exception):

@@ -10,6 +10,7 @@ import math
 from harness.config.fields import settings
 from harness.config.groups import ModelConfig, TrainConfig
 from harness.errors import UsageError
+from harness.runtime.devices import PLATFORMS
 from harness.models.names import BUILTIN_MODELS, PARAM_DTYPES, REMAT_POLICIES, TRANSFORMER_SIZES, is_import_path
 
 NONFINITE_POLICIES = ("error", "skip")
@@ -39,6 +40,7 @@ def validate(config: TrainConfig) -> None:
     if not 0.0 <= config.model.dropout_rate < 1.0:
         raise UsageError(f"--dropout_rate must be in [0, 1), got {config.model.dropout_rate}")
     _check_choice("on_nonfinite", config.run.on_nonfinite, NONFINITE_POLICIES)
+    _check_choice("platform", config.devices.platform, PLATFORMS)
     for name in ("checkpoint_dir", "run_dir"):
         if not config.setting(name).strip():
             raise UsageError(f"--{name} must not be empty")

@@ -107,7 +107,8 @@ class MeshConfig:
 class DevicesConfig:
     """The JAX backend on this host."""
 
-    cpu_devices: int = 0  # >0: run on that many (fake) CPU devices; 0: JAX decides
+    platform: str = "auto"  # auto (JAX_PLATFORMS if set, else tpu with TPU device files, else cpu) | cpu | tpu
+    cpu_devices: int = 0  # >0: run on that many (fake) CPU devices
     cpu_fast_compile: bool = True  # with cpu_devices: skip LLVM's expensive passes (faster compile)
     compilation_cache_dir: str = ""  # JAX persistent compilation cache ("" = off)
 

@@ -65,7 +65,8 @@ NOT_READY = ("storage failed", "the checkpoint dir failed a check (storage or ro
 def run(config: TrainConfig, options: PreflightOptions) -> int:
     """The whole preflight on this host; the exit code (UsageError for bad input)."""
     storage.configure_gcs_emulator_from_env()
-    configure_devices(cpu_devices=config.devices.cpu_devices, cpu_fast_compile=config.devices.cpu_fast_compile,
+    configure_devices(platform=config.devices.platform, cpu_devices=config.devices.cpu_devices,
+                      cpu_fast_compile=config.devices.cpu_fast_compile,
                       compilation_cache_dir=config.devices.compilation_cache_dir)
     coordinates = pod_coordinates(config)
     host, num = (coordinates.process_id, coordinates.num_processes) if coordinates else (0, 1)

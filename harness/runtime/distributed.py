@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 
 import jax
 
 from harness.errors import UsageError
+from harness.runtime.sigterm import current_action, record_jax_preemption_notifier
 from harness.runtime.watchdog import SILENCE_FRACTION, jax_heartbeat_timeout
 
 ENV_ADDRESS = "HARNESS_COORDINATOR_ADDRESS"
@@ -93,14 +95,29 @@ def initialize(
     if mode == "off":
         return
     if mode == "pod":
-        jax.distributed.initialize(**timeouts)
+        _initialize_hearing_sigterm(**timeouts)
         return
     coordinates = explicit_coordinates(coordinator_address, num_processes, process_id)
     if coordinates is None or coordinates.num_processes == 1:
         return
-    jax.distributed.initialize(
+    _initialize_hearing_sigterm(
         coordinator_address=coordinates.coordinator_address,
         num_processes=coordinates.num_processes,
         process_id=coordinates.process_id,
         **timeouts,
     )
+
+
+def _initialize_hearing_sigterm(**kwargs) -> None:
+    """`jax.distributed.initialize`, recording the SIGTERM handler its preemption service
+    installs: the harness's listener passes every SIGTERM on to it (sigterm.py says why
+    that one and no other), so all hosts can agree on the step to stop at."""
+    if not jax.config.jax_enable_preemption_service:
+        raise UsageError("jax_enable_preemption_service is off: without JAX's preemption service a SIGTERM "
+                         "cannot stop every host at the same step; unset JAX_ENABLE_PREEMPTION_SERVICE")
+    before = current_action(signal.SIGTERM)
+    jax.distributed.initialize(**kwargs)
+    if record_jax_preemption_notifier(before) is None:
+        raise UsageError("jax.distributed installed no SIGTERM handler for its preemption service "
+                         f"(SIGTERM's handler is at {current_action(signal.SIGTERM).handler}); "
+                         "a SIGTERM could not stop every host at the same step")

@@ -7,7 +7,9 @@ stop sends SIGTERM to some hosts, not necessarily all, and not at the same insta
 hosts save the same checkpoint (then exit 42, restartable: harness/errors.py). In a
 single process a flag does the same job.
 
-SIGTERM is heard on a thread (harness/runtime/sigterm.py), which passes it on to JAX, so
+SIGTERM is heard on a thread (harness/runtime/sigterm.py), which passes it on to JAX's
+preemption notifier when `jax.distributed` installed one (and to no other C handler:
+libtpu's, on a single-host TPU VM, would print a stack trace and kill the process), so
 a host blocked in a collective whose peer is gone still acts on it: after a few seconds
 without a finished step, harness/runtime/stop_deadline.py checks the peers and, if one is
 gone, exits 42 instead of waiting for the watchdog's threshold or the launcher's SIGKILL.
@@ -20,7 +22,7 @@ import threading
 import jax
 from jax.experimental import multihost_utils
 
-from harness.runtime.sigterm import SigtermListener
+from harness.runtime.sigterm import SigtermListener, jax_preemption_notifier
 from harness.runtime.stop_deadline import StopDeadline
 from harness.runtime.watchdog import KEY_PREFIX, coordination_client
 
@@ -37,7 +39,8 @@ class PreemptionWatch:
         self._signalled = threading.Event()
         self._deadline = StopDeadline(jax.process_index(), jax.process_count(),
                                       _read_beats if self._distributed else None)
-        self._listener = SigtermListener(self._on_sigterm).start()
+        notifier = jax_preemption_notifier() if self._distributed else None
+        self._listener = SigtermListener(self._on_sigterm, notifier=notifier).start()
 
     def _on_sigterm(self) -> None:
         self._signalled.set()

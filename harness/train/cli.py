@@ -7,7 +7,8 @@ precedence: defaults < `--config` preset < flags given on the command line.
 Bad input (unknown preset, indivisible batch, unwritable checkpoint dir, ...) prints one
 line on stderr and exits 2 before anything is written, with the same line on every host.
 Exit codes follow the restart contract in harness/errors.py: 0 done, 1 non-finite, 2 bad
-input, 42 (restart me) for a preemption that saved its checkpoint or a lost host.
+input, 3 this host's TPU is unusable, 42 (restart me) for a preemption that saved its
+checkpoint or a lost host.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Sequence
 
 from harness.config.flags import ArgumentParser, add_config_flags, config_from_args
 from harness.config import TrainConfig
-from harness.errors import EXIT_RESTARTABLE, CheckpointSaveError, HostLostError, NonFiniteStateError, UsageError
+from harness.errors import (EXIT_RESTARTABLE, CheckpointSaveError, HostLostError, NonFiniteStateError,
+                            TpuUnavailableError, UsageError)
 
 PROG = "harness-train"
 
@@ -41,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from harness.train.startup import prepare_runtime
 
         prepare_runtime(config)
-    except UsageError as err:
+    except (UsageError, TpuUnavailableError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
 

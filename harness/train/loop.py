@@ -240,10 +240,10 @@ class Trainer:
         config = self.config
         started = time.perf_counter()
         print_banner(self.console, config, self.mesh)
-        state, start_step = self._initial_state()
-        outputs = RunOutputs(config, self.console, start_step=start_step)
-        watch = PreemptionWatch()
+        watch = PreemptionWatch()  # from here on a SIGTERM is heard, during the restore too
         try:
+            state, start_step = self._initial_state()
+            outputs = RunOutputs(config, self.console, start_step=start_step)
             state, end_step, last, preempted = self._loop(state, start_step, outputs, watch)
         except jax.errors.JaxRuntimeError as err:
             if jax.process_count() == 1:

@@ -11,7 +11,7 @@ from harness.config import TrainConfig
 from harness.errors import UsageError
 from harness.runtime import distributed, storage
 from harness.runtime.agree import agreed_problem
-from harness.runtime.devices import configure_devices
+from harness.runtime.devices import check_platform, configure_devices
 from harness.runtime.memory import available_host_bytes, format_bytes
 
 # A batch is alive on the host this many times over per step in flight: in the prefetch
@@ -25,10 +25,11 @@ BATCH_MEMORY_SHARE = 0.5
 
 def prepare_runtime(config: TrainConfig) -> None:
     """Starts the runtime and runs the start-up checks. Raises UsageError (the same on
-    every host); writes nothing."""
+    every host), or TpuUnavailableError on a host whose TPU did not come up; writes nothing."""
     storage.configure_gcs_emulator_from_env()
-    configure_devices(cpu_devices=config.devices.cpu_devices, cpu_fast_compile=config.devices.cpu_fast_compile,
-                      compilation_cache_dir=config.devices.compilation_cache_dir)
+    platform = configure_devices(platform=config.devices.platform, cpu_devices=config.devices.cpu_devices,
+                                 cpu_fast_compile=config.devices.cpu_fast_compile,
+                                 compilation_cache_dir=config.devices.compilation_cache_dir)
     distributed.initialize(
         config.distributed.mode,
         coordinator_address=config.distributed.coordinator_address,
@@ -37,6 +38,7 @@ def prepare_runtime(config: TrainConfig) -> None:
         initialization_timeout=config.distributed.initialization_timeout,
         heartbeat_timeout=config.distributed.heartbeat_timeout,
     )
+    check_platform(platform)
     problem = agreed_problem(_first_problem(config))
     if problem:
         raise UsageError(problem)
