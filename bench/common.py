@@ -1,4 +1,5 @@
-"""Shared benchmark helpers: interleaved repetitions and child-process measurement."""
+"""Shared benchmark helpers: which scripts are benchmarks, child-process measurement,
+and the real Trainer's steady-state step time."""
 
 from __future__ import annotations
 
@@ -11,6 +12,23 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+# bench/*.py files that are not benchmarks: this module, the runner, and one host of
+# hard_examples' multi-process gather. Every other script is one, and takes --tiny.
+HELPERS = frozenset({"__init__", "common", "gather_bytes", "run_all"})
+# Arguments for a benchmark's short run where it is not `--tiny`: checkpoint_stall is
+# maintained beside the checksum code and has no --tiny; one round is its short run.
+SHORT_RUN_ARGS = {"checkpoint_stall": ("--repeats", "1")}
+
+
+def benchmarks() -> list[str]:
+    """Every benchmark's module name (`bench.step_overhead`, ...), from the files on disk."""
+    return sorted(f"bench.{path.stem}" for path in BENCH_DIR.glob("*.py") if path.stem not in HELPERS)
+
+
+def tiny_args(module: str) -> tuple[str, ...]:
+    """The arguments that make `module` run at its tiny size (seconds, numbers meaningless)."""
+    return SHORT_RUN_ARGS.get(module.removeprefix("bench."), ("--tiny",))
 
 
 def median(values: list[float]) -> float:

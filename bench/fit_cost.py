@@ -4,6 +4,7 @@ table comes from this).
 
     python -m bench.fit_cost                                   # tiny, 1b, 8b x 5 targets
     python -m bench.fit_cost --models 1b --targets v5litepod-16 --search --max_compiles 6
+    python -m bench.fit_cost --tiny     # the tiny model, 32x32 images, on v4-8: proves it runs
 
 Each run is `harness-fit --config TARGET --model transformer --model_size SIZE` with
 bfloat16 compute, full remat, FSDP over every chip of a slice and the preset's batch,
@@ -30,12 +31,14 @@ from harness.fit.units import format_bytes, format_duration
 MODELS = ("tiny", "1b", "8b")
 TARGETS = ("v4-8", "v4-32", "v5litepod-16", "v5litepod-256", "v6e-256")
 SETTINGS = ("--model", "transformer", "--compute_dtype", "bfloat16", "--remat", "full")
+TINY = {"models": "tiny", "targets": "v4-8", "extra": ("--image_size", "32", "--seq_len", "64")}
 
 
-def fit_command(size: str, target: str, run_dir: Path, *, search: bool, max_compiles: int) -> list[str]:
+def fit_command(size: str, target: str, run_dir: Path, *, search: bool, max_compiles: int,
+                extra: tuple[str, ...] = ()) -> list[str]:
     chips = resolve(load_preset(target).tpu.topology).devices_per_slice
     command = [sys.executable, "-m", "harness.fit", "--config", target, *SETTINGS, "--model_size", size,
-               "--fsdp_devices", str(chips), "--run_dir", str(run_dir)]
+               "--fsdp_devices", str(chips), "--run_dir", str(run_dir), *extra]
     return command + (["--max_compiles", str(max_compiles)] if search else ["--no_search"])
 
 
@@ -59,9 +62,10 @@ def run_measured(argv: list[str], timeout: float) -> tuple[float, float, int, st
     return time.perf_counter() - started, usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status), tail
 
 
-def measure(size: str, target: str, *, search: bool, max_compiles: int, timeout: float) -> dict:
+def measure(size: str, target: str, *, search: bool, max_compiles: int, timeout: float,
+            extra: tuple[str, ...] = ()) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        command = fit_command(size, target, Path(tmp), search=search, max_compiles=max_compiles)
+        command = fit_command(size, target, Path(tmp), search=search, max_compiles=max_compiles, extra=extra)
         wall, rss, code, stderr = run_measured(command, timeout)
         if code not in (0, 1):
             raise RuntimeError(f"{' '.join(command)} exited {code}:\n{stderr}")
@@ -106,12 +110,17 @@ def main() -> int:
     parser.add_argument("--search", action="store_true", help="also search for the largest batch")
     parser.add_argument("--max_compiles", type=int, default=6)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per harness-fit run")
+    parser.add_argument("--tiny", action="store_true", help="one small compile, to prove it runs")
     args = parser.parse_args()
+    if args.tiny:
+        args.models, args.targets, extra = TINY["models"], TINY["targets"], TINY["extra"]
+    else:
+        extra = ()
     rows = []
     for size in args.models.split(","):
         for target in args.targets.split(","):
             rows.append(measure(size, target, search=args.search, max_compiles=args.max_compiles,
-                                timeout=args.timeout))
+                                timeout=args.timeout, extra=extra))
             print(json.dumps(rows[-1]), flush=True)
     print(markdown(rows))
     print("RESULT " + json.dumps({"fit_cost": rows}))

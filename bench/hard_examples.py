@@ -1,6 +1,7 @@
 """Hard-example costs, measured side by side in one run.
 
-    python -m bench.hard_examples [--steps 30 --repeats 2]
+    python -m bench.hard_examples [--steps 30 --repeats 3]
+    python -m bench.hard_examples --tiny      # small sizes, one round: proves it runs
 
 1. Step time with tracking on / off: the real Trainer at batch 256 with two 224x224x3
    cameras on 8 fake CPU devices, blocks alternating on/off; a gather every 10 steps.
@@ -9,6 +10,9 @@
 3. Bytes each host sends per interval (both phases, padded as the allgather moves them):
    measured in real multi-process runs (H = 2, 4 via launch.local) and computed with
    the real codec for simulated H up to 1024.
+
+--tiny: batch 16 of 64x64 images for 4 steps (a gather every 2), 64 simulated hosts, one
+real run of 2 hosts.
 """
 
 from __future__ import annotations
@@ -28,20 +32,25 @@ from harness.hard_examples.merge import merge_round_robin, merge_stats
 
 K = 50
 THUMB_SHAPE = (64, 128, 3)  # two 64x64 camera thumbnails side by side (the default)
+FULL = {"tracking": {"batch_size": 256, "image_size": 224, "interval": 10, "warmup": 5},
+        "merge_hosts": 1024, "simulated_hosts": [2, 4, 16, 64, 256, 1024], "real_hosts": [2, 4]}
+TINY = {"tracking": {"batch_size": 16, "image_size": 64, "interval": 2, "warmup": 2},
+        "merge_hosts": 64, "simulated_hosts": [2, 64], "real_hosts": [2], "steps": 4, "repeats": 1}
 
 
-def tracking_on_off(steps: int, repeats: int) -> dict:
-
+def tracking_on_off(steps: int, repeats: int, *, batch_size: int, image_size: int, interval: int,
+                    warmup: int) -> dict:
     from harness.runtime.devices import configure_devices
 
     configure_devices(cpu_devices=8)
     from harness.config import TrainConfig
 
     def block(track: bool) -> float:
-        config = TrainConfig().replace(batch_size=256, image_size=224, fsdp_devices=8, num_train_steps=steps,
-                             track_hard_examples=track, hard_example_log_interval=10,
-                             save_interval=10**6, use_wandb=False, log_interval=10**6)
-        return trainer_seconds_per_step(config, warmup=5)
+        config = TrainConfig().replace(batch_size=batch_size, image_size=image_size, fsdp_devices=8,
+                                       num_train_steps=steps, track_hard_examples=track,
+                                       hard_example_log_interval=interval, save_interval=10**6, use_wandb=False,
+                                       log_interval=10**6)
+        return trainer_seconds_per_step(config, warmup=warmup)
 
     on, off = [], []
     for _ in range(repeats):
@@ -125,12 +134,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tiny", action="store_true", help="small sizes, one round, to prove it runs")
     args = parser.parse_args()
+    sizes = TINY if args.tiny else {**FULL, "steps": args.steps, "repeats": args.repeats}
     result = {
-        "merge_1024_hosts": merge_time(),
-        "bytes_simulated": simulated_bytes_per_host([2, 4, 16, 64, 256, 1024]),
-        "bytes_real": {str(h): real_bytes_per_host(h) for h in (2, 4)},
-        "tracking": tracking_on_off(args.steps, args.repeats),
+        "merge": merge_time(sizes["merge_hosts"]),
+        "bytes_simulated": simulated_bytes_per_host(sizes["simulated_hosts"]),
+        "bytes_real": {str(h): real_bytes_per_host(h) for h in sizes["real_hosts"]},
+        "tracking": tracking_on_off(sizes["steps"], sizes["repeats"], **sizes["tracking"]),
     }
     for name, value in result.items():
         print(f"{name}: {json.dumps(value)}")

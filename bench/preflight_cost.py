@@ -2,6 +2,7 @@
 devices in all: 1x8, 2x4, 4x2; the same (data=2, fsdp=4) mesh), every check on.
 
     python -m bench.preflight_cost [--repeats 2]
+    python -m bench.preflight_cost --tiny      # 1 and 2 hosts, no dry run, one round: proves it runs
 
 Each pod runs under launch.local, from the launcher's start to its exit (imports,
 rendezvous, every check, the report). The first round starts with an empty compilation
@@ -20,22 +21,26 @@ from bench.common import child_env, median, python, run_measured
 
 HOSTS = (1, 2, 4)
 DEVICES = 8
+TINY = {"repeats": 1, "hosts": (1, 2),
+        "flags": ("--checks", "consistency,devices,interconnect,storage", "--interconnect_sizes", "16384",
+                  "--interconnect_repeats", "1")}
 
 
-def measure(repeats: int) -> dict:
+def measure(repeats: int, hosts: tuple[int, ...] = HOSTS, flags: tuple[str, ...] = ()) -> dict:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for round_index in range(repeats):
-            for hosts in HOSTS:
-                run_dir = root / f"run-{hosts}-{round_index}"
-                argv = [python(), "-m", "launch.local", "--num_processes", str(hosts), "--devices_per_process",
-                        str(DEVICES // hosts), "--timeout", "600", "--", python(), "-m", "harness.preflight",
-                        "--config", "local-2x4", "--cpu_devices", str(DEVICES // hosts), "--run_dir", str(run_dir),
-                        "--checkpoint_dir", str(root / "ckpt"), "--compilation_cache_dir", str(root / "cache")]
+            for count in hosts:
+                run_dir = root / f"run-{count}-{round_index}"
+                argv = [python(), "-m", "launch.local", "--num_processes", str(count), "--devices_per_process",
+                        str(DEVICES // count), "--timeout", "600", "--", python(), "-m", "harness.preflight",
+                        "--config", "local-2x4", "--cpu_devices", str(DEVICES // count), "--run_dir", str(run_dir),
+                        "--checkpoint_dir", str(root / "ckpt"), "--compilation_cache_dir", str(root / "cache"),
+                        *flags]
                 wall, _ = run_measured(argv, env=child_env(WANDB_MODE="disabled"), timeout=900)
                 report = json.loads((run_dir / "preflight.json").read_text())
-                entry = results.setdefault(str(hosts), {"wall_s": [], "checks_s": []})
+                entry = results.setdefault(str(count), {"wall_s": [], "checks_s": []})
                 entry["wall_s"].append(round(wall, 2))
                 entry["checks_s"].append({check["check"]: round(max(c["seconds"] for c in check["cells"]), 2)
                                           for check in report["checks"]})
@@ -49,7 +54,9 @@ def measure(repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
-    result = measure(parser.parse_args().repeats)
+    parser.add_argument("--tiny", action="store_true", help="fewer hosts and checks, one round, to prove it runs")
+    args = parser.parse_args()
+    result = measure(**TINY) if args.tiny else measure(args.repeats)
     for hosts, value in result.items():
         print(f"preflight {hosts} host(s): {json.dumps(value)}")
     print("RESULT " + json.dumps({"preflight_cost": result}))

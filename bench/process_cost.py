@@ -1,6 +1,7 @@
 """Whole-process wall time and peak RSS of the main command, side by side.
 
     python -m bench.process_cost [--repeats 3]
+    python -m bench.process_cost --tiny      # one round of 4-step runs: proves it runs
 
 Runs `harness-train --config cpu-8-devices --num_train_steps 100 --batch_size 16` (8
 fake CPU devices, checkpoints, hard examples, wandb offline) as a child process, in
@@ -24,10 +25,12 @@ from bench.common import child_env, median, python, run_measured
 
 BARE = ("import jax; jax.config.update('jax_platforms', 'cpu'); jax.config.update('jax_num_cpu_devices', 8); "
         "import jax.numpy as jnp; print(jax.jit(lambda x: x.sum())(jnp.arange(8.0)))")
-COMMAND = ["--config", "cpu-8-devices", "--num_train_steps", "100", "--batch_size", "16", "--overwrite"]
+STEPS = 100
+TINY = {"repeats": 1, "steps": 4}
 
 
-def measure(repeats: int) -> dict:
+def measure(repeats: int, steps: int = STEPS) -> dict:
+    command = ["--config", "cpu-8-devices", "--num_train_steps", str(steps), "--batch_size", "16", "--overwrite"]
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -45,7 +48,7 @@ def measure(repeats: int) -> dict:
             for name, extra in variants.items():
                 if name.startswith("cold"):
                     shutil.rmtree(cache, ignore_errors=True)
-                argv = [python(), "-m", "harness.train", *COMMAND, *extra,
+                argv = [python(), "-m", "harness.train", *command, *extra,
                         "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run")]
                 wall, rss = run_measured(argv, env=child_env(WANDB_DIR=str(root / "wandb"),
                                                              WANDB_DATA_DIR=str(root / "wandb-data")))
@@ -62,7 +65,9 @@ def measure(repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    result = measure(parser.parse_args().repeats)
+    parser.add_argument("--tiny", action="store_true", help="one round of short runs, to prove it runs")
+    args = parser.parse_args()
+    result = measure(**TINY) if args.tiny else measure(args.repeats)
     for name, value in result.items():
         print(f"{name}: {json.dumps(value)}")
     print("RESULT " + json.dumps({"process_cost": result}))
