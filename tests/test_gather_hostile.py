@@ -1,8 +1,9 @@
 """The cross-host gather with one hostile host, in one process: three simulated hosts on
 threads, a fake allgather where they meet (a barrier with a timeout), and the gather's
 `encode_candidates` hook to make one host send what `tests/test_codec.py`'s hostile
-encoders make of its payload. Every host must finish, make the same four collectives,
-agree on what was skipped and why, and log the other hosts' entries.
+encoders make of its payload. Every host must finish, make the same collectives (one or
+two per phase, each on collectives.py's width ladder), agree on what was skipped and
+why, and log the other hosts' entries.
 
 Every host decodes phase 2 as well, so every simulated host returns the logged entries.
 
@@ -34,6 +35,7 @@ from harness.hard_examples.codec import (
 from harness.hard_examples.entry import Candidate
 from harness.hard_examples.gather import GatherResult, gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
+from harness.runtime.collectives import padded_width
 from harness.config import DataConfig
 from harness.mock.data import MockDataset
 from tests.support.oracles import merge_oracle, merge_stats_oracle
@@ -116,7 +118,8 @@ def check_one_hostile_host(bad: int, encode: Encoder) -> dict:
     results, calls = run_pod({bad: encode})
     sent = encode(CandidatePayload(bad, STEP, tracker(bad).stats(), honest_candidates(bad)))
     payload = received(bad, sent)
-    assert all(c == calls[0] and len(c) == 4 for c in calls), calls  # same collectives, same order
+    assert all(c == calls[0] and 2 <= len(c) <= 4 for c in calls), calls  # same collectives, same order
+    assert all(dtype == "uint8" and shape == (padded_width(shape[0]),) for dtype, shape in calls[0]), calls
     assert all(summary(r) == summary(results[0]) for r in results)  # every host decided the same
     result = results[0]
     for host, why in result.bad_hosts.items():

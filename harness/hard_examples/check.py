@@ -20,10 +20,10 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from PIL import Image
 
 from harness.runtime import distributed
+from harness.runtime.collectives import allgather_ints, allgather_rows
 from harness.config import DataConfig, ModelConfig
 from harness.mock.data import Batch, MockDataset, camera_names
 from harness.errors import UsageError
@@ -100,8 +100,7 @@ def allgather_interval(seen: list[tuple[int, float]]) -> list[list[tuple[int, fl
     """Every host's (sample_id, loss) pairs of the interval (equal counts per host)."""
     ids = np.asarray([s for s, _ in seen], dtype=np.int32)
     losses = np.asarray([l for _, l in seen], dtype=np.float32)
-    all_ids = np.asarray(multihost_utils.process_allgather(ids)).reshape(jax.process_count(), -1)
-    all_losses = np.asarray(multihost_utils.process_allgather(losses)).reshape(jax.process_count(), -1)
+    all_ids, all_losses = allgather_rows(ids), allgather_rows(losses)
     return [list(zip(h_ids.tolist(), h_losses.tolist())) for h_ids, h_losses in zip(all_ids, all_losses)]
 
 
@@ -205,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     for name in checks.names:
         mark = "✗" if name in checks.failures else "✓"
         say(f"{mark} {name}" + (f": {checks.failures[name]}" if name in checks.failures else ""))
-    verdict = np.asarray(multihost_utils.process_allgather(np.asarray([failed], np.int32))).sum() if hosts > 1 else failed
+    verdict = int(allgather_ints([failed]).sum())
     say(RULE)
     say("✅ TEST PASSED" if verdict == 0 else f"❌ TEST FAILED ({verdict} check(s))")
     return 0 if verdict == 0 else 1

@@ -1,4 +1,4 @@
-"""Cross-host hard-example gathering: two allgathers, every host in the same order.
+"""Cross-host hard-example gathering: two phases, every host in the same order.
 
 Phase 1 moves metadata only: each host's interval stats and its top-K candidates (no
 pixels). Every host decodes all of them and runs the same deterministic round-robin
@@ -7,8 +7,9 @@ moves pixels only for winners: each host materializes (resize, decode text) just
 winners. A host therefore sends about K metadata rows plus at most K thumbnails,
 whatever the number of hosts.
 
-Each allgather first shares the byte lengths, then pads every payload to the longest
-(`process_allgather` needs equal shapes). A payload longer than `max_payload_bytes`, or
+Each phase is one `allgather_bytes` (harness/runtime/collectives.py: a fixed-width first
+round with every host's length, and a second round, padded to a width from a fixed
+ladder, only for payloads that did not fit). A payload longer than `max_payload_bytes`, or
 one that does not decode (`decode_payload` raises nothing but `PayloadError`, whatever
 the bytes), is reported by host index and skipped; the other hosts' entries are still
 merged and logged. Since every host sees the same bytes, they all make the same skip
@@ -28,26 +29,13 @@ import dataclasses
 from collections import Counter
 from typing import Callable, Sequence
 
-import jax
-import numpy as np
-from jax.experimental import multihost_utils
-
-from harness.hard_examples.codec import (
-    CandidatePayload,
-    ExamplePayload,
-    PayloadError,
-    decode_payload,
-    encode_payload,
-    pad_to,
-    unpad,
-)
+from harness.hard_examples.codec import CandidatePayload, ExamplePayload, PayloadError, decode_payload, encode_payload
 from harness.hard_examples.entry import Candidate, HardExample
 from harness.hard_examples.merge import GlobalStats, merge_round_robin, merge_stats
 from harness.hard_examples.tracker import HardExampleTracker
+from harness.runtime.collectives import RowGather, allgather_bytes, allgather_rows
 
 DEFAULT_MAX_PAYLOAD_BYTES = 64 << 20
-
-AllGather = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,32 +47,6 @@ class GatherResult:
     stats: GlobalStats
     bad_hosts: dict[int, str]            # host -> why its payload was skipped (-1: the merge)
     bytes_sent: dict[str, int]           # this host's padded bytes per phase
-
-
-def jax_allgather(rows: np.ndarray) -> np.ndarray:
-    """`process_allgather` of one equal-length row per host -> (num_hosts, len) array.
-
-    On one process JAX returns shape (1, n) or (n,): both become (1, n) here.
-    """
-    gathered = np.asarray(multihost_utils.process_allgather(rows))
-    return gathered.reshape(jax.process_count(), -1)
-
-
-def allgather_bytes(
-    data: bytes, *, max_payload_bytes: int, allgather: AllGather = jax_allgather
-) -> tuple[list[bytes | None], int]:
-    """Every host's bytes (None where a host's payload was over the limit), and the
-    padded length this host sent. Two collectives, whatever the payloads."""
-    lengths = allgather(np.asarray([len(data)], dtype=np.int64)).reshape(-1)
-    fits = lengths <= max_payload_bytes
-    width = int(max(lengths[fits].max(initial=0), 1))
-    own = data if len(data) <= max_payload_bytes else b""
-    rows = allgather(pad_to(own, width))
-    received = [
-        unpad(rows[host], int(lengths[host])) if fits[host] else None
-        for host in range(len(lengths))
-    ]
-    return received, width
 
 
 def _decode_all(
@@ -117,7 +79,7 @@ def gather_hard_examples(
     step: int,
     k: int,
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
-    allgather: AllGather = jax_allgather,
+    allgather: RowGather = allgather_rows,
     encode_candidates: Callable[[CandidatePayload], bytes] = encode_payload,
 ) -> GatherResult:
     """Runs both phases; call it on every host at the same step.

@@ -17,13 +17,9 @@ import numpy as np
 
 from harness.mock.data import Batch
 from harness.hard_examples.codec import CandidatePayload, PayloadError, decode_payload, encode_payload
-from harness.hard_examples.gather import (
-    DEFAULT_MAX_PAYLOAD_BYTES,
-    GatherResult,
-    allgather_bytes,
-    gather_hard_examples,
-)
+from harness.hard_examples.gather import DEFAULT_MAX_PAYLOAD_BYTES, GatherResult, gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
+from harness.runtime.collectives import allgather_bytes
 from harness.runtime.schedule import itstime
 
 STATE_VERSION = 1

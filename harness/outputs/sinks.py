@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Mapping, TextIO
 
+from harness.runtime.collectives import gather_global
+
 SCALAR_METRICS = ("loss", "grad_norm", "param_norm", "token_acc", "max_per_sample_loss")
 
 
@@ -91,7 +93,7 @@ def _rows_before(path: Path, step: int) -> list[dict]:
 class PerSampleLossFile:
     """Debug/test record: every step's (sample_id, loss) for the whole global batch.
 
-    Gathered with `process_allgather` straight from the global arrays, a path that does
+    Gathered straight from the global arrays (`collectives.gather_global`), a path that does
     not use the host-local pairing the hard-example tracker relies on, so tests can check
     that pairing against it. Every host must call `write` (it is a collective).
     """
@@ -105,10 +107,7 @@ class PerSampleLossFile:
             path.write_text("".join(json.dumps(row) + "\n" for row in kept))
 
     def write(self, step: int, sample_id, per_sample_loss) -> None:
-        from jax.experimental import multihost_utils
-
-        ids = multihost_utils.process_allgather(sample_id, tiled=True)
-        losses = multihost_utils.process_allgather(per_sample_loss, tiled=True)
+        ids, losses = gather_global(sample_id), gather_global(per_sample_loss)
         if self.is_primary:
             row = {"step": step, "sample_id": ids.tolist(), "loss": [float(x) for x in losses]}
             with self.path.open("a") as f:

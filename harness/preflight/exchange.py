@@ -1,14 +1,13 @@
-"""Every host's report to every host, through the hard examples' byte allgather
-(harness/hard_examples/gather.py: lengths first, then rows padded to the longest) and
-wire.py's decoder. A report that is too large or does not decode is kept as the reason
-why, for its host's cells, and never stops the others."""
+"""Every host's report to every host, through the byte allgather of
+harness/runtime/collectives.py and wire.py's decoder. A report that is too large or does
+not decode is kept as the reason why, for its host's cells, and never stops the others."""
 
 from __future__ import annotations
 
 from harness.hard_examples.codec import PayloadError
-from harness.hard_examples.gather import allgather_bytes
 from harness.preflight.results import HostReport
 from harness.preflight.wire import MAX_REPORT_BYTES, decode_report, encode_report
+from harness.runtime.collectives import allgather_bytes
 
 
 def exchange(report: HostReport) -> dict[int, HostReport | str]:

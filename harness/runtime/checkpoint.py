@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from harness.errors import CheckpointSaveError, NonFiniteStateError, UsageError
+from harness.runtime.collectives import all_hosts_true
 from harness.runtime.failed_saves import FailedSaveListener
 from harness.runtime.integrity import inspect_state, mismatched_leaves
 
@@ -241,12 +242,7 @@ def _first_line(err: Exception) -> str:
 
 def all_hosts_agree(ok: bool) -> bool:
     """True only if `ok` on every host (one tiny allgather when there are several)."""
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-
-    flags = multihost_utils.process_allgather(np.asarray([int(ok)], dtype=np.int32))
-    return bool(np.all(np.asarray(flags)))
+    return all_hosts_true(ok)
 
 
 def state_signature(tree: Any) -> dict[str, str]:
