@@ -4,13 +4,16 @@
         python -m harness.train --config smoke
 
 Each child gets HARNESS_COORDINATOR_ADDRESS / HARNESS_NUM_PROCESSES / HARNESS_PROCESS_ID
-(read by harness/runtime/distributed.py), JAX_PLATFORMS=cpu and an XLA device-count flag. Its
-output lines come back prefixed `[host i] `. The first host to fail stops the others,
-because survivors of a dead peer hang in their next collective until a heartbeat timeout
-aborts them. The failure report names the host that failed, or, when that host is a
-survivor whose watchdog named a silent peer (exit 3), the peer:
+(read by harness/runtime/distributed.py), HARNESS_RUN_ID (one new id per launch, by which
+preflight's roll call tells a host of another launch apart), an XLA device-count flag, and
+JAX_PLATFORMS=cpu unless the environment sets JAX_PLATFORMS (`JAX_PLATFORMS=""` lets JAX load libtpu, as on
+a TPU VM, before it settles on the CPU). Its output lines come back prefixed `[host i] `.
+The first host to fail stops the others, because survivors of a dead peer hang in their
+next collective until a heartbeat timeout aborts them. The failure report names the host
+that failed, or, when that host is a survivor whose watchdog named a silent peer
+(exit 42 and the lost-hosts line), the peer:
 
-    launch.local: host 1 stopped responding (named by host 0); host 0 failed (exit code 3)
+    launch.local: host 1 stopped responding (named by host 0); host 0 failed (exit code 42)
 
 and such a peer gets SIGKILL at once (a frozen process does not act on SIGTERM).
 SIGTERM/SIGINT to the launcher is forwarded as SIGTERM to every host, which is how
@@ -26,6 +29,8 @@ import os
 import socket
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -57,6 +62,7 @@ def host_environment(
     num_processes: int,
     process_id: int,
     devices_per_process: int,
+    run_id: str,
 ) -> dict[str, str]:
     """The environment of one simulated host: the base plus what makes it part of the pod."""
     env = dict(base)
@@ -64,7 +70,8 @@ def host_environment(
         HARNESS_COORDINATOR_ADDRESS=coordinator_address,
         HARNESS_NUM_PROCESSES=str(num_processes),
         HARNESS_PROCESS_ID=str(process_id),
-        JAX_PLATFORMS="cpu",
+        HARNESS_RUN_ID=run_id,
+        JAX_PLATFORMS=base.get("JAX_PLATFORMS", "cpu"),
         XLA_FLAGS=with_device_count(base.get("XLA_FLAGS", ""), devices_per_process),
         PYTHONUNBUFFERED="1",
     )
@@ -95,6 +102,7 @@ def run_local_pod(
         raise ValueError("num_processes and devices_per_process must be at least 1")
     base = os.environ if env is None else env
     coordinator_address = f"127.0.0.1:{free_port()}"
+    run_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     with Supervisor(PROGRAM, stdout or sys.stdout, stderr or sys.stderr) as supervisor:
         for process_id in range(num_processes):
             host_env = host_environment(
@@ -103,6 +111,7 @@ def run_local_pod(
                 num_processes=num_processes,
                 process_id=process_id,
                 devices_per_process=devices_per_process,
+                run_id=run_id,
             )
             supervisor.start(f"host {process_id}", command, env=host_env, cwd=cwd)
         return supervisor.wait(timeout=timeout, kill_grace=kill_grace, stop_event=stop_event)

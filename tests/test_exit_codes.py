@@ -4,8 +4,10 @@ things go wrong", harness/errors.py), and a stop reaches a host blocked in a col
     .venv/bin/python -m pytest -q tests/test_exit_codes.py               # default cases
     .venv/bin/python -m pytest -q -m soak tests/test_exit_codes.py       # lost host, blocked stop, real pods
 
-0 done; 1 non-finite; 2 bad input; 42 (restartable) a preemption that saved, a lost host,
-or a stop that found a peer gone. The lost-host exit through the watchdog runs by default
+0 done; 1 non-finite; 2 bad input; 3 an unusable TPU; 42 (restartable) a preemption that
+saved, a lost host, or a stop that found a peer gone. The runs that end by a signal or an
+error run in both process states (tests/support/process_states.py): a CPU preset's, and a
+TPU VM's, with libtpu loaded and its signal handlers installed. The lost-host exit through the watchdog runs by default
 in tests/test_host_loss.py; here it runs again, as a contract check, in the soak set.
 """
 
@@ -23,12 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import EXIT_RESTARTABLE, CheckpointSaveError, HostLostError, NonFiniteStateError, UsageError
+from harness.errors import (EXIT_RESTARTABLE, CheckpointSaveError, HostLostError, NonFiniteStateError,
+                            TpuUnavailableError, UsageError)
 from harness.runtime.stop_deadline import StopDeadline
 from harness.runtime.watchdog import DONE, EXIT_HOST_LOST, KEY_PREFIX
 from launch.gke.manifest import RESTARTABLE_EXIT_CODES
 from launch.local import free_port
 from launch.supervisor import parse_lost_hosts_line
+from tests.support.process_states import PROCESS_STATES, TPU_VM, libtpu_loaded, state_env
 from tests.support.runs import (
     REPO_ROOT, compile_cache_flags, harness_env, run_harness, start_harness, wait_for_output,
 )
@@ -39,6 +43,7 @@ WAIT_S = 30  # bound on any wait for a verdict in the in-process tests
 
 def test_the_documented_codes_and_the_gke_restart_list_agree() -> None:
     assert (UsageError.exit_code, NonFiniteStateError.exit_code, CheckpointSaveError.exit_code) == (2, 1, 1)
+    assert TpuUnavailableError.exit_code == 3 and 3 not in RESTARTABLE_EXIT_CODES
     assert HostLostError.exit_code == EXIT_HOST_LOST == EXIT_RESTARTABLE == 42
     assert EXIT_RESTARTABLE in RESTARTABLE_EXIT_CODES
     assert not {0, 1, 2} & set(RESTARTABLE_EXIT_CODES)
@@ -64,18 +69,22 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     assert result.stderr.startswith("harness-train: error: ")
 
 
-def test_a_non_finite_loss_exits_1(tmp_path: Path, cache: list[str]) -> None:
-    result = run_harness(_args(tmp_path, cache, "--testing_nonfinite_step", "2"), timeout=RUN_TIMEOUT_S)
+@pytest.mark.parametrize("state", PROCESS_STATES)
+def test_a_non_finite_loss_exits_1(tmp_path: Path, cache: list[str], state: str) -> None:
+    result = run_harness(_args(tmp_path, cache, "--testing_nonfinite_step", "2"), timeout=RUN_TIMEOUT_S,
+                         env=harness_env(**state_env(state)))
     assert result.returncode == 1, result.stderr[-3000:]
     assert "non-finite loss=nan" in result.stderr
 
 
-def test_a_preemption_saves_then_exits_42(tmp_path: Path, cache: list[str]) -> None:
+@pytest.mark.parametrize("state", PROCESS_STATES)
+def test_a_preemption_saves_then_exits_42(tmp_path: Path, cache: list[str], state: str) -> None:
     log = tmp_path / "run.log"
     process = start_harness(_args(tmp_path, cache, "--num_train_steps", "400", "--save_interval", "1000"),
-                            log_path=log)
+                            log_path=log, env=harness_env(**state_env(state)))
     try:
         wait_for_output(log, r"^Step +\d+:", process, timeout=RUN_TIMEOUT_S)
+        assert libtpu_loaded(process.pid) == (state == TPU_VM)
         process.send_signal(signal.SIGTERM)
         returncode = process.wait(timeout=RUN_TIMEOUT_S)
     finally:
@@ -83,6 +92,18 @@ def test_a_preemption_saves_then_exits_42(tmp_path: Path, cache: list[str]) -> N
         process.wait(timeout=30)
     assert returncode == EXIT_RESTARTABLE, log.read_text()[-3000:]
     assert re.search(r"^Preempted \(SIGTERM\): all hosts stopped at step \d+", log.read_text(), re.MULTILINE)
+
+
+def test_a_forced_tpu_that_does_not_come_up_exits_3_with_one_line(tmp_path: Path) -> None:
+    """This machine has no TPU: `--platform tpu` must stop, not train on the CPU."""
+    result = run_harness(["--platform", "tpu", "--no_wandb", "--checkpoint_dir", str(tmp_path / "ckpt"),
+                          "--run_dir", str(tmp_path / "run")], timeout=RUN_TIMEOUT_S,
+                         env=harness_env(**state_env(TPU_VM)))
+    assert result.returncode == 3, result.stderr[-3000:]
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("harness-train: error:")]
+    assert line.startswith("harness-train: error: the TPU did not initialise: ")
+    assert line.endswith("this host has no TPU device files (/dev/accel*, /dev/vfio/[0-9]*)")
+    assert not (tmp_path / "ckpt").exists() and not (tmp_path / "run").exists()
 
 
 # --- The stop deadline against a fake key-value store (threads, no JAX) -----------------
@@ -193,43 +214,82 @@ def test_a_coordinator_that_does_not_answer_is_named_as_host_0(
     assert parse_lost_hosts_line(line) == (1, (0,)) and "the coordinator did not answer" in line
 
 
-# --- SIGTERM heard on a thread, and passed on to the C handler that was there ------------
+# --- SIGTERM heard on a thread, passed on to JAX's notifier and to no other C handler ---
 
-SIGTERM_LISTENER_CHILD = """
+LIBTPU_HANDLER_CHILD = """
 import ctypes, os, signal, threading, time
-from harness.runtime.sigterm import SigtermListener, current_action
+import jax
+from harness.runtime.sigterm import SigtermListener, current_action, takes_siginfo
 
-calls = []
-# A foreign C-level handler, as JAX's preemption notifier installs one (std::signal).
-foreign = ctypes.CFUNCTYPE(None, ctypes.c_int)(lambda signum: calls.append(("foreign", signum)))
-libc = ctypes.CDLL(None)
-libc.signal.restype = ctypes.c_void_p
-libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
-libc.signal(signal.SIGTERM, ctypes.cast(foreign, ctypes.c_void_p))
-address = current_action(signal.SIGTERM).handler
-
+jax.devices()  # JAX_PLATFORMS="": JAX loads libtpu, which installs its failure handler
+libtpu = current_action(signal.SIGTERM)
+print("libtpu's handler takes siginfo:", takes_siginfo(libtpu), flush=True)
 heard = threading.Event()
-listener = SigtermListener(lambda: (calls.append(("listener", threading.current_thread().name)), heard.set()))
+listener = SigtermListener(lambda: (print("listener on", threading.current_thread().name, flush=True), heard.set()))
 listener.start()
-assert listener.chains_to_foreign_handler
 threading.Thread(target=lambda: (time.sleep(0.2), os.kill(os.getpid(), signal.SIGTERM)), daemon=True).start()
-# The main thread only sleeps in C (as in a collective; a signal may cut one sleep short).
+libc = ctypes.CDLL(None)
 deadline = time.monotonic() + 20
-while len(calls) < 2 and time.monotonic() < deadline:
-    libc.usleep(50_000)
-print("heard while blocked:", heard.is_set(), calls, flush=True)
+while not heard.is_set() and time.monotonic() < deadline:
+    libc.usleep(50_000)  # the main thread blocked in C, as in a collective
+time.sleep(0.3)  # a chained libtpu handler would have killed the process by now
+print("alive after SIGTERM:", heard.is_set(), flush=True)
 listener.close()
-print("restored:", current_action(signal.SIGTERM).handler == address, flush=True)
+print("libtpu's handler restored:", current_action(signal.SIGTERM).handler == libtpu.handler, flush=True)
 """
 
 
-def test_sigterm_reaches_a_thread_while_the_main_thread_is_blocked_and_the_old_handler_still_runs() -> None:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(SIGTERM_LISTENER_CHILD)], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
+def test_sigterm_with_libtpu_loaded_reaches_the_listener_and_never_libtpus_handler() -> None:
+    """The single-host TPU VM state: libtpu's handler (absl's, SA_SIGINFO) owns SIGTERM.
+    Called with a made-up siginfo it crashed the run with SIGSEGV (exit 139)."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(LIBTPU_HANDLER_CHILD)], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60, env=harness_env(**state_env(TPU_VM)))
+    assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == [
-        "heard while blocked: True [('listener', 'sigterm-listener'), ('foreign', 15)]",
-        "restored: True",
+        "libtpu's handler takes siginfo: True",
+        "listener on sigterm-listener",
+        "alive after SIGTERM: True",
+        "libtpu's handler restored: True",
+    ]
+
+
+JAX_NOTIFIER_CHILD = """
+import signal, sys, threading, time
+import jax
+from jax.experimental import multihost_utils
+from harness.runtime import distributed
+from harness.runtime.sigterm import SigtermListener, current_action, jax_preemption_notifier, takes_siginfo
+
+distributed._initialize_hearing_sigterm(coordinator_address=sys.argv[1], num_processes=1, process_id=0)
+notifier = jax_preemption_notifier()
+print("notifier is SIGTERM's handler:", notifier.address == current_action(signal.SIGTERM).handler,
+      "takes siginfo:", takes_siginfo(current_action(signal.SIGTERM)), flush=True)
+jax.devices()  # loads libtpu (JAX_PLATFORMS=""), which leaves JAX's handler in place
+print("still JAX's after libtpu:", current_action(signal.SIGTERM).handler == notifier.address, flush=True)
+heard = threading.Event()
+listener = SigtermListener(heard.set, notifier=notifier).start()
+signal.raise_signal(signal.SIGTERM)
+step, deadline = 0, time.monotonic() + 30
+while not multihost_utils.reached_preemption_sync_point(step) and time.monotonic() < deadline:
+    step += 1
+    time.sleep(0.05)
+print("heard:", heard.is_set(), "JAX's protocol reached its sync point:", time.monotonic() < deadline, flush=True)
+listener.close()
+"""
+
+
+def test_jax_preemption_protocol_still_hears_sigterm_through_the_listener() -> None:
+    """`jax.distributed.initialize` installs JAX's notifier (a one-argument handler); the
+    harness records it and passes every SIGTERM on, so `reached_preemption_sync_point`
+    still turns True. Fails clearly if the pinned jax stops installing it that way."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(JAX_NOTIFIER_CHILD), f"127.0.0.1:{free_port()}"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=90,
+                            env=harness_env(**state_env(TPU_VM)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        "notifier is SIGTERM's handler: True takes siginfo: False",
+        "still JAX's after libtpu: True",
+        "heard: True JAX's protocol reached its sync point: True",
     ]
 
 

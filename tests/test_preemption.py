@@ -24,8 +24,9 @@ import pytest
 from harness.errors import EXIT_RESTARTABLE
 from harness.runtime.checkpoint import existing_steps
 from harness.outputs.sinks import read_metrics
+from tests.support.process_states import PROCESS_STATES, TPU_VM, libtpu_loaded, state_env
 from tests.support.runs import (
-    compile_cache_flags, failure_report, launch_local, local_pod_hosts, run_harness,
+    compile_cache_flags, failure_report, harness_env, launch_local, local_pod_hosts, run_harness,
     start_harness, start_local_pod, stop_local_pod, uninterrupted_rows, wait_for_output,
 )
 
@@ -53,16 +54,20 @@ def cache(tmp_path_factory) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------
-# One process: a signal handler sets a flag the loop checks every step.
+# One process: a signal handler sets a flag the loop checks every step. In both process
+# states (tests/support/process_states.py): on a single-host TPU VM libtpu is loaded and
+# its failure handler owned SIGTERM (it once turned this stop into a SIGSEGV).
 
-@pytest.fixture(scope="module")
-def preempted_run(tmp_path_factory, cache):
+@pytest.fixture(scope="module", params=PROCESS_STATES)
+def preempted_run(request, tmp_path_factory, cache):
     """SIGTERM right after the first logged step, then `--resume` for 8 more steps."""
-    root = tmp_path_factory.mktemp("preempted")
+    root = tmp_path_factory.mktemp(f"preempted-{request.param}")
     log = root / "preempted.log"
-    process = start_harness(_single_args(root, cache, *LONG_RUN), log_path=log)
+    env = harness_env(**state_env(request.param))
+    process = start_harness(_single_args(root, cache, *LONG_RUN), log_path=log, env=env)
     try:
         wait_for_output(log, r"^Step +\d+:", process, timeout=RUN_TIMEOUT_S)
+        assert libtpu_loaded(process.pid) == (request.param == TPU_VM)
         process.send_signal(signal.SIGTERM)
         try:
             returncode = process.wait(timeout=STOP_WITHIN_S)
@@ -79,7 +84,7 @@ def preempted_run(tmp_path_factory, cache):
     rows_at_stop = read_metrics(root / "run" / "metrics.jsonl")
     steps_at_stop = existing_steps(str(root / "ckpt"))
     resumed = run_harness(_single_args(root, cache, "--resume", "--num_train_steps", str(stopped_at + 8),
-                                       "--save_interval", "1000"), timeout=RUN_TIMEOUT_S)
+                                       "--save_interval", "1000"), timeout=RUN_TIMEOUT_S, env=env)
     reference = uninterrupted_rows("1x8", stopped_at + 8, workdir=root / "reference",
                                    extra_args=tuple(cache))
     return {"returncode": returncode, "output": output, "stopped_at": stopped_at, "rows_at_stop": rows_at_stop,
@@ -110,17 +115,18 @@ def test_resume_after_preemption_continues_bit_for_bit(preempted_run):
 # ---------------------------------------------------------------------------------------
 # A local pod: JAX's preemption sync manager makes every host stop at the same step.
 
-def _preempt_pod(root: Path, cache: list[str], *, signal_host: int | None):
-    """Starts a 2x4 pod and, after host 0's first logged step, sends SIGTERM to the
-    launcher (it forwards to every host) or to the host `signal_host` only."""
+def _preempt_pod(root: Path, cache: list[str], *, signal_host: int | None, state: str = PROCESS_STATES[0]):
+    """Starts a 2x4 pod in process state `state` and, after host 0's first logged step,
+    sends SIGTERM to the launcher (it forwards to every host) or to the host `signal_host` only."""
     log = root / "launcher.log"
     launcher = start_local_pod(2, 4, _pod_command(root, cache, *LONG_RUN), log_path=log, timeout=RUN_TIMEOUT_S,
-                               kill_grace=STOP_WITHIN_S)
+                               kill_grace=STOP_WITHIN_S, env=harness_env(**state_env(state)))
     hosts = {}
     try:
         wait_for_output(log, r"^\[host 0\] Step +\d+:", launcher, timeout=RUN_TIMEOUT_S)
         hosts = local_pod_hosts(launcher.pid)
         assert sorted(hosts) == [0, 1], hosts
+        assert [libtpu_loaded(host.pid) for host in hosts.values()] == [state == TPU_VM] * 2
         if signal_host is None:
             launcher.send_signal(signal.SIGTERM)
         else:
@@ -164,8 +170,9 @@ def _check_pod_resume(root: Path, stopped_at: int, cache: list[str]) -> None:
     assert read_metrics(root / "run" / "metrics.jsonl") == reference
 
 
-def test_sigterm_to_the_launcher_stops_every_host_at_one_step_and_resume_is_exact(tmp_path, cache):
-    returncode, output, left = _preempt_pod(tmp_path, cache, signal_host=None)
+@pytest.mark.parametrize("state", PROCESS_STATES)
+def test_sigterm_to_the_launcher_stops_every_host_at_one_step_and_resume_is_exact(tmp_path, cache, state):
+    returncode, output, left = _preempt_pod(tmp_path, cache, signal_host=None, state=state)
 
     stopped_at = _check_one_agreed_stop(tmp_path, returncode, output, left)
     assert "launch.local: stop requested" in output
