@@ -18,8 +18,10 @@
    `python -m harness.train --config <preset> <extra flags>` (`harness.preflight` with
    --preflight: is the pod ready?) under launch/worker_run.py,
    which keeps the harness's output in ~/podharness/runs/<run id>/ so it outlives the ssh
-   session, and ends with the harness's exit status or signal. No HARNESS_* variables are
-   passed: on a TPU VM the harness finds its peers from the TPU metadata
+   session, and ends with the harness's exit status or signal. Of the HARNESS_* variables
+   only HARNESS_RUN_ID is set (this launch's run id, the same on every worker, by which
+   preflight's roll call tells a worker of another launch apart): on a TPU VM the
+   harness finds its peers from the TPU metadata
    (`jax.distributed.initialize()` with no arguments: `distributed = "pod"` in the
    preset, or `-- --distributed pod`).
 
@@ -318,6 +320,7 @@ def launch_script(run: RemoteRun) -> str:
         f"cd {code_dir}",
         *_python_setup_statements(run),
         "export PYTHONUNBUFFERED=1",
+        f"export HARNESS_RUN_ID={shlex.quote(run.run_id)}",
         *(['export WANDB_API_KEY="$wandb_key"'] if run.wandb_key_on_stdin else []),
         f'exec "$python" -m launch.worker_run --pidfile {_PIDFILE} --stop_marker {_stop_marker(run.run_id)}'
         f' --log_dir {run_dir} -- "$python" -m {run.module} {shlex.join(run.harness_args)}'.rstrip(),

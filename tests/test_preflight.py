@@ -105,7 +105,7 @@ FAULTS = [
     ("never_start", 2, 4, 1, "rendezvous", ["--checks", "consistency", "--initialization_timeout", "5"]),
     ("unwritable_checkpoint_dir", 2, 4, 1, "storage", ["--checks", "consistency,storage,dry_run"]),
 ]
-EVIDENCE = {"jax_version": "+testing-fault", "code_hash": "harness code", "wrong_device_result": "1/65536 wrong",
+EVIDENCE = {"jax_version": "+testing-fault", "code_hash": "code: ", "wrong_device_result": "1/65536 wrong",
             "straggler": "straggler", "never_start": "never reached the coordinator",
             "unwritable_checkpoint_dir": "not-a-directory-host1"}
 

@@ -13,7 +13,6 @@ import inspect
 import os
 import socket
 import threading
-import types
 from pathlib import Path
 
 import jsonschema
@@ -36,7 +35,7 @@ from harness.preflight.wire import (MAX_REPORT_BYTES, Hello, Reply, decode_hello
 from harness.runtime.watchdog import DONE
 from launch.local import free_port
 
-FACTS = {"jax": "0.10.2", "harness code": "aaaa (40 files)", "train step": "0123456789abcdef", "platform": "cpu"}
+FACTS = {"jax": "0.10.2", "code": "aaaa (40 files)", "train step": "0123456789abcdef", "platform": "cpu"}
 
 
 def host_report(host: int, *observations: Observation, facts: dict | None = None,
@@ -63,7 +62,7 @@ def test_a_report_survives_the_wire_and_non_finite_metrics_are_left_out() -> Non
 
 
 def _wire(**changes) -> bytes:
-    body = {"version": 1, "kind": "host_report", "host": 0, "hostname": "vm", "pid": 1, "facts": {},
+    body = {"version": 2, "kind": "host_report", "host": 0, "hostname": "vm", "pid": 1, "facts": {}, "code_files": [],
             "observations": [{"row": "devices", "status": "PASS", "value": "", "detail": "", "seconds": 0.0,
                               "metrics": {}}], "timings": []}
     body.update(changes)
@@ -74,7 +73,7 @@ def _wire(**changes) -> bytes:
     (b"", "empty"),
     (_wire()[:-3], "not a valid msgpack"),
     (_wire() + b"\x00", "not a valid msgpack"),
-    (_wire(version=2), "version"),
+    (_wire(version=1), "version"),
     (_wire(kind="hello"), "kind"),
     (_wire(host=True), "message.host"),
     (_wire(host=-1), "message.host"),
@@ -113,7 +112,7 @@ def test_any_bytes_decode_or_raise_payload_error_only(data: bytes) -> None:
 
 
 def test_roll_call_messages_round_trip() -> None:
-    hello = Hello(2, 3, "vm-2", 77)
+    hello = Hello(2, 3, "vm-2", 77, "local-1")
     assert decode_hello(encode_hello(hello), source="t") == hello
     reply = Reply("abort", "run", (1, 4), "host(s) 1, 4 never arrived")
     assert decode_reply(encode_reply(reply), source="t") == reply
@@ -124,11 +123,11 @@ def test_roll_call_messages_round_trip() -> None:
 
 def _roll(num: int, present: list[int], timeout: float) -> tuple[dict, object]:
     port = free_port()
-    server = RollCallServer(port, num, timeout, "run-7").start()
+    server = RollCallServer(port, num, timeout, "run-7", log=print).start()
     probes: dict[int, object] = {}
 
     def call(host: int) -> None:
-        probes[host] = call_roll(f"127.0.0.1:{port}", Hello(host, num, f"vm-{host}", os.getpid()), timeout)
+        probes[host] = call_roll(f"127.0.0.1:{port}", Hello(host, num, f"vm-{host}", os.getpid(), "run-7"), timeout)
 
     threads = [threading.Thread(target=call, args=(h,)) for h in present]
     for thread in threads:
@@ -157,10 +156,10 @@ def test_the_roll_call_names_the_host_that_never_arrives() -> None:
 
 def test_a_host_claimed_twice_is_named() -> None:
     port = free_port()
-    server = RollCallServer(port, 2, 1.0, "run").start()
+    server = RollCallServer(port, 2, 1.0, "run", log=print).start()
     results = []
     threads = [threading.Thread(target=lambda name=name: results.append(
-        call_roll(f"127.0.0.1:{port}", Hello(1, 2, name, 1), 1.0))) for name in ("vm-a", "vm-b")]
+        call_roll(f"127.0.0.1:{port}", Hello(1, 2, name, 1, "run"), 1.0))) for name in ("vm-a", "vm-b")]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -171,7 +170,7 @@ def test_a_host_claimed_twice_is_named() -> None:
 
 
 def test_an_unreachable_coordinator_is_reported_after_the_timeout() -> None:
-    probe = call_roll(f"127.0.0.1:{free_port()}", Hello(1, 2, "vm", 1), 1.0)
+    probe = call_roll(f"127.0.0.1:{free_port()}", Hello(1, 2, "vm", 1, "run"), 1.0)
     assert not probe.reached and probe.reply is None and probe.attempts > 1
     assert "unreachable for 1 s" in probe.error
 
@@ -198,16 +197,6 @@ def test_a_step_that_does_not_lower_fails_everywhere() -> None:
     facts = {**FACTS, "train step": f"{consistency.STEP_FAILED}: --batch_size=16 is not divisible"}
     cells = consistency.judge({h: host_report(h, facts=facts) for h in range(2)})
     assert {c.status for c in cells.values()} == {FAIL}
-
-
-def test_the_code_hash_follows_the_imported_sources(tmp_path: Path) -> None:
-    source = tmp_path / "mod.py"
-    source.write_text("x = 1\n")
-    modules = {"harness.fake": types.SimpleNamespace(__file__=str(source)), "other": types.SimpleNamespace()}
-    before = consistency.code_hash(modules)
-    assert before.endswith("(1 files)") and consistency.code_hash(modules, salt="s") != before
-    source.write_text("x = 2\n")
-    assert consistency.code_hash(modules) != before
 
 
 def test_the_config_hash_ignores_only_the_process_coordinates() -> None:

@@ -6,22 +6,38 @@ Coordinates come as for harness-train: explicit (flags or the HARNESS_* variable
 launch.local sets), or, with `--distributed pod`, from the TPU pod's metadata through
 JAX's own cluster detection (which also lists the workers' addresses, used to name a
 host that never comes). Without several processes there is nothing to join.
+
+The run id: hosts say which launch they belong to, so that the roll call can turn away
+a host left over from an earlier launch instead of letting it take a real host's place.
+The launchers (launch.local, launch.tpu_pod) set HARNESS_RUN_ID alike on every host of
+one launch. Without it, every host derives the same id from what they share: the
+coordinator address, the process count and the config hash. That tells apart a host of
+a launch with other settings (or a host whose config differs: its run id then differs
+too, and it is turned away naming both ids), but not one of an identical earlier launch:
+only a launcher can make an id that is new for each launch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 import socket
+import sys
 import time
 import uuid
 
 from harness.config import TrainConfig
 from harness.errors import UsageError
+from harness.preflight.consistency import config_hash
 from harness.preflight.results import FAIL, PASS, RENDEZVOUS, Observation
 from harness.preflight.rollcall import Probe, RollCall, RollCallServer, call_roll, split_address
 from harness.preflight.wire import Hello
 from harness.runtime import distributed
+
+RUN_ID_VARIABLE = "HARNESS_RUN_ID"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +50,26 @@ class Coordinates:
 
 def new_run_id() -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def launcher_run_id() -> str | None:
+    """HARNESS_RUN_ID, the same on every host of one launch; None where no launcher set it."""
+    value = os.environ.get(RUN_ID_VARIABLE, "")
+    if value and not _RUN_ID.fullmatch(value):
+        raise UsageError(f"{RUN_ID_VARIABLE}={value[:80]!r} is not a run id (1 to 64 letters, digits, '.', '_' "
+                         f"or '-', starting with a letter or digit)")
+    return value or None
+
+
+def derived_run_id(config: TrainConfig, coordinates: Coordinates) -> str:
+    """The run id every host of one launch computes alike without a launcher's."""
+    shared = f"{coordinates.address}\0{coordinates.num_processes}\0{config_hash(config)}"
+    return "derived-" + hashlib.sha256(shared.encode()).hexdigest()[:12]
+
+
+def log_stray(line: str) -> None:
+    """The coordinator's one line for a connection that is not a roll call of this launch."""
+    print(f"harness-preflight: host 0: roll call: {line}", file=sys.stderr, flush=True)
 
 
 def pod_coordinates(config: TrainConfig) -> Coordinates | None:
@@ -68,7 +104,9 @@ def detected_pod(timeout_s: int) -> Coordinates:
 
 @dataclasses.dataclass(frozen=True)
 class Joined:
-    """How this host's rendezvous went. `run_id` is the pod's (from the coordinator)."""
+    """How this host's rendezvous went. `run_id` is the pod's (from the coordinator): the
+    launcher's run id, or a new one where the launch's was derived, so that scratch files
+    of an earlier identical launch are never taken for this one's."""
 
     observation: Observation
     run_id: str
@@ -83,11 +121,14 @@ def join(config: TrainConfig, coordinates: Coordinates | None) -> Joined:
         return Joined(Observation(RENDEZVOUS, PASS, "single process", "one process: nothing to join"),
                       new_run_id(), True)
     timeout = config.distributed.initialization_timeout
+    given = launcher_run_id()
+    run_id = given or derived_run_id(config, coordinates)
     server = None
     if coordinates.process_id == 0:
         _, port = split_address(coordinates.address)
-        server = RollCallServer(port, coordinates.num_processes, timeout, new_run_id()).start()
-    hello = Hello(coordinates.process_id, coordinates.num_processes, socket.gethostname(), os.getpid())
+        server = RollCallServer(port, coordinates.num_processes, timeout, run_id, log=log_stray,
+                                pod_run_id=given or new_run_id()).start()
+    hello = Hello(coordinates.process_id, coordinates.num_processes, socket.gethostname(), os.getpid(), run_id)
     probe = call_roll(coordinates.address, hello, timeout)
     roll = server.wait() if server is not None else None
     metrics = {"attempts": float(probe.attempts), "waited_s": probe.waited_s}

@@ -1,6 +1,7 @@
 """What a host measured, as plain records: every check on every host yields one
 `Observation` per row of the report, and a host's `HostReport` carries them (with the
-facts the consistency gate compares and the raw interconnect timings) to process 0.
+facts the consistency gate compares, its code files' digests and the raw interconnect
+timings) to process 0.
 
 Statuses: PASS, WARN, FAIL, and SKIP (not run; `detail` says why).
 """
@@ -66,6 +67,7 @@ class HostReport:
     facts: Mapping[str, str] = dataclasses.field(default_factory=dict)
     observations: tuple[Observation, ...] = ()
     timings: tuple[Timing, ...] = ()
+    code_files: tuple[tuple[str, str], ...] = ()  # (label, digest) of every code file (code_tree.py)
 
     def observation(self, row: str) -> Observation | None:
         return next((o for o in self.observations if o.row == row), None)

@@ -11,7 +11,12 @@ or `abort` naming the missing hosts when the timeout passes first; then it close
 port (after the clients hang up, so the port is free again at once) and only after
 `go` does anyone start JAX, which binds the same port.
 
-Frames are a 4-byte big-endian length and a wire.py message; no wait is unbounded.
+Anything can connect to that port: a port scanner, a health check, a host left over
+from an earlier launch. A connection that is not a roll call of this launch (junk, an
+oversized frame, silence, a hello carrying another launch's run id) is logged in one
+line and dropped; a host of another launch is told so, and never takes a real host's
+place. Frames are a 4-byte big-endian length and a wire.py message; no wait is
+unbounded, on either side, whatever the other side does.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 from harness.hard_examples.codec import PayloadError
 from harness.preflight.wire import MAX_MESSAGE_BYTES, Hello, Reply, decode_hello, decode_reply, encode_hello, encode_reply
@@ -30,7 +36,14 @@ CONNECT_ATTEMPT_S = 2.0  # one TCP connect attempt
 RETRY_S = 0.2  # between attempts
 REPLY_MARGIN_S = 10.0  # beyond the timeout, for the coordinator's answer (it started at another time)
 HANGUP_WAIT_S = 2.0  # the coordinator waits this long for clients to close first
+HELLO_WAIT_S = 10.0  # a connection that has not said hello by then is dropped
+SPARE_CONNECTIONS = 64  # connections still to say hello, beyond one per host; the oldest go first
+LOGGED_STRAYS = 20  # then one line saying the rest go unlogged
 _HEADER = struct.Struct(">I")
+
+
+class Hangup(ConnectionError):
+    """The other side closed the connection before sending anything."""
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -44,15 +57,16 @@ def frame(payload: bytes) -> bytes:
 
 
 def read_frame(sock: socket.socket, deadline: float) -> bytes:
-    """One frame, or TimeoutError/ConnectionError; never more than MAX_MESSAGE_BYTES."""
-    header = _read_exactly(sock, _HEADER.size, deadline)
+    """One frame, or TimeoutError/ConnectionError (Hangup if nothing came at all);
+    never more than MAX_MESSAGE_BYTES."""
+    header = _read_exactly(sock, _HEADER.size, deadline, first=True)
     (length,) = _HEADER.unpack(header)
     if length > MAX_MESSAGE_BYTES:
         raise ConnectionError(f"a {length}-byte message is over the limit of {MAX_MESSAGE_BYTES}")
     return _read_exactly(sock, length, deadline)
 
 
-def _read_exactly(sock: socket.socket, size: int, deadline: float) -> bytes:
+def _read_exactly(sock: socket.socket, size: int, deadline: float, *, first: bool = False) -> bytes:
     data = b""
     while len(data) < size:
         remaining = deadline - time.monotonic()
@@ -61,7 +75,8 @@ def _read_exactly(sock: socket.socket, size: int, deadline: float) -> bytes:
         sock.settimeout(remaining)
         chunk = sock.recv(size - len(data))
         if not chunk:
-            raise ConnectionError("the connection was closed")
+            raise Hangup("the connection was closed") if first and not data else ConnectionError(
+                "the connection was closed mid-message")
         data += chunk
     return data
 
@@ -73,40 +88,47 @@ class Probe:
 
     reached: bool
     attempts: int
-    connect_s: float  # the successful connect attempt
+    connect_s: float  # the last successful connect attempt
     waited_s: float  # from its first attempt to the coordinator's answer
     reply: Reply | None
     error: str = ""
 
 
-def call_roll(address: str, hello: Hello, timeout_s: float) -> Probe:
+def call_roll(address: str, hello: Hello, timeout_s: float, *, reply_margin_s: float = REPLY_MARGIN_S) -> Probe:
     """Connects to the coordinator (retrying until `timeout_s`), says hello, waits for
-    the answer (at most `timeout_s + REPLY_MARGIN_S` in all)."""
+    the answer: at most `timeout_s + reply_margin_s` in all, whatever the coordinator
+    does. A coordinator that hangs up without a word is tried again (it may be about to
+    listen, or was too busy); silence, junk or a dead connection mid-answer end it."""
     host, port = split_address(address)
     started = time.monotonic()
     deadline = started + timeout_s
-    attempts, error = 0, ""
+    attempts, connect_s, reached, error = 0, 0.0, False, ""
     while True:
         attempts += 1
         attempt_started = time.monotonic()
         try:
-            sock = socket.create_connection((host, port), timeout=max(0.05, min(CONNECT_ATTEMPT_S, deadline - attempt_started)))
-            break
+            sock = socket.create_connection((host, port),
+                                            timeout=max(0.05, min(CONNECT_ATTEMPT_S, deadline - attempt_started)))
         except OSError as err:
             error = f"{type(err).__name__}: {err.strerror or err}"
+        else:
+            reached, connect_s = True, time.monotonic() - attempt_started
+            with sock:
+                try:
+                    sock.sendall(frame(encode_hello(hello)))
+                    reply = decode_reply(read_frame(sock, deadline + reply_margin_s),
+                                         source=f"the coordinator at {address}")
+                    return Probe(True, attempts, connect_s, time.monotonic() - started, reply)
+                except Hangup:
+                    error = "the coordinator closed the connection without answering"
+                except (OSError, PayloadError) as err:
+                    return Probe(True, attempts, connect_s, time.monotonic() - started, None,
+                                 f"reached {address}, but got no answer to the roll call: {type(err).__name__}: {err}")
         if time.monotonic() + RETRY_S >= deadline:
-            return Probe(False, attempts, 0.0, time.monotonic() - started, None,
-                         f"{address} unreachable for {timeout_s:g} s ({attempts} attempts; last: {error})")
+            verb = "reached but unanswered" if reached else "unreachable"
+            return Probe(reached, attempts, connect_s, time.monotonic() - started, None,
+                         f"{address} {verb} for {timeout_s:g} s ({attempts} attempts; last: {error})")
         time.sleep(RETRY_S)
-    connect_s = time.monotonic() - attempt_started
-    with sock:
-        try:
-            sock.sendall(frame(encode_hello(hello)))
-            reply = decode_reply(read_frame(sock, deadline + REPLY_MARGIN_S), source=f"the coordinator at {address}")
-        except (OSError, PayloadError) as err:
-            return Probe(True, attempts, connect_s, time.monotonic() - started, None,
-                         f"reached {address}, but got no answer to the roll call: {type(err).__name__}: {err}")
-    return Probe(True, attempts, connect_s, time.monotonic() - started, reply)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,26 +139,48 @@ class Arrival:
 
 @dataclasses.dataclass
 class RollCall:
-    """What the coordinator saw: who said hello and when, who never came, what was wrong."""
+    """What the coordinator saw: who said hello and when, who never came, what was
+    wrong with this launch's hosts, and what connected that was not one of them."""
 
     num_processes: int
     arrivals: dict[int, Arrival] = dataclasses.field(default_factory=dict)
     problems: list[tuple[int | None, str]] = dataclasses.field(default_factory=list)  # (host it names, why)
+    ignored: list[str] = dataclasses.field(default_factory=list)  # strays, one line each
 
     @property
     def missing(self) -> list[int]:
         return [host for host in range(self.num_processes) if host not in self.arrivals]
 
 
-class RollCallServer:
-    """Process 0's side, on a thread: `start()`, then `wait()` for the verdict."""
+@dataclasses.dataclass
+class _Pending:
+    """A connection that has not said hello yet."""
 
-    def __init__(self, port: int, num_processes: int, timeout_s: float, run_id: str):
+    peer: str
+    opened: float
+    data: bytes = b""
+
+
+class RollCallServer:
+    """Process 0's side, on a thread: `start()`, then `wait()` for the verdict.
+
+    `run_id` is the launch's: a hello must carry it. `pod_run_id` (default: the same)
+    is what `go` hands every host, to name this preflight's scratch files. `log`
+    receives one line per connection dropped."""
+
+    def __init__(self, port: int, num_processes: int, timeout_s: float, run_id: str, *,
+                 log: Callable[[str], None], pod_run_id: str | None = None):
         self._num = num_processes
         self._timeout_s = timeout_s
         self._run_id = run_id
+        self._pod_run_id = pod_run_id or run_id
+        self._log = log
         self._listener = _listen(port)
         self._thread = threading.Thread(target=self._serve, name="preflight-roll-call", daemon=True)
+        self._selector = selectors.DefaultSelector()
+        self._pending: dict[socket.socket, _Pending] = {}
+        self._answered: dict[int, socket.socket] = {}
+        self._claimed_by_strays: dict[int, str] = {}
         self.roll = RollCall(num_processes)
         self.reply: Reply | None = None
 
@@ -151,76 +195,114 @@ class RollCallServer:
     def _serve(self) -> None:
         opened = time.monotonic()
         deadline = opened + self._timeout_s
-        selector = selectors.DefaultSelector()
-        selector.register(self._listener, selectors.EVENT_READ)
-        buffers: dict[socket.socket, bytes] = {}
-        answered: dict[int, socket.socket] = {}
+        self._selector.register(self._listener, selectors.EVENT_READ)
         try:
             while len(self.roll.arrivals) < self._num and time.monotonic() < deadline:
-                for key, _ in selector.select(timeout=min(0.2, max(0.0, deadline - time.monotonic()))):
+                for key, _ in self._selector.select(timeout=min(0.2, max(0.0, deadline - time.monotonic()))):
                     if key.fileobj is self._listener:
-                        conn, _ = self._listener.accept()
-                        conn.setblocking(False)
-                        buffers[conn] = b""
-                        selector.register(conn, selectors.EVENT_READ)
-                        continue
-                    conn = key.fileobj
-                    hello = self._receive(conn, buffers)
-                    if hello is None:
-                        continue
-                    selector.unregister(conn)
-                    if self._admit(hello, opened):
-                        answered[hello.host] = conn
-                    else:
-                        conn.close()
-            missing = self.roll.missing
-            if missing or self.roll.problems:
-                why = "; ".join([*(text for _, text in self.roll.problems),
-                                 *([f"host(s) {', '.join(map(str, missing))} never arrived within "
-                                    f"{self._timeout_s:g} s"] if missing else [])])
-                self.reply = Reply("abort", self._run_id, tuple(missing), why)
-            else:
-                self.reply = Reply("go", self._run_id)
-            self._answer(answered, encode_reply(self.reply))
+                        self._accept()
+                    elif key.fileobj in self._pending:
+                        self._read(key.fileobj, opened)
+                self._drop_silent(time.monotonic() - HELLO_WAIT_S)
+            self.reply = self._verdict()
+            for conn, pending in list(self._pending.items()):
+                self._drop(conn, f"a connection from {pending.peer} {_said(pending)} before the roll call ended")
+            self._answer(encode_reply(self.reply))
+        except Exception as err:  # a bug here must not leave every host waiting: they are told by the hangup
+            self.roll.problems.append((None, f"the roll call server failed: {type(err).__name__}: {err}"))
         finally:
-            for conn in list(buffers):
-                if conn.fileno() >= 0 and conn not in answered.values():
-                    conn.close()
-            selector.close()
+            for conn in [*self._pending, *self._answered.values()]:
+                conn.close()
+            self._selector.close()
             self._listener.close()
 
-    def _receive(self, conn: socket.socket, buffers: dict[socket.socket, bytes]) -> Hello | None:
-        """Reads what is there; a complete hello, or None (incomplete or refused)."""
-        try:
-            chunk = conn.recv(MAX_MESSAGE_BYTES)
-        except OSError:
-            chunk = b""
-        if not chunk:
-            del buffers[conn]
-            conn.close()
-            return None
-        data = buffers[conn] + chunk
-        buffers[conn] = data
-        if len(data) < _HEADER.size:
-            return None
-        (length,) = _HEADER.unpack(data[:_HEADER.size])
-        if length > MAX_MESSAGE_BYTES or len(data) > _HEADER.size + length:
-            self.roll.problems.append((None, f"a peer sent a malformed roll call frame ({length} bytes announced)"))
-            return None
-        if len(data) < _HEADER.size + length:
-            return None
-        del buffers[conn]
-        try:
-            return decode_hello(data[_HEADER.size:], source="a roll call hello")
-        except PayloadError as err:
-            self.roll.problems.append((None, str(err)))
-            return None
+    def _verdict(self) -> Reply:
+        missing = self.roll.missing
+        if not missing and not self.roll.problems:
+            return Reply("go", self._pod_run_id)
+        never = []
+        if missing:
+            strays = [f"host {h} was claimed by {self._claimed_by_strays[h]}" for h in missing
+                      if h in self._claimed_by_strays]
+            never = [f"host(s) {', '.join(map(str, missing))} never arrived within {self._timeout_s:g} s"
+                     + (f" ({'; '.join(strays)})" if strays else "")]
+        why = "; ".join([*(text for _, text in self.roll.problems), *never])
+        return Reply("abort", self._pod_run_id, tuple(missing), why)
 
-    def _admit(self, hello: Hello, opened: float) -> bool:
+    def _accept(self) -> None:
+        try:
+            conn, address = self._listener.accept()
+        except OSError:  # gone before we took it
+            return
+        if len(self._pending) >= self._num + SPARE_CONNECTIONS:
+            oldest = min(self._pending, key=lambda c: self._pending[c].opened)
+            self._drop(oldest, f"a connection from {self._pending[oldest].peer} {_said(self._pending[oldest])} "
+                               f"while {len(self._pending)} connections waited")
+        conn.setblocking(False)
+        self._pending[conn] = _Pending(_peer(address), time.monotonic())
+        self._selector.register(conn, selectors.EVENT_READ)
+
+    def _read(self, conn: socket.socket, opened: float) -> None:
+        """Reads what is there; acts once a whole frame has come, or drops what is not a roll call."""
+        pending = self._pending[conn]
+        try:
+            chunk = conn.recv(_HEADER.size + MAX_MESSAGE_BYTES)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            self._drop(conn, f"a connection from {pending.peer} failed ({type(err).__name__})")
+            return
+        if not chunk:
+            self._drop(conn, f"a connection from {pending.peer} closed after {_said(pending)}")
+            return
+        pending.data += chunk
+        if len(pending.data) < _HEADER.size:
+            return
+        (length,) = _HEADER.unpack(pending.data[:_HEADER.size])
+        if length > MAX_MESSAGE_BYTES:
+            self._drop(conn, f"a connection from {pending.peer} announced a {length}-byte message "
+                             f"(the limit is {MAX_MESSAGE_BYTES}): not a roll call")
+            return
+        if len(pending.data) > _HEADER.size + length:
+            self._drop(conn, f"a connection from {pending.peer} sent more than one message: not a roll call")
+            return
+        if len(pending.data) < _HEADER.size + length:
+            return
+        try:
+            hello = decode_hello(pending.data[_HEADER.size:], source=f"a connection from {pending.peer}")
+        except PayloadError as err:
+            self._drop(conn, f"{err}: not a roll call hello")
+            return
+        self._selector.unregister(conn)
+        del self._pending[conn]
+        if hello.run_id != self._run_id:
+            self._claimed_by_strays.setdefault(hello.host, f"a host of another launch from {pending.peer}")
+            self._say(f"a host of another launch (run id {hello.run_id}, claiming host {hello.host}, "
+                      f"{hello.hostname} pid {hello.pid}) connected from {pending.peer}, ignored")
+            self._refuse(conn, f"turned away: this host carries run id {hello.run_id}, the coordinator's launch "
+                               f"has run id {self._run_id} (a host of another launch)")
+            return
+        refused = self._admit(hello, opened)
+        if refused:
+            self._refuse(conn, refused)
+        else:
+            self._answered[hello.host] = conn
+
+    def _refuse(self, conn: socket.socket, why: str) -> None:
+        """Tells a host it is not taken (best effort, never waiting), and closes."""
+        try:
+            conn.send(frame(encode_reply(Reply("abort", self._pod_run_id, (), why))))
+        except OSError:
+            pass
+        conn.close()
+
+    def _admit(self, hello: Hello, opened: float) -> str:
+        """Takes a hello of this launch; or records the problem and returns it (the
+        host's index is not one of the pod's, or is claimed already)."""
         if hello.host >= self._num:
             self.roll.problems.append((None, f"{hello.hostname} (pid {hello.pid}) claims process {hello.host} "
                                              f"of a {self._num}-process pod"))
-            return False
+            return self.roll.problems[-1][1]
         if hello.num_processes != self._num:
             self.roll.problems.append((hello.host, f"host {hello.host} ({hello.hostname}) expects "
                                                    f"{hello.num_processes} processes, the coordinator {self._num}"))
@@ -228,13 +310,32 @@ class RollCallServer:
         if earlier is not None:
             self.roll.problems.append((hello.host, f"host {hello.host} claimed twice: by {earlier.hello.hostname} "
                                                    f"(pid {earlier.hello.pid}) and {hello.hostname} (pid {hello.pid})"))
-            return False
+            return self.roll.problems[-1][1]
         self.roll.arrivals[hello.host] = Arrival(hello, time.monotonic() - opened)
-        return True
+        return ""
 
-    def _answer(self, answered: dict[int, socket.socket], reply: bytes) -> None:
+    def _drop_silent(self, opened_before: float) -> None:
+        for conn, pending in list(self._pending.items()):
+            if pending.opened < opened_before:
+                self._drop(conn, f"a connection from {pending.peer} {_said(pending)} in {HELLO_WAIT_S:g} s")
+
+    def _drop(self, conn: socket.socket, why: str) -> None:
+        self._selector.unregister(conn)
+        del self._pending[conn]
+        conn.close()
+        self._say(f"{why}; dropped")
+
+    def _say(self, line: str) -> None:
+        self.roll.ignored.append(line)
+        if len(self.roll.ignored) <= LOGGED_STRAYS:
+            self._log(line)
+        elif len(self.roll.ignored) == LOGGED_STRAYS + 1:
+            self._log(f"more than {LOGGED_STRAYS} connections were not roll calls of this launch; "
+                      f"the rest are dropped without a line")
+
+    def _answer(self, reply: bytes) -> None:
         """Sends the verdict, then waits (bounded) for every client to hang up first."""
-        for conn in answered.values():
+        for conn in self._answered.values():
             try:
                 conn.setblocking(True)
                 conn.settimeout(HANGUP_WAIT_S)
@@ -242,14 +343,25 @@ class RollCallServer:
             except OSError:
                 continue
         deadline = time.monotonic() + HANGUP_WAIT_S
-        for conn in answered.values():
+        for conn in self._answered.values():
             try:
                 conn.settimeout(max(0.01, deadline - time.monotonic()))
                 while conn.recv(1024):
                     pass
             except OSError:
                 pass
-            conn.close()
+
+
+def _said(pending: _Pending) -> str:
+    return f"sent {len(pending.data)} bytes and no whole hello" if pending.data else "sent nothing"
+
+
+def _peer(address: tuple) -> str:
+    """`127.0.0.1:port` (also for an IPv4 peer of a dual-stack listener), `[v6]:port`."""
+    host, port = address[0], address[1]
+    if host.startswith("::ffff:"):
+        host = host.removeprefix("::ffff:")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _listen(port: int) -> socket.socket:

@@ -117,9 +117,12 @@ def _pod_never_assembled(config: TrainConfig, options: PreflightOptions, coordin
         print(f"{PROG}: host {me}: FAIL: rendezvous: the coordinator gave up: {joined.probe.reply.reason}",
               file=sys.stderr, flush=True)
         return 1
-    print(lost_hosts_line(me, [0], f"the coordinator was unreachable for {config.distributed.initialization_timeout} s"),
-          file=sys.stderr, flush=True)
-    unreachable = Observation(RENDEZVOUS, FAIL, f"unreachable from host {me}", joined.observation.detail)
+    reached = joined.probe is not None and joined.probe.reached
+    why = (f"the coordinator did not answer the roll call: {joined.probe.error}" if reached else
+           f"the coordinator was unreachable for {config.distributed.initialization_timeout} s")
+    print(lost_hosts_line(me, [0], why), file=sys.stderr, flush=True)
+    unreachable = Observation(RENDEZVOUS, FAIL, f"{'no answer to' if reached else 'unreachable from'} host {me}",
+                              joined.observation.detail)
     waited = dataclasses.replace(joined.observation, status=SKIP, value="could not join")
     report = rendezvous_failed(context, {0: unreachable, me: waited}, {me: socket.gethostname()}, {me: os.getpid()})
     print("\n".join(report_files.console_lines(report)), flush=True)
@@ -239,14 +242,17 @@ class Preflight:
         """Host-local (the step is lowered, not run): bounded; the facts join this
         host's report only if they all came in time."""
         facts: dict[str, str] = {}
+        files: list[tuple[str, str]] = []
 
         def collect() -> Observation:
-            facts.update(collect_facts(self.config, self.fault))
+            found, digests = collect_facts(self.config, self.options.preset, self.fault)
+            facts.update(found)
+            files.extend(digests)
             return Observation(CONSISTENCY, PASS, f"{len(facts)} facts", "facts collected")
 
         observation = bounded(CONSISTENCY, collect, self.options.check_timeout)
         if observation.status == PASS:
-            self.report = dataclasses.replace(self.report, facts=dict(facts))
+            self.report = dataclasses.replace(self.report, facts=dict(facts), code_files=tuple(files))
         return observation
 
     def _interconnect(self) -> Observation:

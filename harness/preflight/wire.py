@@ -1,11 +1,12 @@
 """What hosts send each other during a preflight: msgpack, never pickle, decoded as
 untrusted input (the style of harness/hard_examples/codec.py, with a schema of its own).
 
-Schema, version 1; every key is required and no other key is allowed:
+Schema, version 2; every key is required and no other key is allowed:
 
     host report (each host -> every host, through one allgather per stage):
-    {"version": 1, "kind": "host_report", "host": int, "hostname": str, "pid": int,
+    {"version": 2, "kind": "host_report", "host": int, "hostname": str, "pid": int,
      "facts": {str: str, ...},
+     "code_files": [[label, digest], ...],  (code_tree.py; at most 4096, sorted by label)
      "observations": [{"row": ROW, "status": "PASS"|"WARN"|"FAIL"|"SKIP",
                        "value": str, "detail": str, "seconds": float,
                        "metrics": {str: float, ...}}, ...],
@@ -13,15 +14,16 @@ Schema, version 1; every key is required and no other key is allowed:
                   "arrive_s": [float, ...], "done_s": [float, ...]}, ...]}
 
     roll call (before jax.distributed starts, over TCP; rollcall.py):
-    {"version": 1, "kind": "hello", "host": int, "num_processes": int, "hostname": str, "pid": int}
-    {"version": 1, "kind": "go" | "abort", "run_id": str, "missing": [int, ...], "reason": str}
+    {"version": 2, "kind": "hello", "host": int, "num_processes": int, "hostname": str, "pid": int,
+     "run_id": str}  (the launch's run id, which tells a host of another launch apart)
+    {"version": 2, "kind": "go" | "abort", "run_id": str, "missing": [int, ...], "reason": str}
 
 Decoding checks the size before unpacking, lets msgpack's own limits bound every
 allocation, refuses repeated keys, and then checks every field for its exact type (an
 int is not a float, a bool is not an int), finite floats, non-negative ints and bounded
 texts. Every failure is a `PayloadError` naming the source and the field. Encoding runs
 the same checks, so a host cannot send what the others would refuse; it cuts texts to
-their limits and leaves out non-finite metrics (a broken chip's nan must not stop its
+their limits (and the code files to 4096) and leaves out non-finite metrics (a broken chip's nan must not stop its
 host from reporting it: `detail` says what was wrong).
 """
 
@@ -36,7 +38,7 @@ import msgpack
 from harness.hard_examples.codec import PayloadError
 from harness.preflight.results import ROWS, STATUSES, HostReport, Observation, Timing
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 MAX_REPORT_BYTES = 4 << 20
 MAX_MESSAGE_BYTES = 64 << 10  # a roll call message
 MAX_VALUE_CHARS = 200
@@ -47,6 +49,8 @@ MAX_OBSERVATIONS = 64
 MAX_TIMINGS = 4096
 MAX_REPEATS = 1000
 MAX_HOSTS = 1 << 16
+MAX_CODE_FILES = 4096
+MAX_DIGEST_CHARS = 16
 _INT_LIMIT = 2**63 - 1
 
 
@@ -56,6 +60,7 @@ class Hello:
     num_processes: int
     hostname: str
     pid: int
+    run_id: str  # the launch's (rendezvous.py): a host of another launch carries another
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +96,12 @@ class _OneOf:
     values: tuple[str, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Pair:
+    first: Any
+    second: Any
+
+
 _OBSERVATION = {"row": _OneOf(ROWS), "status": _OneOf(STATUSES), "value": _Text(MAX_VALUE_CHARS),
                 "detail": _Text(MAX_TEXT_CHARS), "seconds": float, "metrics": _Map(float)}
 _TIMING = {"collective": _Text(MAX_KEY_CHARS), "axis": _Text(MAX_KEY_CHARS), "axis_size": int, "nbytes": int,
@@ -98,9 +109,11 @@ _TIMING = {"collective": _Text(MAX_KEY_CHARS), "axis": _Text(MAX_KEY_CHARS), "ax
 _SCHEMAS = {
     "host_report": {"host": int, "hostname": _Text(MAX_VALUE_CHARS), "pid": int,
                     "facts": _Map(_Text(MAX_VALUE_CHARS)),
+                    "code_files": _List(_Pair(_Text(MAX_VALUE_CHARS), _Text(MAX_DIGEST_CHARS)), MAX_CODE_FILES),
                     "observations": _List(_OBSERVATION, MAX_OBSERVATIONS),
                     "timings": _List(_TIMING, MAX_TIMINGS)},
-    "hello": {"host": int, "num_processes": int, "hostname": _Text(MAX_VALUE_CHARS), "pid": int},
+    "hello": {"host": int, "num_processes": int, "hostname": _Text(MAX_VALUE_CHARS), "pid": int,
+              "run_id": _Text(MAX_KEY_CHARS)},
     "go": {"run_id": _Text(MAX_KEY_CHARS), "missing": _List(int, MAX_HOSTS), "reason": _Text(MAX_TEXT_CHARS)},
 }
 _SCHEMAS["abort"] = _SCHEMAS["go"]
@@ -130,6 +143,11 @@ def _check(value: Any, spec: Any, source: str, where: str) -> None:
             raise _fail(source, where, f"must be an array of at most {spec.limit} entries")
         for i, item in enumerate(value):
             _check(item, spec.item, source, f"{where}[{i}]")
+    elif isinstance(spec, _Pair):
+        if type(value) is not list or len(value) != 2:
+            raise _fail(source, where, "must be an array of 2 entries")
+        _check(value[0], spec.first, source, f"{where}[0]")
+        _check(value[1], spec.second, source, f"{where}[1]")
     elif isinstance(spec, _Map):
         if type(value) is not dict or len(value) > MAX_MAP_LEN:
             raise _fail(source, where, f"must be a map of at most {MAX_MAP_LEN} entries")
@@ -170,7 +188,7 @@ def _decode(data: bytes, kinds: tuple[str, ...], source: str, max_bytes: int) ->
     try:
         wire = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=unique_keys,
                                max_bin_len=0, max_ext_len=0, max_str_len=max(MAX_TEXT_CHARS * 4, MAX_VALUE_CHARS),
-                               max_array_len=max(MAX_TIMINGS, MAX_REPEATS, MAX_HOSTS),
+                               max_array_len=max(MAX_TIMINGS, MAX_REPEATS, MAX_HOSTS, MAX_CODE_FILES),
                                max_map_len=max(MAX_MAP_LEN, 16))
     except PayloadError:
         raise
@@ -206,6 +224,8 @@ def encode_report(report: HostReport) -> bytes:
     ]
     body = {"host": report.host, "hostname": report.hostname[:MAX_VALUE_CHARS], "pid": report.pid,
             "facts": {k: v[:MAX_VALUE_CHARS] for k, v in report.facts.items()},
+            "code_files": [[label[:MAX_VALUE_CHARS], digest[:MAX_DIGEST_CHARS]]
+                           for label, digest in report.code_files[:MAX_CODE_FILES]],
             "observations": observations, "timings": timings}
     return _encode("host_report", body)
 
@@ -215,7 +235,8 @@ def decode_report(data: bytes, *, source: str) -> HostReport:
     observations = tuple(Observation(**o) for o in wire["observations"])
     timings = tuple(Timing(t["collective"], t["axis"], t["axis_size"], t["nbytes"], tuple(t["arrive_s"]),
                            tuple(t["done_s"])) for t in wire["timings"])
-    return HostReport(wire["host"], wire["hostname"], wire["pid"], wire["facts"], observations, timings)
+    return HostReport(wire["host"], wire["hostname"], wire["pid"], wire["facts"], observations, timings,
+                      tuple((label, digest) for label, digest in wire["code_files"]))
 
 
 def encode_hello(hello: Hello) -> bytes:
