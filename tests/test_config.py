@@ -12,14 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import CONFIGS_DIR, TrainConfig, apply_overrides, available_presets, load_preset, validate
+from harness.config import TrainConfig, apply_overrides, available_presets, load_preset, validate
 from harness.config.fields import by_name, flat_values, settings
 from harness.config.flags import SHORT_SWITCHES
 from harness.errors import UsageError
 from harness.runtime import distributed
 from harness.train.cli import build_parser, parse_config
+from tests.support.runs import REPO_ROOT
 
-SHIPPED_PRESETS = sorted(CONFIGS_DIR.glob("*.toml"))
+SHIPPED_PRESETS = sorted((REPO_ROOT / "configs").glob("*.toml"))
 # The seed scripts' flags, which must keep meaning what they meant.
 SEED_FLAGS = {
     "--num_train_steps": ("run.num_train_steps", "7", 7),

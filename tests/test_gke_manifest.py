@@ -14,14 +14,14 @@ import sys
 import pytest
 import yaml
 
-from harness.config import CONFIGS_DIR, load_preset
+from harness.config import available_presets, load_preset
 from harness.errors import EXIT_RESTARTABLE
 from launch.gke.cli import main as gke_main
 from launch.gke.tpus import ACCELERATOR_LABEL, TOPOLOGY_LABEL, TPU_RESOURCE
 from tests.support.k8s_schemas import manifest_problems
 from tests.support.runs import REPO_ROOT
 
-TPU_PRESETS = sorted(path.stem for path in CONFIGS_DIR.glob("*.toml") if load_preset(path.stem).tpu.topology)
+TPU_PRESETS = [name for name in available_presets() if load_preset(name).tpu.topology]
 # Independent of launch/gke/tpus.py: GKE's TPU docs / xpk's system_characteristics.py.
 EXPECTED = {  # preset -> (accelerator, topology label, VMs per slice, chips per VM)
     "v4-8": ("tpu-v4-podslice", "2x2x1", 1, 4),

@@ -14,7 +14,7 @@ from typing import Any
 from harness.config.checks import validate
 from harness.config.fields import apply_overrides, groups, settings
 from harness.config.groups import TrainConfig
-from harness.config.presets import load_preset
+from harness.config.presets import load_preset, preset_descriptions
 from harness.errors import UsageError
 
 # The seed's short switches: flag -> (setting, the value it sets).
@@ -33,10 +33,27 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+class ListConfigs(argparse.Action):
+    """`--list_configs`: each shipped preset and its one-line description, then exit 0
+    (like --help, before anything else is parsed or checked)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        descriptions = preset_descriptions()
+        width = max(map(len, descriptions), default=0)
+        for name, description in descriptions.items():
+            print(f"{name:<{width}}  {description}".rstrip())
+        parser.exit()
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """`--config` and one flag (two for a switch) per setting, grouped as the config is."""
+    """`--config`, `--list_configs` and one flag (two for a switch) per setting, grouped
+    as the config is."""
     parser.add_argument("--config", dest="config", default=argparse.SUPPRESS,
-                        help="preset name in configs/ (or a .toml path)")
+                        help="a shipped preset's name (see --list_configs) or a path to a .toml file")
+    parser.add_argument("--list_configs", action=ListConfigs, help="list the shipped presets and exit")
     sections = {name: parser.add_argument_group(f"[{name}]") for name in groups()}
     for row in settings():
         section = sections[row.path[0]]
