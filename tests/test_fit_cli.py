@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,7 @@ from harness.fit import cli
 from tests.support.runs import REPO_ROOT, failure_report, harness_env
 
 SMALL = ["--model", "transformer", "--model_size", "tiny", "--image_size", "32", "--seq_len", "64"]
+SECONDS = r"\(\d+\.\d s\)"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -67,6 +69,12 @@ def test_a_fit_exits_0_with_a_table_fit_json_and_a_chart(tmp_path):
 
     assert result.returncode == 0, failure_report(result)
     assert "Traceback" not in result.stderr
+    progress = [line for line in result.stderr.splitlines() if line.startswith("harness-fit: compile ")]
+    assert progress[0] == ("harness-fit: compile 1/1: batch 256 (16 per device) on v5litepod-16: transformer tiny, "
+                           "float32 params, float32 compute, remat none, mesh data=4 fsdp=4")
+    assert re.fullmatch(rf"harness-fit: compile 1: batch 256 on v5litepod-16 fits: peak \d+\.\d\d MiB of "
+                        rf"15\.75 GiB HBM {SECONDS}", progress[1]), progress
+    assert len(progress) == 2
     for line in ("Verdict: FITS", "peak (compiler)", "of 15.75 GiB HBM", "Collectives (compiled HLO)",
                  "limited by", "on v5litepod-16 (v5e:4x4, default; 16 chips, 4 host(s))"):
         assert line in result.stdout, line
@@ -84,6 +92,15 @@ def test_out_of_memory_exits_1_with_the_compilers_numbers_and_no_traceback(tmp_p
 
     assert result.returncode == 1, failure_report(result)
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    progress = [line for line in result.stderr.splitlines() if line.startswith("harness-fit: compile ")]
+    settings = "transformer 8b, float32 params, float32 compute, remat none, mesh data=1 fsdp=4"
+    expected = []
+    for number, batch in enumerate([16, 8, 4], start=1):
+        expected += [re.escape(f"harness-fit: compile {number} (of at most 9): batch {batch} ({batch // 4} per "
+                               f"device) on v4-8: {settings}"),
+                     rf"harness-fit: compile {number}: batch {batch} on v4-8 out of memory: needs \d+\.\d\d GiB of "
+                     rf"30\.75 GiB HBM {SECONDS}"]
+    assert len(progress) == len(expected) and all(map(re.fullmatch, expected, progress)), progress
     assert "Verdict: DOES NOT FIT" in result.stdout
     assert "compiler: RESOURCE_EXHAUSTED: Ran out of memory on HBM" in result.stdout
     assert "exceeds available HBM (30.75G)" in result.stdout

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,10 @@ def test_a_healthy_2x4_pod_passes_every_check(tmp_path: Path, compile_cache: Pat
     assert page.startswith("# Preflight: PASS") and "## Interconnect" in page
     printed = host_lines(result.stdout, 0)
     assert any(line.startswith("consistency ") and line.count("PASS") == 2 for line in printed)
+    checks = [line for line in printed if line.startswith("harness-preflight: check ")]  # as each one finished
+    assert [re.sub(r" \(slowest \d+\.\d\d s\)$", "", line) for line in checks] == [
+        f"harness-preflight: check {row}: PASS on 2 host(s)" for row in ROWS]
+    assert printed.index(checks[-1]) < printed.index("harness-preflight: PASS: 2 host(s), every check passed")
     assert "harness-preflight: PASS: 2 host(s), every check passed" in printed
     assert not (tmp_path / "ckpt" / SCRATCH).exists()
     assert processes_mentioning(str(tmp_path)) == []
@@ -127,6 +132,8 @@ def test_an_injected_fault_fails_naming_exactly_that_host(tmp_path: Path, compil
     others = {key: cell["status"] for key, cell in cells(report).items() if key[1] != host}
     assert set(others.values()) <= {"PASS", "SKIP"}, others
     assert f"harness-preflight: FAIL: host {host}: {row}: " in result.stdout
+    if kind != "never_start":  # the pod assembled: process 0 said so as the check finished
+        assert f"[host 0] harness-preflight: check {row}: FAIL on host {host} of {processes}: " in result.stdout
     if kind == "never_start":  # the launcher names it too, from process 0's line
         assert f"launch.local: host {host} stopped responding (named by host 0)" in result.stderr, failure_report(result)
     assert processes_mentioning(str(tmp_path)) == []

@@ -3,8 +3,9 @@
     harness-fit --config v5litepod-256 --model transformer --model_size 3b --batch_size 1024 --num_slices 2
 
 Takes every harness-train flag (same presets, same precedence); the target is the
-preset's `topology` (or `--topology v5litepod-16`, `--topology v5e:4x4`). Prints a
-table and writes `fit.json` and `fit_memory.png` to `--run_dir`. Exit 0: it fits;
+preset's `topology` (or `--topology v5litepod-16`, `--topology v5e:4x4`). Says on stderr
+each compile as it starts and ends (a live bar on a terminal), then prints a table and
+writes `fit.json` and `fit_memory.png` to `--run_dir`. Exit 0: it fits;
 1: it does not (the compiler's numbers are in the report); 2: bad input, one line on
 stderr.
 """
@@ -50,9 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         import jax
 
         jax.config.update("jax_platforms", "cpu")  # compile-only TPU devices; never claim an accelerator
+        from harness.fit.progress import CompileProgress
         from harness.fit.runner import run_fit
 
-        report = run_fit(config, search=search, max_compiles=max_compiles)
+        with CompileProgress(sys.stderr) as progress:
+            report = run_fit(config, search=search, max_compiles=max_compiles, progress=progress)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code

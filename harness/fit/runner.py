@@ -17,6 +17,7 @@ from harness.errors import UsageError
 from harness.fit.census import collective_census
 from harness.fit.compile import CompileOutcome, argument_bytes, compile_train_step
 from harness.fit.libtpu import compiler_hbm_bytes, topology_devices
+from harness.fit.progress import CompileProgress, describe_settings
 from harness.fit.report import FitReport, MemoryByKind
 from harness.fit.roofline import step_time_bound
 from harness.fit.search import largest_batch
@@ -48,9 +49,10 @@ def describe_model(config: TrainConfig, model: Model, abstract_params: Any) -> d
     }
 
 
-def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 8) -> FitReport:
-    """Compiles `config`'s training step for its TPU target. UsageError for bad input;
-    running out of HBM is a report with `fits=False`."""
+def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 8,
+            progress: CompileProgress | None = None) -> FitReport:
+    """Compiles `config`'s training step for its TPU target, telling `progress` of each
+    compile. UsageError for bad input; running out of HBM is a report with `fits=False`."""
     started = time.perf_counter()
     target = resolve(config.tpu.topology, config.tpu.chip_config, config.mesh.num_slices)
     check_divisibility(config, target)
@@ -59,7 +61,18 @@ def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 8) 
     mesh = make_mesh(config.mesh.fsdp_devices, devices)
     hbm = compiler_hbm_bytes(devices[0]) or target.chip.hbm_bytes
     state = abstract_state(config, mesh)
-    outcome = compile_train_step(config, mesh, keep_hlo=True)
+
+    def compile_reported(run_config: TrainConfig, keep_hlo: bool = False) -> CompileOutcome:
+        if progress is not None:
+            progress.started(run_config.data.batch_size, target.num_devices)
+        compiled = compile_train_step(run_config, mesh, keep_hlo=keep_hlo)
+        if progress is not None:
+            progress.finished(compiled)
+        return compiled
+
+    if progress is not None:
+        progress.begin(target, describe_settings(config, dict(mesh.shape)), hbm, 1 + max_compiles if search else 1)
+    outcome = compile_reported(config, keep_hlo=True)
     arguments = argument_bytes(config, mesh)
     memory = MemoryByKind(
         arguments=arguments, hbm=hbm,
@@ -75,7 +88,7 @@ def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 8) 
                             num_devices=target.num_devices, arguments=arguments, chip=target.chip)
 
     def compile_at(batch_size: int) -> CompileOutcome:
-        return compile_train_step(config.replace(batch_size=batch_size), mesh)
+        return compile_reported(config.replace(batch_size=batch_size))
 
     result = largest_batch(compile_at, outcome, step=target.num_devices, hbm_bytes=hbm,
                            max_compiles=max_compiles) if search else None

@@ -43,6 +43,7 @@ from harness.preflight.guard import Deadline, Progress, barrier, bounded, silent
 from harness.preflight.interconnect import measure, no_axis_observation
 from harness.preflight.judge import Abort, PodContext, Report, all_passed, judge, rendezvous_failed, same_program
 from harness.preflight.options import PreflightOptions
+from harness.preflight.progress import CheckLines
 from harness.preflight.rendezvous import Coordinates, Joined, join, missing_host_observation, pod_coordinates
 from harness.preflight import options as selectable
 from harness.preflight.results import (CONSISTENCY, DEVICES, DRY_RUN, FAIL, INTERCONNECT, PASS, RENDEZVOUS,
@@ -163,6 +164,7 @@ class Preflight:
         self.stream = sys.stdout  # the console, even while the dry run's output goes to its log
         self.client = coordination_client() if self.num_hosts > 1 else None
         self.progress = Progress(self.run_id, self.host, self.num_hosts, self.client)
+        self.check_lines = CheckLines(self.stream)
         self.watchdog = HostWatchdog(silence_s=SILENCE_FRACTION * config.distributed.heartbeat_timeout, exit_fn=self._host_lost)
 
     def run(self) -> int:
@@ -237,6 +239,9 @@ class Preflight:
                 self.watchdog.wait_for_verdict()  # names a lost host and exits, if there is one
                 self._give_up(Abort(self.row, f"exchanging results failed while every host answers: "
                                               f"{first_line(err)}"))
+        if self.primary:
+            self.check_lines.show(self.received, judge(self.received, self.context,
+                                                       expected_hosts=range(self.num_hosts)))
 
     def _consistency(self) -> Observation:
         """Host-local (the step is lowered, not run): bounded; the facts join this
