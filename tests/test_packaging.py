@@ -23,15 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import available_presets, load_preset, preset_descriptions
-from harness.fit.topology import resolve
+from harness.config import available_presets
 from tests.support.runs import REPO_ROOT, failure_report, harness_env
 
 # What setup.cfg's metadata and packages are built from.
 SOURCES = ("setup.cfg", "pyproject.toml", "README.md", "harness", "launch", "configs")
 TIMEOUT_S = 300
-# "4 hosts x 4 chips" / "1 host x 8 fake CPU devices" in a preset's description.
-HOSTS_X_DEVICES = re.compile(r"(\d+) hosts? x (\d+) (chips|fake CPU devices)")
 
 
 def _tree_packages() -> list[str]:
@@ -115,32 +112,3 @@ def test_a_regular_install_runs_the_smoke_preset_from_another_directory(installe
     assert run.returncode == 0, failure_report(run)
     assert re.search(r"^Step\s+0: loss=", run.stdout, re.MULTILINE), failure_report(run)
     assert os.listdir(elsewhere) == []
-
-
-@pytest.mark.parametrize("command", ["harness-train", "harness-fit", "harness-preflight"])
-def test_list_configs_names_every_preset_with_its_description(command, tmp_path):
-    listing = subprocess.run([str(Path(sys.executable).parent / command), "--list_configs"], cwd=tmp_path,
-                             env=harness_env(), capture_output=True, text=True, timeout=120)
-
-    assert listing.returncode == 0, failure_report(listing)
-    rows = [re.split(r"\s{2,}", line, maxsplit=1) for line in listing.stdout.splitlines()]
-    assert dict(rows) == preset_descriptions()
-    assert [name for name, _ in rows] == available_presets()
-
-
-@pytest.mark.parametrize("name", available_presets())
-def test_every_shipped_preset_describes_its_hosts_and_devices(name):
-    """One line; hosts and chips as the product table has them (harness/fit/topology.py),
-    fake CPU devices as the preset sets them."""
-    description = preset_descriptions()[name]
-    config = load_preset(name)
-
-    assert description and "\n" not in description and len(description) <= 120
-    counts = HOSTS_X_DEVICES.search(description)
-    if config.tpu.topology:
-        target = resolve(config.tpu.topology, config.tpu.chip_config)
-        assert counts and counts[3] == "chips", description
-        assert (int(counts[1]), int(counts[2])) == (target.hosts_per_slice, target.chips // target.hosts_per_slice)
-    elif config.devices.cpu_devices:
-        assert counts and counts[3] == "fake CPU devices", description
-        assert int(counts[2]) == config.devices.cpu_devices
