@@ -30,7 +30,8 @@ import time
 from collections.abc import Callable
 
 from harness.hard_examples.codec import PayloadError
-from harness.preflight.wire import MAX_MESSAGE_BYTES, Hello, Reply, decode_hello, decode_reply, encode_hello, encode_reply
+from harness.preflight.wire import (MAX_MESSAGE_BYTES, MAX_TEXT_CHARS, Hello, Reply, decode_hello, decode_reply,
+                                   encode_hello, encode_reply)
 
 CONNECT_ATTEMPT_S = 2.0  # one TCP connect attempt
 RETRY_S = 0.2  # between attempts
@@ -73,7 +74,10 @@ def _read_exactly(sock: socket.socket, size: int, deadline: float, *, first: boo
         if remaining <= 0:
             raise TimeoutError("no answer in time")
         sock.settimeout(remaining)
-        chunk = sock.recv(size - len(data))
+        try:
+            chunk = sock.recv(size - len(data))
+        except TimeoutError:
+            raise TimeoutError("no answer in time") from None
         if not chunk:
             raise Hangup("the connection was closed") if first and not data else ConnectionError(
                 "the connection was closed mid-message")
@@ -97,8 +101,9 @@ class Probe:
 def call_roll(address: str, hello: Hello, timeout_s: float, *, reply_margin_s: float = REPLY_MARGIN_S) -> Probe:
     """Connects to the coordinator (retrying until `timeout_s`), says hello, waits for
     the answer: at most `timeout_s + reply_margin_s` in all, whatever the coordinator
-    does. A coordinator that hangs up without a word is tried again (it may be about to
-    listen, or was too busy); silence, junk or a dead connection mid-answer end it."""
+    does. A coordinator that hangs up (or resets) without a word is tried again until
+    `timeout_s`: it may be about to listen, or has just dropped what it took for a stray.
+    Silence, junk or an oversized answer end it at once, in one line."""
     host, port = split_address(address)
     started = time.monotonic()
     deadline = started + timeout_s
@@ -119,7 +124,7 @@ def call_roll(address: str, hello: Hello, timeout_s: float, *, reply_margin_s: f
                     reply = decode_reply(read_frame(sock, deadline + reply_margin_s),
                                          source=f"the coordinator at {address}")
                     return Probe(True, attempts, connect_s, time.monotonic() - started, reply)
-                except Hangup:
+                except (Hangup, ConnectionResetError, BrokenPipeError):
                     error = "the coordinator closed the connection without answering"
                 except (OSError, PayloadError) as err:
                     return Probe(True, attempts, connect_s, time.monotonic() - started, None,
@@ -206,7 +211,8 @@ class RollCallServer:
                 self._drop_silent(time.monotonic() - HELLO_WAIT_S)
             self.reply = self._verdict()
             for conn, pending in list(self._pending.items()):
-                self._drop(conn, f"a connection from {pending.peer} {_said(pending)} before the roll call ended")
+                self._drop(conn, f"a connection from {pending.peer} sent {_said(pending)} before the roll call "
+                                 f"ended; dropped")
             self._answer(encode_reply(self.reply))
         except Exception as err:  # a bug here must not leave every host waiting: they are told by the hangup
             self.roll.problems.append((None, f"the roll call server failed: {type(err).__name__}: {err}"))
@@ -236,8 +242,8 @@ class RollCallServer:
             return
         if len(self._pending) >= self._num + SPARE_CONNECTIONS:
             oldest = min(self._pending, key=lambda c: self._pending[c].opened)
-            self._drop(oldest, f"a connection from {self._pending[oldest].peer} {_said(self._pending[oldest])} "
-                               f"while {len(self._pending)} connections waited")
+            self._drop(oldest, f"a connection from {self._pending[oldest].peer} sent {_said(self._pending[oldest])} "
+                               f"while {len(self._pending)} connections waited; dropped")
         conn.setblocking(False)
         self._pending[conn] = _Pending(_peer(address), time.monotonic())
         self._selector.register(conn, selectors.EVENT_READ)
@@ -250,10 +256,10 @@ class RollCallServer:
         except BlockingIOError:
             return
         except OSError as err:
-            self._drop(conn, f"a connection from {pending.peer} failed ({type(err).__name__})")
+            self._drop(conn, f"a connection from {pending.peer} failed ({type(err).__name__}); dropped")
             return
         if not chunk:
-            self._drop(conn, f"a connection from {pending.peer} closed after {_said(pending)}")
+            self._drop(conn, f"a connection from {pending.peer} closed after sending {_said(pending)}; dropped")
             return
         pending.data += chunk
         if len(pending.data) < _HEADER.size:
@@ -261,40 +267,34 @@ class RollCallServer:
         (length,) = _HEADER.unpack(pending.data[:_HEADER.size])
         if length > MAX_MESSAGE_BYTES:
             self._drop(conn, f"a connection from {pending.peer} announced a {length}-byte message "
-                             f"(the limit is {MAX_MESSAGE_BYTES}): not a roll call")
+                             f"(the limit is {MAX_MESSAGE_BYTES}): not a roll call; dropped")
             return
         if len(pending.data) > _HEADER.size + length:
-            self._drop(conn, f"a connection from {pending.peer} sent more than one message: not a roll call")
+            self._drop(conn, f"a connection from {pending.peer} sent more than one message: not a roll call; "
+                             f"dropped")
             return
         if len(pending.data) < _HEADER.size + length:
             return
         try:
             hello = decode_hello(pending.data[_HEADER.size:], source=f"a connection from {pending.peer}")
-        except PayloadError as err:
-            self._drop(conn, f"{err}: not a roll call hello")
+        except PayloadError as err:  # maybe a host of another harness version: it is told why
+            self._drop(conn, f"{err}: not a roll call hello; dropped", tell=f"not a roll call hello: {err}")
+            return
+        if hello.run_id != self._run_id:
+            self._claimed_by_strays.setdefault(hello.host, f"a host of another launch from {pending.peer}")
+            self._drop(conn, f"a host of another launch (run id {hello.run_id}, claiming host {hello.host}, "
+                             f"{hello.hostname} pid {hello.pid}) connected from {pending.peer}, ignored",
+                       tell=f"turned away: this host carries run id {hello.run_id}, the coordinator's launch has "
+                            f"run id {self._run_id} (a host of another launch)")
             return
         self._selector.unregister(conn)
         del self._pending[conn]
-        if hello.run_id != self._run_id:
-            self._claimed_by_strays.setdefault(hello.host, f"a host of another launch from {pending.peer}")
-            self._say(f"a host of another launch (run id {hello.run_id}, claiming host {hello.host}, "
-                      f"{hello.hostname} pid {hello.pid}) connected from {pending.peer}, ignored")
-            self._refuse(conn, f"turned away: this host carries run id {hello.run_id}, the coordinator's launch "
-                               f"has run id {self._run_id} (a host of another launch)")
-            return
         refused = self._admit(hello, opened)
         if refused:
-            self._refuse(conn, refused)
+            _tell(conn, Reply("abort", self._pod_run_id, (), refused))
+            conn.close()
         else:
             self._answered[hello.host] = conn
-
-    def _refuse(self, conn: socket.socket, why: str) -> None:
-        """Tells a host it is not taken (best effort, never waiting), and closes."""
-        try:
-            conn.send(frame(encode_reply(Reply("abort", self._pod_run_id, (), why))))
-        except OSError:
-            pass
-        conn.close()
 
     def _admit(self, hello: Hello, opened: float) -> str:
         """Takes a hello of this launch; or records the problem and returns it (the
@@ -317,13 +317,18 @@ class RollCallServer:
     def _drop_silent(self, opened_before: float) -> None:
         for conn, pending in list(self._pending.items()):
             if pending.opened < opened_before:
-                self._drop(conn, f"a connection from {pending.peer} {_said(pending)} in {HELLO_WAIT_S:g} s")
+                self._drop(conn, f"a connection from {pending.peer} sent {_said(pending)} in {HELLO_WAIT_S:g} s; "
+                                 f"dropped")
 
-    def _drop(self, conn: socket.socket, why: str) -> None:
+    def _drop(self, conn: socket.socket, line: str, *, tell: str = "") -> None:
+        """Closes a connection that is not a roll call of this launch, logging `line`;
+        `tell`: why, for the other side, as an `abort`."""
         self._selector.unregister(conn)
         del self._pending[conn]
+        if tell:
+            _tell(conn, Reply("abort", self._pod_run_id, (), tell[:MAX_TEXT_CHARS]))
         conn.close()
-        self._say(f"{why}; dropped")
+        self._say(line)
 
     def _say(self, line: str) -> None:
         self.roll.ignored.append(line)
@@ -352,8 +357,16 @@ class RollCallServer:
                 pass
 
 
+def _tell(conn: socket.socket, reply: Reply) -> None:
+    """Best effort, never waiting: a few hundred bytes fit in any socket buffer."""
+    try:
+        conn.send(frame(encode_reply(reply)))
+    except OSError:
+        pass
+
+
 def _said(pending: _Pending) -> str:
-    return f"sent {len(pending.data)} bytes and no whole hello" if pending.data else "sent nothing"
+    return f"{len(pending.data)} bytes but no whole hello" if pending.data else "nothing"
 
 
 def _peer(address: tuple) -> str:
