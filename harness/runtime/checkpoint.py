@@ -25,7 +25,7 @@ from etils import epath
 from harness.errors import CheckpointSaveError, NonFiniteStateError, UsageError
 from harness.runtime.collectives import all_hosts_true
 from harness.runtime.failed_saves import FailedSaveListener
-from harness.runtime.integrity import inspect_state, mismatched_leaves
+from harness.runtime.integrity import CHECKSUM_FORMAT, inspect_state, mismatched_leaves, saved_checksums
 
 logger = logging.getLogger("harness.runtime.checkpoint")
 
@@ -74,7 +74,8 @@ class CheckpointStore:
         checksums, bad = inspect_state(state)
         if bad:
             raise NonFiniteStateError(f"not saving step {step}: non-finite values in {', '.join(bad[:3])}")
-        meta = {**meta, "checksums": checksums, "state_signature": state_signature(state)}
+        meta = {**meta, "checksums": checksums, "checksum_format": CHECKSUM_FORMAT,
+                "state_signature": state_signature(state)}
         self.wait()  # orbax would wait for the previous save too, but not notice it failed here
         self._manager.save(
             step,
@@ -144,9 +145,10 @@ class CheckpointStore:
             state = restored[STATE_ITEM]
         except Exception as err:  # orbax/tensorstore raise many types for bad data
             return None, _first_line(err)
-        if "checksums" not in meta:  # written before checksums existed: nothing to verify
+        saved = saved_checksums(meta, where=f"{self.directory} step {step}")
+        if saved is None:  # written before checksums existed: nothing to verify
             return state, None
-        differ = mismatched_leaves(meta["checksums"], inspect_state(state)[0])
+        differ = mismatched_leaves(saved, inspect_state(state)[0])
         if differ:
             shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
             return None, f"checksum mismatch in {shown}"
