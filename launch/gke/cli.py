@@ -4,10 +4,11 @@
         -- --checkpoint_dir gs://BUCKET/run1 > jobset.yaml
 
 Everything after `--` goes to the harness (`python -m harness.train --config PRESET
---resume ...`). Refused with exit 2, before anything is printed: a preset without a TPU
-topology, a checkpoint directory a restarted pod cannot read back (not gs://, or the
-presets' YOUR_BUCKET placeholder), a multi-VM slice whose preset does not start
-`jax.distributed` from the TPU metadata, and a name Kubernetes would reject.
+--resume ...`), in the image built from the repository's Dockerfile (`--help` says how).
+Refused with exit 2, before anything is printed: a preset without a TPU topology, a
+checkpoint directory a restarted pod cannot read back (not gs://, or the presets'
+YOUR_BUCKET placeholder), a multi-VM slice whose preset does not start `jax.distributed`
+from the TPU metadata, and a name Kubernetes would reject.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from launch.gke.manifest import RESTARTABLE_EXIT_CODES, Workload, jobset
 from launch.gke.tpus import GkeSlice, slice_for
 
 PROG = "launch.gke"
+IMAGE_BUILD = """the image: the Dockerfile at the repository's root, built and pushed from there:
+  docker build -t us-docker.pkg.dev/PROJECT/REPO/podharness:TAG .
+  docker push us-docker.pkg.dev/PROJECT/REPO/podharness:TAG"""
 EXIT_USAGE = 2
 # DNS-1035 label; JobSet adds "-slice-<i>-<j>" and a hash to pod names, so keep it short (xpk: 40).
 NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -74,12 +78,13 @@ def render(manifest: dict, output_format: str) -> str:
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__.splitlines()[0],
+                                     epilog=IMAGE_BUILD, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      usage="%(prog)s --preset PRESET --name NAME --image IMAGE [options] "
                                            "[-- HARNESS_FLAGS...]")
-    parser.add_argument("--preset", required=True, help="a TPU preset in configs/ (e.g. v5litepod-16)")
+    parser.add_argument("--preset", required=True, help="a TPU preset (see harness-train --list_configs), e.g. v5litepod-16")
     parser.add_argument("--name", required=True, help="the JobSet's name")
-    parser.add_argument("--image", required=True, help="container image with this repository and its "
-                                                       "requirements (python -m harness.train runs in it)")
+    parser.add_argument("--image", required=True, help="the pod image (built from the Dockerfile, see below; "
+                                                       "python -m harness.train runs in it)")
     parser.add_argument("--num_slices", type=int, help="slices (JobSet replicas; default: the preset's)")
     parser.add_argument("--max_restarts", type=int, default=3, help="JobSet restarts on restartable exits (3)")
     parser.add_argument("--termination_grace_s", type=int, default=60,
