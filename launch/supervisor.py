@@ -7,7 +7,8 @@ until a heartbeat timeout aborts them), so the rules here are:
 
 - every process runs in its own session, so its whole process group, grandchildren
   included, can be signalled and nothing outlives the supervisor;
-- every output line is relayed as it arrives, prefixed with the process's label;
+- every output line is relayed as it arrives, prefixed with the process's label (and
+  shown to the caller's observer, if it passed one: launch.tpu_pod's provisioning progress);
 - the first failure stops everything: a graceful stop (SIGTERM by default), then
   SIGKILL once the grace period is over;
 - a host the others name as unresponsive (the harness watchdog's `host(s) N stopped
@@ -156,6 +157,8 @@ def _relay_lines(pipe: IO[bytes], sink: _LineSink, member: "_Member") -> None:
             if ended is not None:
                 member.reported = ended
             sink.write_line(line)
+            if member.on_line is not None:
+                member.on_line(line)
 
 
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
@@ -173,6 +176,7 @@ class _Member:
     named: list[int] = dataclasses.field(default_factory=list)  # hosts it reported lost
     reported: int | None = None  # the return code of the program it ran, if it said
     swept: bool = False
+    on_line: Callable[[str], None] | None = None  # the caller's observer of its output lines
 
     def returncode(self) -> int | None:
         """None while running; then what the process reported for its program, else its own."""
@@ -215,11 +219,13 @@ class Supervisor:
         cwd: Path | None = None,
         stdin_data: bytes | None = None,
         log_path: Path | None = None,
+        on_line: Callable[[str], None] | None = None,
     ) -> subprocess.Popen:
         """Start one process in its own session, relaying its output as `[label] line`.
 
         `stdin_data` is written to its stdin, which is then closed (stdin is /dev/null
-        otherwise); `log_path` receives its stdout and stderr lines without the prefix.
+        otherwise); `log_path` receives its stdout and stderr lines without the prefix;
+        `on_line` sees each line after it is relayed (from the relay threads).
         """
         # Opened first: a process must never run before it is registered for cleanup.
         log = open(log_path, "w", encoding="utf-8") if log_path is not None else None
@@ -238,7 +244,7 @@ class Supervisor:
                 log.close()
             raise
         prefix = f"[{label}] "
-        member = _Member(label, process, log)
+        member = _Member(label, process, log, on_line=on_line)
         member.relays = [
             threading.Thread(
                 target=_relay_lines,

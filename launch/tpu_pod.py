@@ -73,6 +73,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from launch.provision_progress import HARNESS_STARTING, RELEASE_UNPACKED, ProvisionProgress, step_statement
 from launch.supervisor import PodResult, Supervisor, describe_returncode, run_bounded, stop_on_signals
 
 PROGRAM = "launch.tpu_pod"
@@ -311,6 +312,7 @@ def launch_script(run: RemoteRun) -> str:
         f"mkdir -p {code_dir}",
         f"tar -xzf {archive} -C {code_dir}",
         f"rm -f {archive}",
+        step_statement(RELEASE_UNPACKED),
         _prune_statement(_RELEASES, run.keep_releases),
         _prune_statement(_RUNS, WORKER_RUNS_KEPT - 1),
         # Commits shipped before releases/ existed: ~/podharness/<commit>[-dirty].
@@ -322,6 +324,7 @@ def launch_script(run: RemoteRun) -> str:
         "export PYTHONUNBUFFERED=1",
         f"export HARNESS_RUN_ID={shlex.quote(run.run_id)}",
         *(['export WANDB_API_KEY="$wandb_key"'] if run.wandb_key_on_stdin else []),
+        step_statement(HARNESS_STARTING),
         f'exec "$python" -m launch.worker_run --pidfile {_PIDFILE} --stop_marker {_stop_marker(run.run_id)}'
         f' --log_dir {run_dir} -- "$python" -m {run.module} {shlex.join(run.harness_args)}'.rstrip(),
     ]
@@ -372,18 +375,21 @@ def run_workers(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> PodResult:
-    """One ssh per worker running the launch script; the first failure stops them all."""
+    """One ssh per worker running the launch script, each worker's set-up steps said as
+    they finish (launch/provision_progress.py); the first failure stops them all."""
     stdout, stderr = stdout or sys.stdout, stderr or sys.stderr
     log_dir.mkdir(parents=True, exist_ok=True)
     command = remote_command(launch_script(run))
     stdin_data = None if wandb_key is None else f"{wandb_key}\n".encode()
     with Supervisor(PROGRAM, stdout, stderr) as supervisor:
+        progress = ProvisionProgress(num_workers, supervisor.say)
         for worker in range(num_workers):
             supervisor.start(
                 f"worker {worker}",
                 ssh_argv(tpu, worker, command),
                 stdin_data=stdin_data,
                 log_path=log_dir / f"worker-{worker}.log",
+                on_line=progress.watch(worker),
             )
         return supervisor.wait(
             timeout=timeout,

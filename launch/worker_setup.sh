@@ -3,7 +3,9 @@
 #   bash launch/worker_setup.sh --venv DIR [--provision auto|system|uv] [--wheelhouse DIR]
 #       [--python_dist FILE] [--extras tpu] [--python_version 3.11]
 # launch/tpu_pod.py's remote script runs it from the unpacked release. Everything it says
-# goes to stderr as `podharness: ...`; stdout gets only the interpreter's path.
+# goes to stderr as `podharness: ...`, and each step it finishes as `podharness-step: ...`
+# (the launcher times them: launch/provision_progress.py); stdout gets only the
+# interpreter's path.
 #
 # First it reports what the worker has (python3 and its version, venv/ensurepip, pip,
 # uv), then it makes DIR a venv with Python >= --python_version and the release's
@@ -41,6 +43,7 @@ done
 case "$provision" in auto|system|uv) ;; *) echo "podharness: --provision must be auto, system or uv" >&2; exit 2 ;; esac
 
 say() { echo "podharness: $*" >&2; }
+step_done() { echo "podharness-step: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 py_version() { "$1" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null; }
@@ -144,6 +147,7 @@ install_requirements() {
   stamp="$("$python" --version 2>&1) $(sha256sum <"$requirements" | cut -d" " -f1) ${wheelhouse:+offline}"
   if [ -f "$venv/.podharness-stamp" ] && [ "$(cat "$venv/.podharness-stamp")" = "$stamp" ]; then
     say "reusing $venv: same Python and requirements as last time"
+    step_done "requirements reused"
     return 0
   fi
   [ -z "$wheelhouse" ] || index=(--no-index --find-links "$wheelhouse")
@@ -157,6 +161,7 @@ install_requirements() {
       || die "uv pip install failed${wheelhouse:+ (is the wheelhouse built for the Python and platform of this worker?)}"
   fi
   echo "$stamp" >"$venv/.podharness-stamp"
+  step_done "requirements installed"
 }
 
 report
@@ -182,5 +187,6 @@ else
     uv_venv
   fi
 fi
+step_done "venv ready (Python $(py_version "$venv/bin/python"))"
 install_requirements "$venv/bin/python"
 echo "$venv/bin/python"

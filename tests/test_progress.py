@@ -1,6 +1,6 @@
 """Progress lines of the long commands, as their printers write them: harness-fit's
-compiles (plain lines, and the live bar a terminal gets) and preflight's finished
-checks. The commands themselves print them in tests/test_fit_cli.py and
+compiles (plain lines, and the live bar a terminal gets), preflight's finished checks
+and the pod launcher's provisioning steps. The commands themselves print them in tests/test_fit_cli.py and
 tests/test_preflight.py; the launchers' in tests/test_tpu_pod_launcher.py.
 
     .venv/bin/python -m pytest -q tests/test_progress.py
@@ -19,6 +19,7 @@ from harness.preflight.faults import Fault
 from harness.preflight.judge import PodContext, judge
 from harness.preflight.progress import CheckLines
 from harness.preflight.results import DEVICES, FAIL, PASS, RENDEZVOUS, SKIP, STORAGE, HostReport, Observation
+from launch.provision_progress import ProvisionProgress
 
 HBM = int(30.75 * GIB)
 SETTINGS = "mlp, float32 params, float32 compute, remat none, mesh data=1 fsdp=4"
@@ -83,3 +84,21 @@ def test_preflight_shows_each_check_once_when_every_host_has_it():
         "harness-preflight: check devices: FAIL on host 1 of 2: 1/65536 wrong (slowest 0.25 s)",
         "harness-preflight: check storage: SKIP (not selected)",
     ]
+
+
+def test_the_pod_launcher_times_each_workers_steps_and_names_the_slowest():
+    said: list[str] = []
+    now = [100.0]
+    progress = ProvisionProgress(2, said.append, clock=lambda: now[0])
+    observers = [progress.watch(0), progress.watch(1)]
+    now[0] = 101.5
+    observers[1]("podharness-step: release unpacked\n")
+    observers[1]("podharness: installing 31 requirements into /home/w/podharness/venv\n")  # not a step
+    now[0] = 112.25
+    observers[1]("podharness-step: harness starting\n")
+    now[0] = 140.0
+    observers[0]("podharness-step: harness starting\n")
+
+    assert said == ["worker 1 of 2: release unpacked (1.5 s)", "worker 1 of 2: harness starting (12.2 s)",
+                    "worker 0 of 2: harness starting (40.0 s)",
+                    "all 2 workers started the harness; the slowest was worker 0 (40.0 s)"]

@@ -277,6 +277,20 @@ def real_harness_checkout(tmp_path: Path) -> PodCheckout:
     return PodCheckout(REPO_ROOT, ("--allow_dirty", "--preset", "local-2x4", "--", *flags), check)
 
 
+def provisioning_steps(stderr: str, worker: int, num_workers: int) -> list[str]:
+    """The launcher's progress lines for one worker, in order, without their times."""
+    prefix = f"launch.tpu_pod: worker {worker} of {num_workers}: "
+    lines = [line.removeprefix(prefix) for line in stderr.splitlines() if line.startswith(prefix)]
+    assert all(re.search(r" \(\d+\.\d s\)$", line) for line in lines), lines
+    return [re.sub(r" \(\d+\.\d s\)$", "", line) for line in lines]
+
+
+def launcher_says(stderr: str) -> list[str]:
+    """The launcher's own lines, less its provisioning progress."""
+    progress = re.compile(r"launch\.tpu_pod: (worker \d+ of \d+: |all \d+ workers started the harness)")
+    return [line for line in stderr.splitlines() if line.startswith("launch.tpu_pod: ") and not progress.match(line)]
+
+
 def run_pod_and_check(checkout: PodCheckout, pod: FakePod, tmp_path: Path) -> None:
     """Launch `checkout` on `pod` (workers counted by describe); every worker must succeed."""
     log_dir = tmp_path / "logs"
@@ -303,6 +317,9 @@ def run_pod_and_check(checkout: PodCheckout, pod: FakePod, tmp_path: Path) -> No
             if line.startswith(f"[worker {worker}] ")
         ]
         assert sorted(merged) == sorted(log.splitlines())
+        assert provisioning_steps(result.stderr, worker, pod.num_workers) == ["release unpacked", "harness starting"]
+    assert re.search(rf"^launch\.tpu_pod: all {pod.num_workers} workers started the harness; the slowest was worker "
+                     rf"\d \(\d+\.\d s\)$", result.stderr, re.MULTILINE), result.stderr
     assert_secret_not_on_disk(pod.root, log_dir)
 
 
@@ -339,7 +356,7 @@ def test_a_failing_worker_stops_the_others(make_fake_pod: MakePod, tmp_path: Pat
     flags = shlex.split("--num_workers 3 --preset smoke -- --hold --fail_worker=1")
     result = run_launcher(pod, *fake_pod_flags(checkout.repo, tmp_path / "logs"), *flags)
     assert result.returncode == 3, result.stdout + result.stderr
-    launcher_lines = [line for line in result.stderr.splitlines() if line.startswith("launch.tpu_pod: ")]
+    launcher_lines = launcher_says(result.stderr)
     assert launcher_lines == ["launch.tpu_pod: worker 1 failed (exit code 3)",
                               "launch.tpu_pod: stopping the harness on all workers"]
     stop_calls = [argv for argv in pod.ssh_calls() if "--worker=all" in argv]
@@ -357,7 +374,7 @@ def test_the_worker_a_survivor_names_is_reported(make_fake_pod: MakePod, tmp_pat
     result = run_launcher(pod, *fake_pod_flags(checkout.repo, tmp_path / "logs"), *flags)
     assert result.returncode == EXIT_HOST_LOST, result.stdout + result.stderr
     assert f"[worker 0] {report}" in result.stderr.splitlines()
-    launcher_lines = [line for line in result.stderr.splitlines() if line.startswith("launch.tpu_pod: ")]
+    launcher_lines = launcher_says(result.stderr)
     assert launcher_lines[:1] == [
         f"launch.tpu_pod: worker 1 stopped responding (named by worker 0); worker 0 failed (exit code {EXIT_HOST_LOST})"]
     assert processes_under(pod.root) == []
@@ -643,6 +660,8 @@ def test_stock_python310_workers_are_provisioned_with_uv_and_reuse_the_venv(
             "podharness: no Python >= 3.11 with venv/ensurepip here: provisioning with uv",
         ]
         assert "podharness: installing uv: python3 -m pip install --user uv (downloads uv from PyPI)" in said
+        assert provisioning_steps(result.stderr, worker, 2) == [
+            "release unpacked", "venv ready (Python 3.11.7)", "requirements installed", "harness starting"]
         uv_calls = worker_log(pod, worker, "fake-uv.log")
         assert uv_calls[:2] == ["python find 3.11", "python install 3.11"]
         assert uv_calls[2] == f"venv -q --python 3.11 {venv}"
@@ -654,6 +673,8 @@ def test_stock_python310_workers_are_provisioned_with_uv_and_reuse_the_venv(
         assert f"[worker {worker}] podharness: reusing {pod.root}/worker-{worker}/podharness/venv:" \
                " same Python and requirements as last time" in again.stderr.splitlines()
         assert len(worker_log(pod, worker, "fake-uv.log")) == 4, "the second launch installed something"
+        assert provisioning_steps(again.stderr, worker, 2) == [
+            "release unpacked", "venv ready (Python 3.11.7)", "requirements reused", "harness starting"]
 
 
 def test_an_offline_python310_worker_installs_from_the_wheelhouse(make_fake_pod: MakePod, tmp_path: Path) -> None:
