@@ -25,17 +25,20 @@ STATE_DIM = 7
 ACTION_DIM = 7
 CAMERA_NAMES = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb", "top_0_rgb")
 
-_COLORS = {
+# What task prompts are drawn from: `TASKS[i].format(c=color, o=object, p=place)`, then
+# an ending. Every word here has its own token (MockTokenizer's vocabulary), so a caption
+# decoded from the tokens is the prompt that was drawn (tests/test_captions.py).
+COLORS = {
     "red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 200),
     "yellow": (220, 200, 40), "black": (25, 25, 25), "white": (235, 235, 235),
 }
-_OBJECTS = ("block", "cup", "bowl", "sponge", "towel", "lid", "plate", "spoon", "bottle", "marker")
-_PLACES = ("table", "shelf", "sink", "drawer", "plate", "bowl")
-_VERBS = ("pick up the {c} {o} and put it in the {p}", "push the {c} {o} to the {p}",
-          "place the {c} {o} on the {p}", "pull the {c} {o} from the {p}",
-          "wipe the {p} with the {c} {o}", "stack the {c} {o} on the {p}")
-_ADVERBS = ("", "slowly", "carefully", "then fold the towel", "near the left side",
-            "to the far right corner of the table")
+OBJECTS = ("block", "cup", "bowl", "sponge", "towel", "lid", "plate", "spoon", "bottle", "marker")
+PLACES = ("table", "shelf", "sink", "drawer", "plate", "bowl")
+TASKS = ("pick up the {c} {o} and put it in the {p}", "push the {c} {o} to the {p}",
+         "place the {c} {o} on the {p}", "pull the {c} {o} from the {p}",
+         "wipe the {p} with the {c} {o}", "stack the {c} {o} on the {p}")
+ENDINGS = ("", "slowly", "carefully", "then fold the towel", "near the left side",
+           "to the far right corner of the table")
 _CAMERA_TINTS = np.array([(0.55, 0.50, 0.45), (0.40, 0.45, 0.50), (0.45, 0.50, 0.40),
                           (0.50, 0.45, 0.55)], dtype=np.float32)
 
@@ -142,14 +145,14 @@ class MockDataset:
         prompts, langacts = [], []
         displacement = np.zeros((n, 3), dtype=np.float32)
         colors = np.zeros((n, 3), dtype=np.float32)
-        color_names = list(_COLORS)
+        color_names = list(COLORS)
         for i, rng in enumerate(rngs):
             color = color_names[rng.integers(len(color_names))]
-            template = _VERBS[rng.integers(len(_VERBS))]
-            task = template.format(c=color, o=_OBJECTS[rng.integers(len(_OBJECTS))],
-                                   p=_PLACES[rng.integers(len(_PLACES))])
-            adverb = _ADVERBS[rng.integers(len(_ADVERBS))]
-            prompts.append(f"{task} {adverb}".strip())
+            template = TASKS[rng.integers(len(TASKS))]
+            task = template.format(c=color, o=OBJECTS[rng.integers(len(OBJECTS))],
+                                   p=PLACES[rng.integers(len(PLACES))])
+            ending = ENDINGS[rng.integers(len(ENDINGS))]
+            prompts.append(f"{task} {ending}".strip())
             clauses = []
             for _ in range(rng.integers(1, 4)):
                 direction = int(rng.integers(len(DIRECTIONS)))
@@ -158,7 +161,7 @@ class MockDataset:
                 axis, sign = divmod(direction, 2)
                 displacement[i, axis] += (1.0 - 2.0 * sign) * amount / 10.0
             langacts.append(" and ".join(clauses))
-            colors[i] = _COLORS[color]
+            colors[i] = COLORS[color]
         return prompts, langacts, displacement, colors
 
     def _tokenize(self, prompts: list[str], langacts: list[str]):

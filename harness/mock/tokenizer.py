@@ -3,8 +3,10 @@
 Known words (task words, action words, numbers) get fixed ids; any other word is hashed
 with a stable hash (blake2b, not Python's salted `hash`) into a bucket range, so
 encoding is deterministic across processes and hosts. `decode(encode(text))` gives back
-the normalized text for in-vocabulary words, which keeps the hard-example captions
-readable: `move right 10cm and move forward 5cm`.
+the normalized text for in-vocabulary words. Every word the mock data draws is one
+(tests/test_captions.py), so the hard-example captions, decoded from the tokens, are the
+prompts that were drawn: a real tokenizer would spell an unknown word in pieces and
+decode it back, while a hashed word decodes only as its bucket, `<wN>`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ TASK_WORDS = (
     "red", "green", "blue", "yellow", "black", "white", "block", "cup", "bowl", "drawer",
     "sponge", "towel", "lid", "plate", "spoon", "bottle", "marker", "to", "of", "from",
     "table", "shelf", "sink", "left", "right", "side", "top", "wipe", "stack", "fold",
-    "then", "slowly", "carefully", "near", "far", "corner", "center", "small", "large",
+    "then", "slowly", "carefully", "near", "far", "corner", "center", "small", "large", "with",
 )
 MAX_AMOUNT = 30
 NUMBER_WORDS = tuple(str(n) for n in range(1, MAX_AMOUNT + 1))
