@@ -452,10 +452,14 @@ def dry_run_lines(tpu: TpuVm, snapshot: Snapshot, run: RemoteRun, num_workers: i
 
 def copy_to_workers(tpu: TpuVm, source: Path, remote_name: str, what: str,
                     stop_event: threading.Event) -> None:
-    """scp one file to every worker's home; LaunchError naming `what` on failure."""
+    """scp one file to every worker's home, saying how big and how long; LaunchError
+    naming `what` on failure."""
+    print(f"{PROGRAM}: copying {what} ({source.stat().st_size / 2**20:.1f} MiB) to every worker", flush=True)
+    started = time.monotonic()
     returncode, _ = run_bounded(scp_argv(tpu, source, remote_name), timeout=SCP_TIMEOUT_S, stop_event=stop_event)
     if returncode != 0:
         raise LaunchError(f"copying {what} to {tpu.name} failed ({describe_returncode(returncode)})")
+    print(f"{PROGRAM}: copied {what} ({time.monotonic() - started:.1f} s)", flush=True)
 
 
 def write_wheelhouse_archive(wheelhouse: Path, dest: Path) -> None:

@@ -698,6 +698,11 @@ def test_an_offline_python310_worker_installs_from_the_wheelhouse(make_fake_pod:
     assert "[worker 0] podharness: worker python3 pip: missing (Ubuntu package python3-pip)" in result.stderr
     assert "[worker 0] podharness: unpacking uv from the wheelhouse (uv-0.13.8-py3-none-any.whl)" in result.stderr
     assert [argv[3] for argv in pod.calls()[:3]] == ["scp", "scp", "scp"]
+    copied = [re.sub(r"\(\d+\.\d (MiB|s)\)", r"(N \1)", line) for line in result.stdout.splitlines()
+              if line.startswith(("launch.tpu_pod: copying ", "launch.tpu_pod: copied "))]
+    assert copied == [f"launch.tpu_pod: {verb} {what}{size}" for what in
+                      ("the archive", f"the wheelhouse {wheelhouse}", f"the Python {dist}")
+                      for verb, size in (("copying", " (N MiB) to every worker"), ("copied", " (N s)"))]
 
 
 @pytest.mark.parametrize("case", ["offline-no-python-dist", "offline-no-pip", "system-only"])
