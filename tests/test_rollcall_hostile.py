@@ -14,6 +14,7 @@ then jax.distributed); fake coordinators are real listening sockets.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import re
 import socket
@@ -29,7 +30,10 @@ import msgpack
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from harness.config import TrainConfig
+from harness.errors import UsageError
 from harness.hard_examples.codec import PayloadError
+from harness.preflight.rendezvous import Coordinates, derived_run_id, launcher_run_id
 from harness.preflight.rollcall import Probe, RollCallServer, call_roll, frame, read_frame
 from harness.preflight.wire import (MAX_KEY_CHARS, MAX_MESSAGE_BYTES, MAX_VALUE_CHARS, WIRE_VERSION, Hello, Reply,
                                     decode_hello, decode_reply, encode_hello)
@@ -350,3 +354,34 @@ def test_a_hostile_reply_decodes_exactly_or_is_refused(body: dict) -> None:
     assert type(reply.run_id) is str and type(reply.reason) is str
     assert all(type(host) is int and host >= 0 for host in reply.missing)
     assert set(body) == set(_REPLY_KEYS)
+
+
+# --- The run id.
+
+def test_the_run_id_is_the_launchers_or_one_every_host_of_the_launch_derives_alike(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    config, pod = TrainConfig(), Coordinates("10.0.0.2:8476", 4, 0)
+    host_3 = derived_run_id(config.replace(process_id=3), dataclasses.replace(pod, process_id=3))
+    assert derived_run_id(config, pod) == host_3 and host_3.startswith("derived-")
+    assert derived_run_id(config.replace(batch_size=64), pod) != host_3
+    assert derived_run_id(config, dataclasses.replace(pod, address="10.0.0.3:8476")) != host_3
+    monkeypatch.delenv("HARNESS_RUN_ID", raising=False)
+    assert launcher_run_id() is None
+    monkeypatch.setenv("HARNESS_RUN_ID", "20261206-010203-abcdef")
+    assert launcher_run_id() == "20261206-010203-abcdef"
+    monkeypatch.setenv("HARNESS_RUN_ID", "../x")
+    with pytest.raises(UsageError, match=r"HARNESS_RUN_ID='\.\./x' is not a run id"):
+        launcher_run_id()
+
+
+def test_a_bad_run_id_is_one_line_and_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    env = harness_env(HARNESS_COORDINATOR_ADDRESS=f"127.0.0.1:{free_port()}", HARNESS_NUM_PROCESSES="2",
+                      HARNESS_PROCESS_ID="0", HARNESS_RUN_ID="run id with spaces")
+    result = subprocess.run([sys.executable, "-m", "harness.preflight", "--run_dir", str(tmp_path / "run"),
+                             "--checkpoint_dir", str(tmp_path / "ckpt")],
+                            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "harness-preflight: error: HARNESS_RUN_ID='run id with spaces' is not a run id (1 to 64 letters, digits, "
+        "'.', '_' or '-', starting with a letter or digit)"]
+    assert list(tmp_path.iterdir()) == []
