@@ -5,7 +5,8 @@ restart on `EXIT_RESTARTABLE`, and must not on 1 or 2, which would fail the same
 xpk's JobSets restart on 42 and on 127-255 (signals), and launch/gke generates that policy.
 """
 
-# A lost host, a preemption, or a stop that found the pod broken: resume from the last checkpoint.
+# A lost host, a preemption, a stop that found the pod broken, or a checkpoint storage could
+# not read just now: resume from the last checkpoint.
 EXIT_RESTARTABLE = 42
 # This host's accelerator is unusable (TPU held by another process, driver missing):
 # restarting on the same host fails the same way; fix or replace the host.
@@ -45,6 +46,15 @@ class NonFiniteStateError(Exception):
     that state (so no good checkpoint is pruned for it); exit 1."""
 
     exit_code = 1
+
+
+class CheckpointUnreadableError(Exception):
+    """A checkpoint could not be read, listed or marked for a reason that proves no damage
+    (storage unavailable after its retries, a timeout, out of memory, permission denied).
+    Every host stops with the same line and nothing is marked, renamed or deleted; exit 42
+    (restartable): the next attempt may well read it (harness/runtime/damage.py)."""
+
+    exit_code = EXIT_RESTARTABLE
 
 
 class CheckpointSaveError(Exception):
