@@ -327,7 +327,7 @@ def _near_valid(keys: tuple[str, ...], kinds: tuple[str, ...]) -> st.SearchStrat
                    **({"version": WIRE_VERSION, "kind": t[1]} if t[2] else {})})
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(_near_valid(_HELLO_KEYS, ("hello", "go", "host_report")))
 def test_a_hostile_hello_decodes_exactly_or_is_refused(body: dict) -> None:
     data = msgpack.packb(body, use_bin_type=True)
@@ -342,7 +342,7 @@ def test_a_hostile_hello_decodes_exactly_or_is_refused(body: dict) -> None:
     assert set(body) == set(_HELLO_KEYS)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(_near_valid(_REPLY_KEYS, ("go", "abort", "hello")))
 def test_a_hostile_reply_decodes_exactly_or_is_refused(body: dict) -> None:
     data = msgpack.packb(body, use_bin_type=True)
