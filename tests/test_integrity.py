@@ -111,13 +111,15 @@ def test_a_train_state_is_checked_in_one_program_with_one_all_reduce_and_no_impl
     mesh = make_mesh(4)
     state = init_state(TrainConfig().replace(batch_size=16, fsdp_devices=4, hidden_dim=32, image_size=32), mesh)
     leaves = jax.tree.leaves(state)
-    text = integrity._summary_program(mesh).lower(leaves).compile().as_text()
-    all_reduces = [line for line in text.splitlines() if re.search(r"= .*\ball-reduce(-start)?\(", line)]
+    program = integrity._sharded_program(mesh, tuple((x.shape, x.sharding.spec) for x in leaves))
+    text = program.lower(leaves).compile().as_text()
+    collectives = [line for line in text.splitlines()
+                   if re.search(r"= .*\b(all-reduce|all-gather|reduce-scatter|all-to-all)(-start)?\(", line)]
 
     with jax.transfer_guard_device_to_host("disallow"):  # a hidden copy of the state would raise
         checksums, nonfinite = inspect_state(state)
 
-    assert len(leaves) > 30 and len(all_reduces) == 1, all_reduces
+    assert len(leaves) > 30 and len(collectives) == 1 and "all-reduce" in collectives[0], collectives
     assert len(checksums) == len(leaves) and nonfinite == []
 
 

@@ -17,14 +17,16 @@ Wrapping integer sums are exact and order-free, so any mesh and process count gi
 same bits. An odd weight is invertible mod 2**32, so changing any one element always
 changes `a`; `b` catches most multi-element changes that `a` misses.
 
-All leaves go through ONE jitted program on the devices that hold them: per-leaf sums
-and, for every floating leaf (bfloat16 and float16 included), a count of non-finite
-values. The partitioner turns each sum into per-device partial sums plus a reduction
-across devices; the result is a small replicated (leaves, 3) array, the only thing
-copied to the host (12 bytes per leaf, not the state). Every host gets the same result.
-`bench/checkpoint_stall.py` measures it against the host-side copy it replaced.
+All leaves of a mesh go through ONE jitted program (a shard_map) on the devices that
+hold them: each device sums its own blocks, knowing where they sit in the global array,
+and counts the non-finite values of every floating leaf (bfloat16 and float16
+included); devices holding a second replica of a block add zero; then one psum over the
+whole mesh, a single cross-host reduction of 12 bytes per leaf, gives every host the
+same replicated (leaves, 3) array: the only thing copied to the host, not the state.
+Leaves without a mesh (on one device, say) get the same sums from a plain jitted
+program. `bench/checkpoint_stall.py` measures it against the host copy it replaced.
 
-Tests: `.venv/bin/python -m pytest -q tests/test_integrity.py tests/test_integrity_multihost.py`.
+Tests: `.venv/bin/python -m pytest -q tests/test_integrity.py tests/test_collectives.py`.
 """
 
 from __future__ import annotations
@@ -58,59 +60,100 @@ def _bits(x: jax.Array) -> jax.Array:
     raise TypeError(f"no checksum for dtype {x.dtype}")
 
 
-def _flat_index(shape: tuple[int, ...]) -> jax.Array:
-    """The global flat index (mod 2**32) of every element of an array of `shape`."""
+def _flat_index(shape: tuple[int, ...], global_shape: tuple[int, ...], offsets: list[jax.Array]) -> jax.Array:
+    """The global flat index (mod 2**32) of every element of a block of `shape` that
+    starts at `offsets` in an array of `global_shape`."""
     flat = jnp.zeros(shape, dtype=jnp.uint32)
     stride = 1
     for dim in reversed(range(len(shape))):
-        flat = flat + jax.lax.broadcasted_iota(jnp.uint32, shape, dim) * np.uint32(stride % 2**32)
-        stride *= shape[dim]
+        position = jax.lax.broadcasted_iota(jnp.uint32, shape, dim) + offsets[dim]
+        flat = flat + position * np.uint32(stride % 2**32)
+        stride *= global_shape[dim]
     return flat
 
 
-def _leaf_summary(x: jax.Array) -> jax.Array:
-    """(a, b, non-finite count) of one leaf, as uint32."""
-    bits, index = _bits(x), _flat_index(x.shape)
+def _block_summary(block: jax.Array, global_shape: tuple[int, ...], offsets: list[jax.Array]) -> jax.Array:
+    """(a, b, non-finite count) of one block, as uint32, in one pass over it (a single
+    three-output reduction: ~7x faster on CPU than three separate sums)."""
+    bits, index = _bits(block), _flat_index(block.shape, global_shape, offsets)
     mixed = (index ^ (index >> 16)) * _GOLDEN
-    a = jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32)
-    b = jnp.sum((bits ^ mixed) * (2 * mixed + 1), dtype=jnp.uint32)
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        nonfinite = jnp.sum(~jnp.isfinite(x), dtype=jnp.uint32)
+    if jnp.issubdtype(block.dtype, jnp.inexact):
+        nonfinite = (~jnp.isfinite(block)).astype(jnp.uint32)
     else:
-        nonfinite = jnp.uint32(0)
-    return jnp.stack([a, b, nonfinite])
+        nonfinite = jnp.zeros(block.shape, dtype=jnp.uint32)
+    zero = jnp.uint32(0)
+    sums = jax.lax.reduce(
+        (bits * (2 * index + 1), (bits ^ mixed) * (2 * mixed + 1), nonfinite), (zero, zero, zero),
+        lambda p, q: (p[0] + q[0], p[1] + q[1], p[2] + q[2]), tuple(range(block.ndim)),
+    )
+    return jnp.stack(sums)
 
 
-def _summaries(leaves: list[jax.Array]) -> jax.Array:
-    return jnp.stack([_leaf_summary(x) for x in leaves])
+def _axes(entry: Any) -> tuple[str, ...]:
+    return () if entry is None else tuple(entry) if isinstance(entry, tuple) else (entry,)
 
 
-def _placement(leaf: jax.Array) -> Mesh | tuple[int, ...]:
-    """Where a leaf lives: its mesh, or the ids of its devices when it has none."""
-    sharding = leaf.sharding
-    return sharding.mesh if isinstance(sharding, NamedSharding) else tuple(sorted(d.id for d in sharding.device_set))
+def _local_summaries(mesh: Mesh, layouts: tuple[tuple[tuple[int, ...], PartitionSpec], ...],
+                     *blocks: jax.Array) -> jax.Array:
+    """Inside shard_map: each device's share of every leaf's sums (zero where the device
+    holds a replica other than the first), then ONE psum over the whole mesh."""
+    partials = []
+    for block, (global_shape, spec) in zip(blocks, layouts):
+        entries = tuple(spec) + (None,) * (block.ndim - len(spec))
+        offsets = []
+        for dim, entry in enumerate(entries):
+            position = jnp.uint32(0)
+            for name in _axes(entry):
+                position = position * np.uint32(mesh.shape[name]) + jax.lax.axis_index(name).astype(jnp.uint32)
+            offsets.append(position * np.uint32(block.shape[dim]))
+        used = {name for entry in entries for name in _axes(entry)}
+        first_replica = jnp.bool_(True)
+        for name in mesh.axis_names:
+            if name not in used:
+                first_replica = first_replica & (jax.lax.axis_index(name) == 0)
+        partials.append(_block_summary(block, global_shape, offsets) * first_replica.astype(jnp.uint32))
+    return jax.lax.psum(jnp.stack(partials), tuple(mesh.axis_names))
+
+
+def _device_ids(leaf: jax.Array) -> tuple[int, ...]:
+    return tuple(sorted(d.id for d in leaf.sharding.device_set))
 
 
 @functools.cache
-def _summary_program(placement: Mesh | tuple[int, ...]) -> Callable[[list[jax.Array]], jax.Array]:
-    """The one jitted program for leaves at `placement`, its output replicated there."""
-    out = NamedSharding(placement, PartitionSpec()) if isinstance(placement, Mesh) else None
-    return jax.jit(_summaries, out_shardings=out)
+def _sharded_program(mesh: Mesh, layouts: tuple[tuple[tuple[int, ...], PartitionSpec], ...]) -> Callable:
+    """The one program for the leaves on `mesh`: their summaries, replicated."""
+    local = jax.shard_map(functools.partial(_local_summaries, mesh, layouts), mesh=mesh,
+                          in_specs=tuple(spec for _, spec in layouts), out_specs=PartitionSpec())
+    return jax.jit(lambda leaves: local(*leaves))
+
+
+@jax.jit
+def _whole_summaries(leaves: list[jax.Array]) -> jax.Array:
+    """For leaves without a mesh (on one device, say): the same sums over the whole
+    arrays, partitioned by the compiler if need be."""
+    return jnp.stack([_block_summary(x, x.shape, [jnp.uint32(0)] * x.ndim) for x in leaves])
 
 
 def inspect_state(tree: Any) -> tuple[dict[str, str], list[str]]:
     """`({leaf path: "aaaaaaaa-bbbbbbbb"}, [paths of leaves holding nan/inf])` for every
-    array leaf of `tree`. One program per set of devices the leaves live on (one for a
-    train state); every host calls it with the same tree and gets the same answer."""
+    array leaf of `tree`. One program per mesh the leaves live on (one for a train
+    state); every host calls it with the same tree and gets the same answer."""
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
     paths = [jax.tree_util.keystr(path) for path, _ in flat]
     leaves = [leaf for _, leaf in flat]
     summary = np.zeros((len(leaves), 3), dtype=np.uint32)
     groups: dict[Mesh | tuple[int, ...], list[int]] = {}
     for position, leaf in enumerate(leaves):
-        groups.setdefault(_placement(leaf), []).append(position)
+        sharding = leaf.sharding
+        placement = sharding.mesh if isinstance(sharding, NamedSharding) else _device_ids(leaf)
+        groups.setdefault(placement, []).append(position)
     for placement, positions in groups.items():
-        summary[positions] = jax.device_get(_summary_program(placement)([leaves[p] for p in positions]))
+        members = [leaves[p] for p in positions]
+        if isinstance(placement, Mesh):
+            program = _sharded_program(placement, tuple((x.shape, x.sharding.spec) for x in members))
+        else:
+            program = _whole_summaries
+        summary[positions] = jax.device_get(program(members))
     checksums = {path: f"{int(a):08x}-{int(b):08x}" for path, (a, b, _) in zip(paths, summary)}
     return checksums, [path for path, (_, _, bad) in zip(paths, summary) if bad]
 
