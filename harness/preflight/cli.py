@@ -36,8 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--interconnect_repeats", type=int, default=defaults.interconnect_repeats, metavar="INT",
                        help="timed runs of each collective and size (default: %(default)s)")
     group.add_argument("--straggler_factor", type=float, default=defaults.straggler_factor, metavar="FLOAT",
-                       help="a host this many times slower than the others' median is a straggler "
-                            "(default: %(default)s)")
+                       help="a host whose latency to collectives is this many times the others' median is "
+                            "a straggler (default: %(default)s)")
+    group.add_argument("--slow_host_factor", type=float, default=defaults.slow_host_factor, metavar="FLOAT",
+                       help="a host this many times slower than the median host at its own work (host speed, "
+                            "the dry run's steps) fails (default: %(default)s)")
+    group.add_argument("--throughput_max_bytes", type=int, default=defaults.throughput_max_bytes, metavar="BYTES",
+                       help="the storage throughput test writes and reads the smaller of each host's checkpoint "
+                            "shard and this (default: %(default)s)")
     group.add_argument("--dry_run_steps", type=int, default=defaults.dry_run_steps, metavar="INT",
                        help="training steps before the dry run's save and resume (default: %(default)s)")
     group.add_argument("--check_timeout", type=float, default=defaults.check_timeout, metavar="SECONDS",
@@ -56,6 +62,8 @@ def parse(argv: Sequence[str]) -> tuple[TrainConfig, PreflightOptions]:
         interconnect_sizes=parse_sizes(args.pop("interconnect_sizes")),
         interconnect_repeats=args.pop("interconnect_repeats"),
         straggler_factor=args.pop("straggler_factor"),
+        slow_host_factor=args.pop("slow_host_factor"),
+        throughput_max_bytes=args.pop("throughput_max_bytes"),
         dry_run_steps=args.pop("dry_run_steps"),
         check_timeout=args.pop("check_timeout"),
         testing_fault=args.pop("testing_fault"),

@@ -13,14 +13,10 @@ from harness.errors import UsageError
 JAX_VERSION = "jax_version"  # the host reports another jax version
 CODE_HASH = "code_hash"  # the host's harness code hash differs
 WRONG_DEVICE_RESULT = "wrong_device_result"  # one device's matmul result is off by one
-STRAGGLER = "straggler"  # the host sleeps inside every timed collective
 NEVER_START = "never_start"  # the host never joins the rendezvous
 UNWRITABLE_CHECKPOINT_DIR = "unwritable_checkpoint_dir"  # the host cannot write the checkpoint dir
-KINDS = (JAX_VERSION, CODE_HASH, WRONG_DEVICE_RESULT, STRAGGLER, NEVER_START, UNWRITABLE_CHECKPOINT_DIR)
+KINDS = (JAX_VERSION, CODE_HASH, WRONG_DEVICE_RESULT, NEVER_START, UNWRITABLE_CHECKPOINT_DIR)
 
-# How late the straggler enters each timed collective: far above the few milliseconds a
-# collective of the default sizes takes on a local CPU pod, so the fault is unmistakable.
-STRAGGLER_DELAY_S = 0.1
 # What the faulty host appends to the versions or code it reports.
 MARK = "+testing-fault"
 

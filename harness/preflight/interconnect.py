@@ -14,7 +14,9 @@ say who it was. Hosts leave a barrier together, though, so per repeat
 and `latency(host) = arrive(host) + collective` is what that host costs. A host whose
 latency is `--straggler_factor` times the median of the other hosts' (the median ratio
 over all measurements) is a straggler, named by index. A slow link slows every host
-alike: it shows as low bandwidth, not as a straggler.
+alike: it shows as low bandwidth, not as a straggler. A host that is slow at everything
+arrives late at the barrier too, and leaves it with the others: that one is invisible
+here, and stragglers.py names it.
 
 Algorithm bandwidth follows nccl-tests: bytes / collective time, where bytes is the
 per-device buffer (the all-gather's output); bus bandwidth scales it by 2(n-1)/n for
@@ -32,7 +34,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from harness.preflight.faults import STRAGGLER, STRAGGLER_DELAY_S, Fault
 from harness.preflight.results import FAIL, INTERCONNECT, PASS, SKIP, HostReport, Observation, Timing
 
 COLLECTIVES = ("all_gather", "reduce_scatter", "all_reduce", "all_to_all")
@@ -46,7 +47,7 @@ def published_ici(device_kind: str) -> float | None:
     return ICI_GBYTES_PER_S.get(device_kind)
 
 
-def measure(fsdp_devices: int, sizes: Sequence[int], repeats: int, fault: Fault) -> tuple[Timing, ...]:
+def measure(fsdp_devices: int, sizes: Sequence[int], repeats: int) -> tuple[Timing, ...]:
     """Times every collective over every mesh axis at every size (a collective
     sequence: every host calls it with the same arguments)."""
     import jax
@@ -61,7 +62,6 @@ def measure(fsdp_devices: int, sizes: Sequence[int], repeats: int, fault: Fault)
     token = jax.make_array_from_callback((mesh.size,), NamedSharding(mesh, spread),
                                          lambda index: np.zeros(1, np.float32))
     jax.block_until_ready(barrier(token))
-    late = STRAGGLER_DELAY_S if fault.here(STRAGGLER) else 0.0
     timings = []
     for axis in (a for a in mesh.axis_names if mesh.shape[a] > 1):
         n = mesh.shape[axis]
@@ -77,8 +77,6 @@ def measure(fsdp_devices: int, sizes: Sequence[int], repeats: int, fault: Fault)
                 for _ in range(repeats):
                     jax.block_until_ready(barrier(token))
                     left = time.perf_counter()
-                    if late:
-                        time.sleep(late)
                     arrived = time.perf_counter()
                     jax.block_until_ready(run(data))
                     arrive.append(arrived - left)

@@ -1,5 +1,6 @@
 """From every host's report to the pod's: one cell per check and host, the cross-host
-verdicts (consistency, the all-reduce, stragglers) and the overall verdict.
+verdicts (consistency, the all-reduce, late and slow hosts, storage throughput, the dry
+run's step times) and the overall verdict.
 
 Pure: the same reports give the same verdict on every host, which is how all hosts
 agree on what to skip next (after a consistency FAIL no collective runs: hosts that
@@ -11,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from harness.preflight import consistency, devices, interconnect
+from harness.preflight import consistency, devices, interconnect, stragglers
+from harness.preflight.dry_run import judge_step_times
 from harness.preflight.faults import Fault
 from harness.preflight.interconnect import Measurement
-from harness.preflight.results import (CONSISTENCY, DEVICES, FAIL, INTERCONNECT, PASS, RENDEZVOUS, ROWS, SKIP,
-                                       HostReport, Observation, worst)
+from harness.preflight.options import PreflightOptions
+from harness.preflight.results import (CONSISTENCY, DEVICES, DRY_RUN, FAIL, HOST_SPEED, INTERCONNECT, PASS,
+                                       RENDEZVOUS, ROWS, SKIP, THROUGHPUT, HostReport, Observation, worst)
+from harness.preflight.storage import PodThroughput, judge_throughput, pod_throughput
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,7 @@ class PodContext:
     fault: Fault
     straggler_factor: float
     host_names: Mapping[int, str] = dataclasses.field(default_factory=dict)  # from the pod's metadata
+    slow_host_factor: float = PreflightOptions.slow_host_factor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,7 @@ class Report:
     facts: Mapping[int, Mapping[str, str]]
     measurements: tuple[Measurement, ...]
     aborted: Abort | None
+    throughput: PodThroughput | None = None  # every host's storage throughput together
 
     @property
     def verdict(self) -> str:
@@ -115,10 +121,13 @@ def judge(received: Mapping[int, HostReport | str], context: PodContext, *, abor
     _judge_consistency(cells, reports)
     _judge_devices(cells, reports)
     found = _judge_interconnect(cells, reports, context.straggler_factor)
+    cells[HOST_SPEED].update(stragglers.judge_speed(reports, context.slow_host_factor))
+    cells[THROUGHPUT].update(judge_throughput(reports))
+    cells[DRY_RUN].update(judge_step_times(reports, context.slow_host_factor))
     if abort is not None:
         _apply_abort(cells, abort, hosts)
     return Report(context, hosts, {h: r.hostname for h, r in reports.items()}, {h: r.pid for h, r in reports.items()},
-                  cells, {h: r.facts for h, r in reports.items()}, tuple(found), abort)
+                  cells, {h: r.facts for h, r in reports.items()}, tuple(found), abort, pod_throughput(reports))
 
 
 def _judge_consistency(cells: dict[str, dict[int, Observation]], reports: Mapping[int, HostReport]) -> None:

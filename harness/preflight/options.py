@@ -6,9 +6,11 @@ import dataclasses
 
 from harness.errors import UsageError
 
-CONSISTENCY, DEVICES, INTERCONNECT, STORAGE, DRY_RUN = "consistency", "devices", "interconnect", "storage", "dry_run"
-CHECKS = (CONSISTENCY, DEVICES, INTERCONNECT, STORAGE, DRY_RUN)  # rendezvous always runs
+CONSISTENCY, DEVICES, HOST_SPEED, INTERCONNECT = "consistency", "devices", "host_speed", "interconnect"
+STORAGE, DRY_RUN = "storage", "dry_run"
+CHECKS = (CONSISTENCY, DEVICES, HOST_SPEED, INTERCONNECT, STORAGE, DRY_RUN)  # rendezvous always runs
 DEFAULT_SIZES = (16 << 10, 256 << 10, 4 << 20)  # bytes per device and collective
+DEFAULT_THROUGHPUT_MAX_BYTES = 256 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,6 +19,8 @@ class PreflightOptions:
     interconnect_sizes: tuple[int, ...] = DEFAULT_SIZES
     interconnect_repeats: int = 5
     straggler_factor: float = 3.0
+    slow_host_factor: float = 1.3
+    throughput_max_bytes: int = DEFAULT_THROUGHPUT_MAX_BYTES
     dry_run_steps: int = 4
     check_timeout: float = 300.0
     testing_fault: str = ""
@@ -50,6 +54,10 @@ def validate_options(options: PreflightOptions) -> None:
         raise UsageError(f"--interconnect_repeats must be positive, got {options.interconnect_repeats}")
     if not options.straggler_factor > 1.0:
         raise UsageError(f"--straggler_factor must be above 1, got {options.straggler_factor}")
+    if not options.slow_host_factor > 1.0:
+        raise UsageError(f"--slow_host_factor must be above 1, got {options.slow_host_factor}")
+    if options.throughput_max_bytes < 1:
+        raise UsageError(f"--throughput_max_bytes must be positive, got {options.throughput_max_bytes}")
     if options.dry_run_steps < 1:
         raise UsageError(f"--dry_run_steps must be positive, got {options.dry_run_steps}")
     if not options.check_timeout > 0:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 from harness.preflight.consistency import pod_values
 from harness.preflight.interconnect import published_ici
 from harness.preflight.judge import Report
-from harness.preflight.results import FAIL, ROWS, worst
+from harness.preflight.results import FAIL, ROWS, THROUGHPUT, worst
 from harness.preflight.schema import SCHEMA_ID
 
 CELL_WIDTH = 38
@@ -31,6 +32,12 @@ def device_kind(report: Report) -> str | None:
 
 def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _pod_throughput(report: Report) -> str:
+    pod = report.throughput
+    return (f"{pod.hosts} host(s) at once: write {pod.write_mb_per_s:.1f} MB/s, read {pod.read_mb_per_s:.1f} MB/s "
+            f"({pod.bytes / 1e6:.1f} MB in all)")
 
 
 def console_lines(report: Report) -> list[str]:
@@ -53,6 +60,9 @@ def console_lines(report: Report) -> list[str]:
             cells = [report.cells[row][h] for h in block]
             lines.append(row.ljust(first) + "".join(_fit(f"{c.status} {c.value}", CELL_WIDTH).ljust(CELL_WIDTH + 2)
                                                     for c in cells).rstrip())
+    if report.throughput:
+        lines.append("")
+        lines.append(f"storage throughput, {_pod_throughput(report)}")
     if report.aborted:
         lines.append(f"stopped early in {report.aborted.row}: {report.aborted.reason}")
     lines.append("")
@@ -88,6 +98,8 @@ def to_json(report: Report) -> dict:
                    for row in ROWS],
         "failures": [{"check": row, "host": h, "value": c.value, "detail": c.detail} for row, h, c in report.failures()],
         "consistency": {"pod": pod_values(report.facts) if report.facts else {}, "hosts": facts},
+        "slow_host_factor": ctx.slow_host_factor,
+        "storage_throughput": dataclasses.asdict(report.throughput) if report.throughput else None,
         "interconnect": {
             "straggler_factor": ctx.straggler_factor,
             "published_ici_gbytes_per_s": published_ici(kind) if kind else None,
@@ -127,7 +139,8 @@ def markdown(report: Report) -> str:
         cells = [report.cells[row][h] for h in report.hosts]
         out.append(f"| {row} | " + " | ".join(
             (f"**{c.status}**" if c.status == FAIL else c.status) + f" {_md_escape(c.value)}" for c in cells) + " |")
-    out += _consistency_section(report) + _interconnect_section(report) + _details_section(report)
+    out += (_consistency_section(report) + _interconnect_section(report) + _throughput_section(report)
+            + _details_section(report))
     return "\n".join(out) + "\n"
 
 
@@ -143,6 +156,21 @@ def _consistency_section(report: Report) -> list[str]:
         row = [report.facts[h].get(name, "absent") for h in hosts]
         lines.append(f"| {name} | {_md_escape(value)} | " + " | ".join(
             _md_escape(v) if v == value else f"**{_md_escape(v)}**" for v in row) + " |")
+    return lines
+
+
+def _throughput_section(report: Report) -> list[str]:
+    if not report.throughput:
+        return []
+    cells = {h: c for h, c in sorted(report.cells[THROUGHPUT].items()) if "write_s" in c.metrics}
+    lines = ["", "## Storage throughput", "",
+             "Every host wrote its share of a checkpoint, all starting together, then read it back together "
+             "(1 MB = 10^6 bytes).", "", f"All hosts together, {_pod_throughput(report)}.", "",
+             "| host | bytes | write (s) | write (MB/s) | read (s) | read (MB/s) |", "|---|---|---|---|---|---|"]
+    for host, cell in cells.items():
+        m = cell.metrics
+        lines.append(f"| {host_label(report, host)} | {m['bytes']:.0f} | {m['write_s']:.3f} | "
+                     f"{m['write_mb_per_s']:.1f} | {m['read_s']:.3f} | {m['read_mb_per_s']:.1f} |")
     return lines
 
 

@@ -20,11 +20,13 @@ _SEVERITY = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}
 RENDEZVOUS = "rendezvous"
 CONSISTENCY = "consistency"
 DEVICES = "devices"
+HOST_SPEED = "host speed"
 INTERCONNECT = "interconnect"
 STORAGE = "storage"
+THROUGHPUT = "storage throughput"
 ROUND_TRIP = "checkpoint round trip"
 DRY_RUN = "dry run"
-ROWS = (RENDEZVOUS, CONSISTENCY, DEVICES, INTERCONNECT, STORAGE, ROUND_TRIP, DRY_RUN)
+ROWS = (RENDEZVOUS, CONSISTENCY, DEVICES, HOST_SPEED, INTERCONNECT, STORAGE, THROUGHPUT, ROUND_TRIP, DRY_RUN)
 
 
 def worst(statuses: list[str]) -> str:

@@ -6,10 +6,11 @@
 2. Consistency facts (local), then the first exchange. Every host judges the same
    reports the same way (judge.py); if the hosts disagree, no collective runs after
    this (a different program on one host can hang them all).
-3. Devices and interconnect (collectives), the storage probe (local), then an exchange:
-   a host that cannot write stops the checkpoint round trip and the dry run on all
-   hosts, instead of leaving the others in orbax's barriers.
-4. The checkpoint round trip, an exchange; then the dry run (the real training loop),
+3. Devices, host speed and interconnect (collectives), the storage probe (local), then
+   an exchange: a host that cannot write stops the storage throughput, the checkpoint
+   round trip and the dry run on all hosts, instead of leaving the others in barriers.
+4. The storage throughput and the checkpoint round trip, an exchange; then the dry run
+   (the real training loop),
    the final exchange, and the verdict: process 0 prints the table and writes
    preflight.json and preflight.md, every host prints the summary line, and all exit
    with the same code (0: no FAIL, 1: a FAIL; 42, the harness's restartable code, when
@@ -46,10 +47,13 @@ from harness.preflight.options import PreflightOptions
 from harness.preflight.progress import CheckLines
 from harness.preflight.rendezvous import Coordinates, Joined, join, missing_host_observation, pod_coordinates
 from harness.preflight import options as selectable
-from harness.preflight.results import (CONSISTENCY, DEVICES, DRY_RUN, FAIL, INTERCONNECT, PASS, RENDEZVOUS,
-                                       ROUND_TRIP, SKIP, STORAGE, HostReport, Observation, first_line, skipped, timed)
+from harness.preflight.results import (CONSISTENCY, DEVICES, DRY_RUN, FAIL, HOST_SPEED, INTERCONNECT, PASS,
+                                       RENDEZVOUS, ROUND_TRIP, SKIP, STORAGE, THROUGHPUT, HostReport, Observation,
+                                       first_line, skipped, timed)
 from harness.preflight.rollcall import REPLY_MARGIN_S
-from harness.preflight.storage import probe, probe_failed, probe_target, remove_scratch, round_trip
+from harness.preflight.storage import (probe, probe_failed, probe_target, remove_scratch, round_trip, shard_bytes,
+                                      throughput)
+from harness.preflight.stragglers import MEASURE_S, measure_speed
 from harness.runtime import storage
 from harness.runtime.devices import configure_devices
 from harness.runtime.watchdog import lost_hosts_line
@@ -87,7 +91,8 @@ def _context(config: TrainConfig, options: PreflightOptions, coordinates: Coordi
              fault: Fault, mesh: dict[str, int]) -> PodContext:
     names = dict(enumerate(coordinates.host_names)) if coordinates else {}
     return PodContext(run_id or "none", coordinates.num_processes if coordinates else 1, options.preset,
-                      coordinates.address if coordinates else None, mesh, fault, options.straggler_factor, names)
+                      coordinates.address if coordinates else None, mesh, fault, options.straggler_factor, names,
+                      slow_host_factor=options.slow_host_factor)
 
 
 def _pod_never_assembled(config: TrainConfig, options: PreflightOptions, coordinates: Coordinates,
@@ -178,6 +183,7 @@ class Preflight:
             self._exchange()
             safe = not options.runs(selectable.CONSISTENCY) or same_program(self.received)
             self._collective_or_skip(DEVICES, selectable.DEVICES, safe, lambda: device_check(self.fault))
+            self._collective_or_skip(HOST_SPEED, selectable.HOST_SPEED, safe, self._host_speed)
             self._collective_or_skip(INTERCONNECT, selectable.INTERCONNECT, safe, self._interconnect)
             if options.runs(selectable.STORAGE):
                 self._local(STORAGE, self._probe)
@@ -185,6 +191,8 @@ class Preflight:
                 self._skip(STORAGE, NOT_SELECTED)
             self._exchange()
             writable = not options.runs(selectable.STORAGE) or all_passed(self.received, STORAGE)
+            self._collective_or_skip(THROUGHPUT, selectable.STORAGE, safe and writable, self._throughput,
+                                     why=DISAGREE if not safe else UNWRITABLE)
             self._collective_or_skip(ROUND_TRIP, selectable.STORAGE, safe and writable, self._round_trip,
                                      why=DISAGREE if not safe else UNWRITABLE)
             self._exchange()
@@ -262,8 +270,7 @@ class Preflight:
 
     def _interconnect(self) -> Observation:
         options = self.options
-        timings = measure(self.config.mesh.fsdp_devices, options.interconnect_sizes, options.interconnect_repeats,
-                          self.fault)
+        timings = measure(self.config.mesh.fsdp_devices, options.interconnect_sizes, options.interconnect_repeats)
         self.report = dataclasses.replace(self.report, timings=timings)
         if not timings:
             return no_axis_observation()
@@ -275,6 +282,18 @@ class Preflight:
             return probe(target)
         except OSError as err:
             return probe_failed(err, target)
+
+    def _meet(self) -> bool:
+        return barrier(self.options.check_timeout)
+
+    def _host_speed(self) -> Observation:
+        return measure_speed(MEASURE_S, self._meet)
+
+    def _throughput(self) -> Observation:
+        """Both transfers together stay within the stage's --check_timeout, barriers included."""
+        nbytes = min(shard_bytes(self.config, self.num_hosts), self.options.throughput_max_bytes)
+        return throughput(self.config.checkpoint.dir, self.run_id, self.host, nbytes, self._meet,
+                          0.4 * self.options.check_timeout)
 
     def _round_trip(self) -> Observation:
         return round_trip(self.config.checkpoint.dir, self.run_id, self.config.mesh.fsdp_devices,

@@ -67,8 +67,8 @@ PREFLIGHT_SCHEMA = {
             "pid": {"type": ["integer", "null"]},
         })},
         "checks": {"type": "array", "items": _record({
-            "check": {"enum": ["rendezvous", "consistency", "devices", "interconnect", "storage",
-                               "checkpoint round trip", "dry run"]},
+            "check": {"enum": ["rendezvous", "consistency", "devices", "host speed", "interconnect", "storage",
+                               "storage throughput", "checkpoint round trip", "dry run"]},
             "status": _STATUS,  # the worst of its cells
             "cells": {"type": "array", "items": CELL},
         })},
@@ -79,6 +79,12 @@ PREFLIGHT_SCHEMA = {
             "pod": _STRING_MAP,  # fact -> the pod's value
             "hosts": {"type": "object", "additionalProperties": _STRING_MAP},  # host -> fact -> value
         }),
+        "slow_host_factor": {"type": "number", "exclusiveMinimum": 1},  # host speed and the dry run's steps
+        "storage_throughput": {"oneOf": [{"type": "null"}, _record({  # every host together, started together
+            "hosts": {"type": "integer", "minimum": 1},
+            "bytes": {"type": "number", "minimum": 0},  # written, then read, by all of them
+            "write_mb_per_s": {"type": "number", "minimum": 0},  # bytes / the slowest host's time (1 MB = 1e6 B)
+            "read_mb_per_s": {"type": "number", "minimum": 0}})]},
         "interconnect": _record({
             "straggler_factor": {"type": "number", "exclusiveMinimum": 1},
             "published_ici_gbytes_per_s": {"type": ["number", "null"]},

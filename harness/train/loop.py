@@ -92,6 +92,12 @@ class Trainer:
         self.run_dir = Path(config.run.run_dir)
         self.reporter = self._make_reporter() if config.hard_examples.enabled else None
         self.skipped_updates = 0
+        # Per step, seconds from this host holding a step's results to calling the next step
+        # (the call itself can wait for the devices): its own part of the step, before it
+        # enters the next collective (the preflight compares it across hosts). Spans with a
+        # save or a gather are left out.
+        self.host_step_s: list[float] = []
+        self._results_at: float | None = None
 
     def _make_reporter(self) -> HardExampleReporter:
         config = self.config
@@ -180,6 +186,7 @@ class Trainer:
         while in_flight:
             last = self._finish_step(in_flight.popleft(), outputs)
         self.store.save(step, state, self._checkpoint_meta(step))
+        self._results_at = None
         return last
 
     def _batches_for(self, step: int) -> tuple[Batch, Batch, dict]:
@@ -190,6 +197,7 @@ class Trainer:
 
     def _finish_step(self, pending: _InFlight, outputs: RunOutputs) -> dict[str, float]:
         fetched = jax.device_get({name: pending.metrics[name] for name in SCALAR_METRICS})
+        self._results_at = time.perf_counter()
         scalars = {name: float(fetched[name]) for name in SCALAR_METRICS}  # device_get sorts keys
         log = itstime(pending.step, self.config.run.log_interval, last=self.config.run.num_train_steps - 1, first=True)
         outputs.step_finished(pending.step, scalars, pending.metrics, log=log)
@@ -200,6 +208,7 @@ class Trainer:
             self.reporter.observe(pending.step, pending.local_batch, losses, sample_ids)
             result = self.reporter.end_of_step(pending.step)
             if result is not None:
+                self._results_at = None
                 outputs.hard_examples_gathered(result)
         return scalars
 
@@ -267,7 +276,7 @@ class Trainer:
             wall_time_s=time.perf_counter() - started, checkpoints=list(self.store.saved_steps),
             run_dir=str(self.run_dir), checkpoint_dir=config.checkpoint.dir, final_metrics=last,
             hard_example_intervals=self.reporter.intervals_logged if self.reporter else 0,
-            preempted=preempted,
+            preempted=preempted, host_step_s=tuple(self.host_step_s),
         )
         outputs.finish(summary)
         self.console.print(BANNER_RULE)
@@ -285,6 +294,9 @@ class Trainer:
                              depth=config.run.max_steps_in_flight)
         try:
             for step, (local_batch, global_batch, self._data_state) in batches:
+                if self._results_at is not None:
+                    self.host_step_s.append(time.perf_counter() - self._results_at)
+                    self._results_at = None
                 state, metrics = train_step(state, global_batch)
                 in_flight.append(_InFlight(step, metrics, local_batch))
                 if len(in_flight) >= config.run.max_steps_in_flight:

@@ -1,7 +1,8 @@
 """A fault-injecting HTTP reverse proxy for storage tests.
 
 Sits on a free loopback port in front of the GCS emulator and forwards every
-request, except those a rule picks to fail. Only fault-injection tests use it;
+request, except those a rule picks to fail (or to slow down: `Fault.DELAY`, a rule
+that can pick one host's objects by name). Only fault-injection tests use it;
 every other test talks to the emulator directly. Faults are deterministic: a rule
 fails the next N matching requests, or every k-th one, so a test can assert
 exactly how many were injected. Point clients at `proxy.url` instead of the
@@ -28,6 +29,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 import urllib.parse
 
 _HOP_BY_HOP = frozenset({
@@ -55,27 +57,34 @@ class Fault(enum.Enum):
     DROP_AFTER_FORWARD = "drop_after_forward"
     """Forward, then close without answering: storage applied the request but
     the client never learns it (the nastiest case for retries)."""
+    DELAY = "delay"
+    """Wait the rule's `delay_s`, then forward and answer normally: slow storage."""
 
 
 @dataclasses.dataclass
 class FaultRule:
-    """Fails requests whose method equals `method` (if set) and whose path
-    contains `path`: the next `count` of them, or with `every` > 0 each
-    `every`-th match (indefinitely unless `count` also limits it)."""
+    """Fails requests whose method equals `method` (if set), whose path
+    contains `path` and which mention `mentions` (if set) in their path or
+    body (an upload names its object in the body): the next `count` of them,
+    or with `every` > 0 each `every`-th match (indefinitely unless `count`
+    also limits it)."""
 
     fault: Fault
     method: str | None = None
     path: str = ""
     count: int | None = 1
     every: int = 0
+    mentions: str = ""
+    delay_s: float = 0.0
     matched: int = 0
     injected: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         """True for a request this rule still wants to see."""
         spent = self.count is not None and self.injected >= self.count
         method_ok = self.method is None or method == self.method
-        return not spent and method_ok and self.path in path
+        mentioned = not self.mentions or self.mentions in path or self.mentions.encode() in body
+        return not spent and method_ok and self.path in path and mentioned
 
     def take(self) -> bool:
         """Counts one matching request; True if it is to fail."""
@@ -142,9 +151,14 @@ class FaultProxy:
         path: str = "",
         count: int | None = 1,
         every: int = 0,
+        mentions: str = "",
+        delay_s: float = 0.0,
     ) -> FaultRule:
         """Adds a rule; the first unspent rule that matches a request decides it."""
-        rule = FaultRule(fault, method=method, path=path, count=count, every=every)
+        if (fault is Fault.DELAY) != (delay_s > 0):
+            raise ValueError("delay_s > 0 goes with Fault.DELAY, and only with it")
+        rule = FaultRule(fault, method=method, path=path, count=count, every=every, mentions=mentions,
+                         delay_s=delay_s)
         with self._lock:
             self._rules.append(rule)
         return rule
@@ -170,11 +184,11 @@ class FaultProxy:
                 collections.Counter(r.fault.value for r in self._records if r.fault)
             )
 
-    def _choose_fault(self, method: str, path: str) -> Fault | None:
+    def _choose_rule(self, method: str, path: str, body: bytes) -> FaultRule | None:
         with self._lock:
             for rule in self._rules:
-                if rule.matches(method, path):
-                    return rule.fault if rule.take() else None
+                if rule.matches(method, path, body):
+                    return rule if rule.take() else None
         return None
 
     def _record(self, record: RequestRecord) -> None:
@@ -254,7 +268,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         method, path = self.command, self.path
         user_agent = self.headers.get("User-Agent", "")
         body = self._read_body()
-        fault = proxy._choose_fault(method, path)
+        rule = proxy._choose_rule(method, path, body)
+        fault = rule.fault if rule else None
+        if fault is Fault.DELAY:
+            time.sleep(rule.delay_s)
         if fault is Fault.UNAVAILABLE:
             proxy._record(RequestRecord(method, path, user_agent, 503, fault))
             self._send(503, "Service Unavailable", [], _error_body(503), method)
