@@ -13,7 +13,7 @@ each round, side by side:
   while the async write went on in the background (on 2 cores the writer competes with
   the step for CPU);
 - the checksums alone, the harness's way (`integrity.inspect_state`: one program on the
-  devices, 12 bytes per leaf fetched) and the way they were computed before 2026-12-07
+  devices, 12 bytes per leaf fetched) and the way they were computed before 2026-12-06
   (every shard copied to host memory and summed with numpy, kept here as the reference).
 The bytes each checksum way copies from the devices are counted from the state.
 """
