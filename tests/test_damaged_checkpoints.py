@@ -1,7 +1,9 @@
-"""Damaged checkpoints through the real CLI: `--resume` reports them, sets them aside
-(renamed, never deleted) and continues bit for bit from the newest valid step; with no
-valid step it changes nothing unless `--allow_fresh_start`; a run killed during an async
-save resumes from a committed step, never from the half-written one.
+"""Damaged checkpoints through the real CLI: `--resume` reports them, sets them aside (a
+DAMAGED marker in the step; nothing renamed, moved or deleted, never pruned, never saved
+over) and continues bit for bit from the newest valid step; later runs skip a marked step
+unread; with no valid step it changes nothing unless `--allow_fresh_start`; a run killed
+during an async save resumes from a committed step, never from the half-written one.
+Failures that prove no damage (storage down, out of memory) are tests/test_resume_faults.py.
 
     .venv/bin/python -m pytest -q tests/test_damaged_checkpoints.py
     .venv/bin/python -m pytest -q -m soak tests/test_damaged_checkpoints.py   # many kill points
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 import signal
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness.runtime.checkpoint import existing_steps
+from harness.runtime.damage import MARKER
 from harness.outputs.sinks import read_metrics
 from tests.support.runs import (
     compile_cache_flags, failure_report, run_harness, start_harness, tree_snapshot,
@@ -28,7 +30,6 @@ from tests.support.runs import (
 
 COMMON = ["--config", "smoke", "--log_interval", "1", "--no_wandb"]
 RUN_TIMEOUT_S = 240
-DAMAGED_DIR = re.compile(r"damaged-(\d+)-\d{8}T\d{6}")
 ORBAX_TMP = ".orbax-checkpoint-tmp"
 
 
@@ -52,15 +53,14 @@ def _tear_array_data(step_dir: Path) -> None:
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def _set_aside(ckpt: Path) -> dict[int, Path]:
-    """Step -> the `damaged-<step>-<time>` directory it was renamed to."""
-    found = {}
-    for child in ckpt.iterdir():
-        match = DAMAGED_DIR.fullmatch(child.name)
-        if match:
-            assert int(match.group(1)) not in found, f"two damaged dirs for one step: {sorted(ckpt.iterdir())}"
-            found[int(match.group(1))] = child
-    return found
+def _marked(ckpt: Path) -> dict[int, str]:
+    """Step -> the text of its DAMAGED marker."""
+    return {int(child.name): (child / MARKER).read_text() for child in ckpt.iterdir()
+            if child.name.isdigit() and (child / MARKER).exists()}
+
+
+def _without_marker(snapshot: dict[str, str]) -> dict[str, str]:
+    return {path: digest for path, digest in snapshot.items() if path != MARKER}
 
 
 @pytest.fixture(scope="module")
@@ -87,53 +87,69 @@ def pristine(tmp_path_factory, cache) -> Path:
 @pytest.fixture(scope="module")
 def partly_damaged(pristine, tmp_path_factory, cache):
     """A copy of the pristine run with step 12's data torn and step 8's commit marker
-    gone, then `--resume` to 12."""
+    gone, then `--resume` to 16 keeping one checkpoint."""
     root = _copy_run(pristine, tmp_path_factory.mktemp("partly_damaged"))
     ckpt = root / "ckpt"
     _tear_array_data(ckpt / "12")
     (ckpt / "8" / "commit_success.txt").unlink()
     damaged = {step: tree_snapshot(ckpt / str(step)) for step in (12, 8)}
-    result = run_harness(_args(root, cache, "--num_train_steps", "12", "--save_interval", "4", "--keep", "5",
+    result = run_harness(_args(root, cache, "--num_train_steps", "16", "--save_interval", "4", "--keep", "1",
                                "--resume"), timeout=RUN_TIMEOUT_S)
     return root, result, damaged
 
 
 def test_resume_reports_each_damaged_step_and_resumes_from_the_newest_valid_one(partly_damaged):
-    _, result, _ = partly_damaged
+    root, result, _ = partly_damaged
+    ckpt = root / "ckpt"
     lines = result.stdout.splitlines()
 
     assert result.returncode == 0, failure_report(result)
     warnings = [line for line in lines if line.startswith("WARNING: checkpoint step")]
     assert len(warnings) == 2, warnings
-    assert warnings[0].startswith("WARNING: checkpoint step 12 is damaged (")
+    assert warnings[0].startswith("WARNING: checkpoint step 12 is damaged (host 0: arrays unreadable: ValueError: ")
     assert warnings[0].endswith("); trying an older one")
-    assert warnings[1] == ("WARNING: checkpoint step 8 is damaged (incomplete: no commit_success.txt); "
+    assert warnings[1] == ("WARNING: checkpoint step 8 is damaged (host 0: incomplete: no commit_success.txt); "
                            "trying an older one")
     assert "Resumed from checkpoint at step 4 (newer damaged steps skipped: 12, 8)" in lines
+    assert (f"WARNING: no checkpoint will be saved at step 8, 12: damaged checkpoints hold those steps in {ckpt} "
+            "(delete them to free the steps)") in lines
     assert "Training complete!" in lines
     assert result.stderr == "", f"a successful fallback printed on stderr:\n{result.stderr}"
 
 
-def test_damaged_steps_are_renamed_with_their_contents_untouched(partly_damaged):
+def test_damaged_steps_are_marked_in_place_with_their_contents_untouched(partly_damaged):
     root, result, damaged = partly_damaged
     ckpt = root / "ckpt"
 
-    set_aside = _set_aside(ckpt)
+    marked = _marked(ckpt)
 
-    assert sorted(set_aside) == [8, 12], sorted(os.listdir(ckpt))
-    for step, directory in set_aside.items():
-        assert tree_snapshot(directory) == damaged[step], f"step {step}'s files changed when set aside"
-        assert f"WARNING: moved damaged checkpoint aside: {directory}" in result.stdout.splitlines()
-    # The resumed run saved 8 and 12 again under their own numbers.
-    assert existing_steps(str(ckpt)) == [4, 8, 12]
+    assert sorted(marked) == [8, 12], sorted(os.listdir(ckpt))
+    assert "host 0: arrays unreadable: ValueError: " in marked[12]
+    assert marked[8].endswith(" host 0: incomplete: no commit_success.txt\n"), marked[8]
+    for step in (8, 12):
+        assert _without_marker(tree_snapshot(ckpt / str(step))) == damaged[step], f"step {step}'s files changed"
+        assert (f"WARNING: damaged checkpoint set aside (kept, never restored or saved over): "
+                f"{ckpt / str(step) / MARKER}") in result.stdout.splitlines()
+
+
+def test_marked_steps_are_neither_pruned_nor_counted_against_keep(partly_damaged):
+    """--keep 1 after a resume from 4 past marked 8 and 12: the run saves only 16 (8 and 12
+    stay taken), orbax prunes 4, and keeps both marked steps, which do not count."""
+    root, result, _ = partly_damaged
+
+    assert result.returncode == 0, failure_report(result)
+    assert sorted(os.listdir(root / "ckpt"), key=int) == ["8", "12", "16"]
+    assert "  Checkpoints written: 16 in " + str(root / "ckpt") in result.stdout.splitlines()
 
 
 def test_run_resumed_past_damaged_steps_logs_the_uninterrupted_metrics(partly_damaged, pristine):
     root, result, _ = partly_damaged
 
     assert result.returncode == 0, failure_report(result)
-    # Rows 0-3 kept from before, 4-11 recomputed from step 4: byte for byte the same file.
-    assert (root / "run" / "metrics.jsonl").read_text() == (pristine / "run" / "metrics.jsonl").read_text()
+    rows = read_metrics(root / "run" / "metrics.jsonl")
+    # Rows 0-3 kept from before, 4-11 recomputed from step 4: exactly the pristine run's.
+    assert rows[:12] == read_metrics(pristine / "run" / "metrics.jsonl")
+    assert [row["step"] for row in rows] == list(range(16))
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,26 +195,34 @@ def test_resume_with_only_damaged_steps_says_so_in_one_stderr_line(all_damaged):
         f"stderr is not one error line:\n{refused.stderr}"
 
 
-def test_allow_fresh_start_starts_at_0_and_keeps_the_damaged_steps(all_damaged, pristine):
+def test_allow_fresh_start_starts_at_0_and_marks_the_damaged_steps_in_place(all_damaged, pristine):
     root, _, _, damaged, _, fresh = all_damaged
     ckpt = root / "ckpt"
+    lines = fresh.stdout.splitlines()
 
     assert fresh.returncode == 0, failure_report(fresh)
-    assert "No valid checkpoint to resume from: starting at step 0" in fresh.stdout.splitlines()
-    set_aside = _set_aside(ckpt)
-    assert sorted(set_aside) == [4, 8, 12], sorted(os.listdir(ckpt))
-    for step, directory in set_aside.items():
-        assert tree_snapshot(directory) == damaged[step], f"step {step}'s files changed when set aside"
-    assert existing_steps(str(ckpt)) == [4]
+    assert "No valid checkpoint to resume from: starting at step 0" in lines
+    assert (f"WARNING: no checkpoint will be saved at step 4: damaged checkpoints hold those steps in {ckpt} "
+            "(delete them to free the steps)") in lines
+    assert sorted(_marked(ckpt)) == [4, 8, 12]
+    for step in (4, 8, 12):
+        assert _without_marker(tree_snapshot(ckpt / str(step))) == damaged[step], f"step {step}'s files changed"
+    assert sorted(os.listdir(ckpt), key=int) == ["4", "8", "12"]  # nothing renamed, nothing saved over
     assert read_metrics(root / "run" / "metrics.jsonl") == read_metrics(pristine / "run" / "metrics.jsonl")[:4]
 
 
 # ---------------------------------------------------------------------------------------
-# Silent corruption: one flipped byte in the array data is caught by the checksums.
+# Corruption: one flipped byte in each array data file is proven damage.
+
+def _reason(warning: str) -> str:
+    """What a `WARNING: checkpoint step N is damaged (...); trying an older one` line gives as the reason."""
+    return warning.split(" is damaged (", 1)[1].removesuffix("); trying an older one")
+
 
 def _flip_one_byte_in_every_data_file(step_dir: Path) -> None:
-    """XORs the middle byte of each array data file: the files stay readable, so only a
-    checksum of what was restored can tell."""
+    """XORs the middle byte of each array data file. tensorstore's OCDBT layer reports
+    it (DATA_LOSS); where a storage layer reads such bytes back without complaint, the
+    harness's own checksums catch it (tests/test_integrity.py)."""
     data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
     assert data_files, f"no array data under {step_dir}"
     for path in data_files:
@@ -209,25 +233,44 @@ def _flip_one_byte_in_every_data_file(step_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def flipped(pristine, tmp_path_factory, cache):
+    """Step 12 flipped, `--resume` (marks it); then its arrays are deleted and `--resume`
+    runs again, which must pass the marked step over without reading it."""
     root = _copy_run(pristine, tmp_path_factory.mktemp("flipped"))
     _flip_one_byte_in_every_data_file(root / "ckpt" / "12")
-    result = run_harness(_args(root, cache, "--num_train_steps", "12", "--save_interval", "4", "--keep", "5",
-                               "--resume"), timeout=RUN_TIMEOUT_S)
-    return root, result
+    args = _args(root, cache, "--num_train_steps", "12", "--save_interval", "4", "--keep", "5", "--resume")
+    result = run_harness(args, timeout=RUN_TIMEOUT_S)
+    shutil.rmtree(root / "ckpt" / "12" / "state")
+    again = run_harness(args, timeout=RUN_TIMEOUT_S)
+    return root, result, again
 
 
 def test_a_flipped_byte_in_array_data_is_reported_as_damage(flipped):
-    _, result = flipped
+    root, result, _ = flipped
 
     assert result.returncode == 0, failure_report(result)
     warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING: checkpoint step")]
-    assert len(warnings) == 1 and warnings[0].startswith("WARNING: checkpoint step 12 is damaged ("), warnings
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: checkpoint step 12 is damaged (host 0: "), warnings
     assert "Resumed from checkpoint at step 8 (newer damaged steps skipped: 12)" in result.stdout.splitlines()
+    assert _reason(warnings[0]) in _marked(root / "ckpt")[12]
     assert result.stderr == "", f"a successful fallback printed on stderr:\n{result.stderr}"
 
 
+def test_a_later_resume_passes_a_marked_step_over_unread(flipped):
+    _, first, again = flipped
+    lines = again.stdout.splitlines()
+    first_warning = [line for line in first.stdout.splitlines() if line.startswith("WARNING: checkpoint step")][0]
+
+    assert again.returncode == 0, failure_report(again)
+    warnings = [line for line in lines if line.startswith("WARNING: checkpoint step")]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("WARNING: checkpoint step 12 is damaged (marked by an earlier run: "), warnings
+    assert _reason(warnings[0]).endswith(_reason(first_warning))  # the recorded reason, not "incomplete: no state"
+    assert not [line for line in lines if "set aside" in line], "a marked step was marked again"
+    assert "Resumed from checkpoint at step 8 (newer damaged steps skipped: 12)" in lines
+
+
 def test_a_run_resumed_past_a_flipped_byte_logs_the_uninterrupted_metrics(flipped, pristine):
-    root, result = flipped
+    root, result, _ = flipped
 
     assert result.returncode == 0, failure_report(result)
     assert (root / "run" / "metrics.jsonl").read_text() == (pristine / "run" / "metrics.jsonl").read_text()
@@ -330,14 +373,14 @@ def test_noise_filters_drop_only_orbax_failed_restore_after_effects(monkeypatch)
     import logging
     import sys
 
-    from harness.runtime import checkpoint
+    from harness.runtime import quiet
 
     passed_on = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: passed_on.append(u.exc_value))
     asyncio_logger = logging.getLogger("asyncio")
     monkeypatch.setattr(asyncio_logger, "filters", list(asyncio_logger.filters))
-    checkpoint._quiet_reads_of_failed_restores()
-    checkpoint._quiet_reads_of_failed_restores()  # idempotent: installed once
+    quiet.quiet_reads_of_failed_restores()
+    quiet.quiet_reads_of_failed_restores()  # idempotent: installed once
 
     class Unraisable:
         def __init__(self, value):
@@ -354,4 +397,4 @@ def test_noise_filters_drop_only_orbax_failed_restore_after_effects(monkeypatch)
     orphan = record("Task exception was never retrieved\nfuture: <Task coro=<async_deserialize() done>>")
     unrelated = record("Task exception was never retrieved\nfuture: <Task coro=<train_step() done>>")
     assert not asyncio_logger.filter(orphan) and asyncio_logger.filter(unrelated)
-    assert asyncio_logger.filters.count(checkpoint._drop_orphaned_restore_reads) == 1
+    assert asyncio_logger.filters.count(quiet.drop_orphaned_restore_reads) == 1

@@ -5,15 +5,15 @@ optimizer moments, the rng, the step counter) and JSON metadata (every host's in
 pipeline state, the settings a resume must match, each array's checksums, and each
 host's hard-example tracker state).
 
-Restoring walks from the newest step down and skips steps that fail to restore (a
-truncated or corrupted save), saying so; orbax itself only lists steps whose save
-finished (it writes to a temporary name and finalizes at the end).
+Restoring walks from the newest step down and skips steps with proven damage (a missing
+part, corrupt bytes, a checksum mismatch), saying so; any other failure to read stops
+the resume on every host with exit 42 and changes nothing (harness/runtime/damage.py).
+orbax itself only lists steps whose save finished (it writes to a temporary name, or
+on GCS writes the commit marker last).
 """
 
 from __future__ import annotations
 
-import logging
-import sys
 import time
 from typing import Any, Callable
 
@@ -22,16 +22,21 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from harness.errors import CheckpointSaveError, NonFiniteStateError, UsageError
+from harness.errors import CheckpointSaveError, CheckpointUnreadableError, NonFiniteStateError, UsageError
+from harness.runtime.agree import agreed_problem, gather_json
 from harness.runtime.collectives import all_hosts_true
+from harness.runtime.damage import (
+    MARKER, KeepMarkedAndNewest, describe, is_proven_damage, read_marker, write_marker,
+)
 from harness.runtime.failed_saves import FailedSaveListener
 from harness.runtime.integrity import CHECKSUM_FORMAT, inspect_state, mismatched_leaves, saved_checksums
-
-logger = logging.getLogger("harness.runtime.checkpoint")
+from harness.runtime.quiet import quiet_reads_of_failed_restores, quiet_storage_clients
 
 STATE_ITEM, META_ITEM = "state", "meta"
 COMMIT_MARKER = "commit_success.txt"
 SAVE_POLL_S = 0.05
+DAMAGED, UNREADABLE = "damaged", "unreadable"  # a host's verdict on reading a step
+NOTHING_CHANGED = "not proven damage, so nothing was changed; exit 42 (restartable)"
 
 # Settings that must match between a checkpoint and the run resuming from it: anything
 # that changes the state's shapes or which batch a step reads.
@@ -42,14 +47,20 @@ RESUME_MUST_MATCH = (
 
 
 class CheckpointStore:
-    """Saves and restores train state + metadata; every host makes the same calls."""
+    """Saves and restores train state + metadata; every host makes the same calls.
+
+    Construction lists the directory and reads the steps' DAMAGED markers before orbax
+    lists it, agreed by every host: a listing that fails on any host raises
+    CheckpointUnreadableError on every host, not inside orbax's barriers."""
 
     def __init__(self, directory: str, *, keep: int, async_save: bool, timeout_s: int = 600):
         self.directory = directory
+        self._listed_steps, self.marked_steps = _agreed_listing(directory)
+        self._pruning = KeepMarkedAndNewest(keep, set(self.marked_steps))
         self._manager = ocp.CheckpointManager(
             epath.Path(directory),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep,
+                preservation_policy=self._pruning,  # --keep, never counting or deleting a marked step
                 enable_async_checkpointing=async_save,
                 # Bounds the wait for a save that failed on another host (orbax: 1200 s).
                 async_options=ocp.AsyncOptions(timeout_secs=timeout_s),
@@ -58,9 +69,10 @@ class CheckpointStore:
             item_names=(STATE_ITEM, META_ITEM),
         )
         self.saved_steps: list[int] = []
-        self.damaged_steps: list[int] = []
+        self.damaged_steps: dict[int, str] = {}  # found by restore_latest, not marked yet
+        self.skipped_steps: list[int] = []       # passed over by restore_latest, newest first
         self._closed = False
-        self._failed_saves = FailedSaveListener().attach()
+        self._failed_saves = FailedSaveListener(directory).attach()
 
     def steps(self) -> list[int]:
         return sorted(self._manager.all_steps())
@@ -70,7 +82,10 @@ class CheckpointStore:
         devices; the next save waits for this one). The metadata gets each array's
         checksum and the state's shapes; a state with a non-finite value is refused
         (NonFiniteStateError), so it can neither be saved nor make orbax prune a good
-        checkpoint. A collective: every host calls it at the same step."""
+        checkpoint. A collective: every host calls it at the same step. A step held by a
+        damaged checkpoint (`marked_steps`) is not saved: it is never overwritten."""
+        if step in self.marked_steps:
+            return
         checksums, bad = inspect_state(state)
         if bad:
             raise NonFiniteStateError(f"not saving step {step}: non-finite values in {', '.join(bad[:3])}")
@@ -94,57 +109,80 @@ class CheckpointStore:
     ) -> tuple[Any, dict] | None:
         """The newest checkpoint that restores cleanly on every host, or None.
 
-        For each step, newest first: the commit marker and both items must be there; the
-        metadata is read and handed to `check_meta(step, meta)`, which raises UsageError
-        when the run's settings differ (a usage error, never damage: nothing is skipped
-        or renamed); then the state is restored and its checksums compared with the
-        saved ones. Only real damage (missing parts, unreadable data, a checksum
-        mismatch) skips a step; it is reported through `on_skip` and remembered in
-        `damaged_steps`. Every host reaches the same verdict on every step.
-        `abstract_state` carries the target shardings, so a checkpoint written on another
-        mesh or process count is resharded on the way in.
+        For each step, newest first: a step marked damaged by an earlier run is passed
+        over unread; otherwise both items must be there, the metadata is read and handed
+        to `check_meta(step, meta)`, which raises UsageError when the run's settings
+        differ (never damage: nothing is skipped or marked); then the state is restored
+        and its checksums compared with the saved ones. Only proven damage (damage.py)
+        skips a step: it is reported through `on_skip` and kept in `damaged_steps` for
+        `mark_damaged`. Any other failure raises CheckpointUnreadableError on every host.
+        Every host reaches the same verdict on every step. `abstract_state` carries the
+        target shardings, so a checkpoint written on another mesh or process count is
+        resharded on the way in.
         """
-        self.damaged_steps = []
-        _quiet_reads_of_failed_restores()  # before any attempt: late callbacks can be quick
+        self.damaged_steps, self.skipped_steps = {}, []
+        quiet_reads_of_failed_restores()  # before any attempt: late callbacks can be quick
         signature = state_signature(abstract_state)
-        for step in reversed(self.steps()):
-            meta, problem = self._read_meta(step)
-            if all_hosts_agree(problem is None):
-                check_meta(step, meta)
-                saved_signature = meta.get("state_signature")
-                if saved_signature is not None and saved_signature != signature:
-                    raise UsageError(f"cannot resume from {self.directory} step {step}: the state's "
-                                     f"shapes differ ({describe_signature_change(saved_signature, signature)})")
-                state, problem = self._read_state(step, abstract_state, meta)
-                if all_hosts_agree(problem is None):
-                    return state, meta
-            problem = problem or "failed to restore on another host"
-            self.damaged_steps.append(step)
+        with quiet_storage_clients():  # a failed read is told in one line, here or by the caller
+            return self._restore_newest(abstract_state, signature, check_meta, on_skip)
+
+    def _restore_newest(self, abstract_state: Any, signature: dict[str, str],
+                        check_meta: Callable[[int, dict], None],
+                        on_skip: Callable[[int, str], None] | None) -> tuple[Any, dict] | None:
+        for step in reversed(self._listed_steps):
+            if step in self.marked_steps:
+                damage = f"marked by an earlier run: {self.marked_steps[step]}"
+            else:
+                meta, verdict = self._read_meta(step)
+                damage = self._agreed_damage(step, verdict)
+                if damage is None:
+                    check_meta(step, meta)
+                    saved_signature = meta.get("state_signature")
+                    if saved_signature is not None and saved_signature != signature:
+                        raise UsageError(f"cannot resume from {self.directory} step {step}: the state's shapes "
+                                         f"differ ({describe_signature_change(saved_signature, signature)})")
+                    state, damage = self._read_state(step, abstract_state, meta)
+                    if damage is None:
+                        return state, meta
+                self.damaged_steps[step] = damage
+            self.skipped_steps.append(step)
             if on_skip is not None:
-                on_skip(step, problem)
+                on_skip(step, damage)
         return None
 
-    def _read_meta(self, step: int) -> tuple[dict, str | None]:
-        problem = self._missing_parts(step)
-        if problem:
-            return {}, problem
+    def _read_meta(self, step: int) -> tuple[dict, tuple[str, str] | None]:
+        """This host's metadata of `step`, or its verdict (DAMAGED or UNREADABLE, why)."""
+        path = epath.Path(self.directory) / str(step)
+        for name in (COMMIT_MARKER, STATE_ITEM, META_ITEM):
+            try:
+                present = (path / name).exists()
+            except Exception as err:  # storage clients raise many types
+                return {}, (UNREADABLE, f"checking for {name}: {describe(err)}")
+            if not present:
+                return {}, (DAMAGED, f"incomplete: no {name}")
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
-        except Exception as err:  # orbax raises many types for unreadable files
-            return {}, f"metadata unreadable: {_first_line(err)}"
+        except Exception as err:  # orbax raises many types; damage.py sorts them
+            return {}, _verdict(err, "metadata")
         meta = restored[META_ITEM]
         if not isinstance(meta, dict) or not isinstance(meta.get("checksums", {}), dict):
-            return {}, "metadata is not a harness checkpoint's"
+            return {}, (DAMAGED, "metadata is not a harness checkpoint's")
         return meta, None
 
     def _read_state(self, step: int, abstract_state: Any, meta: dict) -> tuple[Any, str | None]:
+        """The restored state, or the damage every host agreed on. The checksums are one
+        program over the global state, so they run only once every host has read it."""
+        state, verdict = None, None
         try:
             restored = self._manager.restore(
                 step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state)})
             )
             state = restored[STATE_ITEM]
-        except Exception as err:  # orbax/tensorstore raise many types for bad data
-            return None, _first_line(err)
+        except Exception as err:  # orbax/tensorstore raise many types; damage.py sorts them
+            verdict = _verdict(err, "arrays")
+        damage = self._agreed_damage(step, verdict)
+        if damage is not None:
+            return None, damage
         saved = saved_checksums(meta, where=f"{self.directory} step {step}")
         if saved is None:  # written before checksums existed: nothing to verify
             return state, None
@@ -154,28 +192,39 @@ class CheckpointStore:
             return None, f"checksum mismatch in {shown}"
         return state, None
 
-    def _missing_parts(self, step: int) -> str | None:
-        path = epath.Path(self.directory) / str(step)
-        for name in (COMMIT_MARKER, STATE_ITEM, META_ITEM):
-            if not (path / name).exists():
-                return f"incomplete: no {name}"
-        return None
+    def _agreed_damage(self, step: int, verdict: tuple[str, str] | None) -> str | None:
+        """Every host's verdict on `step` made one: if any host could not read it, every
+        host raises CheckpointUnreadableError (nothing is proven, nothing is changed);
+        otherwise the damage any host proved, or None. Two collectives; every host calls it."""
+        kind, detail = verdict or (None, None)
+        unreadable = agreed_problem(detail if kind == UNREADABLE else None)
+        if unreadable is not None:
+            raise CheckpointUnreadableError(f"cannot read checkpoint step {step} in {self.directory} "
+                                            f"({unreadable}); {NOTHING_CHANGED}")
+        return agreed_problem(detail if kind == DAMAGED else None)
 
-    def set_aside_damaged(self) -> list[str]:
-        """Renames damaged steps to `damaged-<step>-<time>` (never deletes them), so new
-        saves can reuse their step numbers. Primary host only; returns the new names."""
-        moved = []
-        if self.damaged_steps and jax.process_index() == 0:
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-            for step in self.damaged_steps:
-                source = epath.Path(self.directory) / str(step)
-                target = epath.Path(self.directory) / f"damaged-{step}-{stamp}"
-                source.rename(target)
-                moved.append(str(target))
-        all_hosts_agree(True)  # a barrier: no host reloads before the renames are done
-        self._manager.reload()
-        self.damaged_steps = []
-        return moved
+    def mark_damaged(self) -> list[str]:
+        """Sets aside the steps `restore_latest` found damaged: host 0 writes a DAMAGED
+        marker in each (damage.py); nothing is moved or deleted, and from then on they are
+        never restored, pruned or saved over. Every host calls it; returns the markers."""
+        if not self.damaged_steps:
+            return []
+        problem = None
+        if jax.process_index() == 0:
+            try:
+                for step, reason in self.damaged_steps.items():
+                    write_marker(epath.Path(self.directory) / str(step), reason)
+            except Exception as err:  # storage clients raise many types
+                problem = f"writing a {MARKER} marker: {describe(err)}"
+        problem = agreed_problem(problem)  # also keeps the others until the markers are written
+        if problem is not None:
+            raise CheckpointUnreadableError(f"cannot set aside the damaged checkpoints in {self.directory} "
+                                            f"({problem}); exit 42 (restartable)")
+        markers = [str(epath.Path(self.directory) / str(step) / MARKER) for step in self.damaged_steps]
+        self.marked_steps.update(self.damaged_steps)
+        self._pruning.marked.update(self.damaged_steps)
+        self.damaged_steps = {}
+        return markers
 
     def wait(self) -> None:
         """Waits for the save in flight; raises CheckpointSaveError as soon as it fails
@@ -209,37 +258,45 @@ class CheckpointStore:
         self._manager.close()
 
 
-def _quiet_reads_of_failed_restores() -> None:
-    """If orbax gives up on a damaged checkpoint, tensorstore reads that were still in
-    flight finish on the event loop orbax already closed; each then reports
-    "RuntimeError: Event loop is closed" as unraisable, and its unread read tasks are
-    logged by asyncio at exit: dozens of traceback lines that bury the one-line
-    explanation. Drop exactly those; pass everything else on."""
-    previous = sys.unraisablehook
-    if getattr(previous, "_harness_quiet", False):
-        return
-
-    def hook(unraisable: "sys.UnraisableHookArgs") -> None:
-        value = unraisable.exc_value
-        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    hook._harness_quiet = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_drop_orphaned_restore_reads)
-
-
-def _drop_orphaned_restore_reads(record: logging.LogRecord) -> bool:
-    """The same after-effect through asyncio's logger: orbax's read tasks of a failed
-    restore are garbage-collected with their errors unread."""
-    message = record.getMessage()
-    return not ("Task exception was never retrieved" in message and "async_deserialize" in message)
+def _agreed_listing(directory: str) -> tuple[list[int], dict[int, str]]:
+    """The committed steps in `directory` and the marked ones among them (step -> the
+    marker's reason), the same on every host. Raises CheckpointUnreadableError on every
+    host if any host could not list them, or if the hosts saw different ones. Two
+    collectives; every host calls it."""
+    steps: list[int] = []
+    marked: dict[int, str] = {}
+    problem = None
+    try:
+        with quiet_storage_clients():
+            steps, marked = _list_steps(epath.Path(directory))
+    except Exception as err:  # storage clients raise many types; none of them is damage
+        problem = describe(err)
+    problem = agreed_problem(problem)
+    if problem is not None:
+        raise CheckpointUnreadableError(f"cannot list the checkpoints in {directory} ({problem}); {NOTHING_CHANGED}")
+    views = gather_json([steps, sorted(marked)])
+    if any(view != views[0] for view in views):
+        seen = "; ".join(f"host {host}: steps {view[0]}, marked {view[1]}" for host, view in enumerate(views))
+        raise CheckpointUnreadableError(f"the hosts list different checkpoints in {directory} ({seen}); "
+                                        f"{NOTHING_CHANGED}")
+    return steps, marked
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:300] if text else type(err).__name__
+def _list_steps(path: epath.Path) -> tuple[list[int], dict[int, str]]:
+    """This host's view of `path`: the finished steps, by orbax's own rule (on GCS, the
+    commit marker is there), and the reasons in the markers of those set aside."""
+    if not path.exists():
+        return [], {}
+    steps = sorted(found.step for found in ocp.step.standard_name_format().find_all(path))
+    reasons = {step: read_marker(path / str(step)) for step in steps}
+    return steps, {step: reason for step, reason in reasons.items() if reason is not None}
+
+
+def _verdict(err: Exception, item: str) -> tuple[str, str]:
+    """A failed read of `item` as a verdict: DAMAGED only when it proves damage."""
+    if is_proven_damage(err):
+        return DAMAGED, f"{item} unreadable: {describe(err)}"
+    return UNREADABLE, f"reading its {item}: {describe(err)}"
 
 
 def all_hosts_agree(ok: bool) -> bool:
@@ -278,14 +335,17 @@ def existing_steps(directory: str) -> list[int]:
     path = epath.Path(directory)
     try:
         children = list(path.iterdir()) if path.exists() else []
+        return sorted(
+            int(child.name) for child in children
+            if child.name.isdigit() and (child / COMMIT_MARKER).exists()
+        )
     except FileNotFoundError:
         # On GCS a directory is a prefix: it can vanish between the two calls, e.g. when
         # its only object was another host's write probe (cli.prepare_runtime).
         return []
-    return sorted(
-        int(child.name) for child in children
-        if child.name.isdigit() and (child / COMMIT_MARKER).exists()
-    )
+    except Exception as err:  # storage clients raise many types; none of them is damage
+        raise CheckpointUnreadableError(f"cannot list the checkpoints in {directory} ({describe(err)}); "
+                                        f"{NOTHING_CHANGED}") from None
 
 
 def delete_all(directory: str) -> None:

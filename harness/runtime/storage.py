@@ -27,7 +27,6 @@ and call `configure_gcs_emulator_from_env()` before anything touches GCS.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import pathlib
 import tempfile
@@ -36,15 +35,14 @@ import urllib.parse
 import uuid
 from collections.abc import Mapping
 
+from harness.runtime.quiet import restore_levels, silence_storage_clients
+
 EMULATOR_ENV_VAR = "HARNESS_GCS_EMULATOR"
 # How long the start-up check may take for a gs:// path, credentials included: gcsfs
 # alone retries an unreachable endpoint for ~50 s before it gives up.
 GCS_CHECK_TIMEOUT_S = 20.0
 
 _WRITE_PROBE_PREFIX = ".podharness-write-probe-"
-# Loggers of the storage clients, quiet while the start-up check runs: a failed check
-# is reported in one line, not in the clients' retry warnings and tracebacks.
-_STORAGE_CLIENT_LOGGERS = ("gcsfs", "fsspec", "google.auth")
 _NO_CREDENTIALS = (
     "no Google credentials found: run `gcloud auth application-default login`, set "
     "GOOGLE_APPLICATION_CREDENTIALS, or run on a GCP VM with a service account "
@@ -176,18 +174,14 @@ def _gcs_path_problem(path: str, timeout_s: float) -> str | None:
         return "no bucket in the gs:// path"
     check = _GcsCheck(path, bucket)
     worker = threading.Thread(target=check.run, name="gcs-write-check", daemon=True)
-    loggers = [logging.getLogger(name) for name in _STORAGE_CLIENT_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:  # Their children too (they inherit the level).
-        logger.setLevel(logging.CRITICAL + 1)
+    levels = silence_storage_clients()  # a failed check is told in one line
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
         # Left running (a daemon thread), and its clients left quiet: they may retry
         # and log for another minute.
         return f"no answer within {timeout_s:g} s while {check.stage}"
-    for logger, level in zip(loggers, levels):
-        logger.setLevel(level)
+    restore_levels(levels)
     return check.problem
 
 

@@ -8,7 +8,7 @@ Bad input (unknown preset, indivisible batch, unwritable checkpoint dir, ...) pr
 line on stderr and exits 2 before anything is written, with the same line on every host.
 Exit codes follow the restart contract in harness/errors.py: 0 done, 1 non-finite, 2 bad
 input, 3 this host's TPU is unusable, 42 (restart me) for a preemption that saved its
-checkpoint or a lost host.
+checkpoint, a lost host, or checkpoints that storage could not read (never treated as damage).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Sequence
 
 from harness.config.flags import ArgumentParser, add_config_flags, config_from_args
 from harness.config import TrainConfig
-from harness.errors import (EXIT_RESTARTABLE, CheckpointSaveError, HostLostError, NonFiniteStateError,
-                            TpuUnavailableError, UsageError)
+from harness.errors import (EXIT_RESTARTABLE, CheckpointSaveError, CheckpointUnreadableError, HostLostError,
+                            NonFiniteStateError, TpuUnavailableError, UsageError)
 
 PROG = "harness-train"
 
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from harness.train.startup import prepare_runtime
 
         prepare_runtime(config)
-    except (UsageError, TpuUnavailableError) as err:
+    except (UsageError, TpuUnavailableError, CheckpointUnreadableError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
 
@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, NonFiniteStateError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except (HostLostError, CheckpointSaveError) as err:
+    except (HostLostError, CheckpointSaveError, CheckpointUnreadableError) as err:
+        # At once: after an out-of-memory error, even a normal shutdown may not get far.
         print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(err.exit_code)

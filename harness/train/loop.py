@@ -117,18 +117,18 @@ class Trainer:
             return init_state(config, self.mesh), 0
         restored = self.store.restore_latest(abstract_state(config, self.mesh), self._check_resume_settings,
                                              on_skip=self._report_skipped)
-        damaged = list(self.store.damaged_steps)
+        damaged = list(self.store.skipped_steps)
         if restored is None and damaged and not config.checkpoint.allow_fresh_start:
             raise UsageError(
                 f"no valid checkpoint in {config.checkpoint.dir} (damaged: steps "
                 f"{', '.join(map(str, damaged))}); nothing was changed. Pass --allow_fresh_start "
-                f"to start from step 0 (damaged steps are kept, renamed to damaged-<step>-<time>)"
+                f"to start from step 0 (damaged steps are kept as they are, marked with a DAMAGED file)"
             )
-        if damaged:
-            for moved in self.store.set_aside_damaged():
-                self.console.print(f"WARNING: moved damaged checkpoint aside: {moved}")
+        for marker in self.store.mark_damaged():
+            self.console.print(f"WARNING: damaged checkpoint set aside (kept, never restored or saved over): {marker}")
         if restored is None:
             self.console.print("No valid checkpoint to resume from: starting at step 0")
+            self._warn_of_unsaved_steps(0)
             return init_state(config, self.mesh), 0
         state, meta = restored
         step = int(jax.device_get(state.step))
@@ -140,6 +140,7 @@ class Trainer:
                 self.console.print(f"WARNING: {problem}")
         self.console.print(f"Resumed from checkpoint at step {step}"
                            + (f" (newer damaged steps skipped: {', '.join(map(str, damaged))})" if damaged else ""))
+        self._warn_of_unsaved_steps(step)
         return state, step
 
     def _restore_pipeline(self, meta: dict, step: int) -> None:
@@ -171,6 +172,14 @@ class Trainer:
 
     def _report_skipped(self, step: int, problem: str) -> None:
         self.console.print(f"WARNING: checkpoint step {step} is damaged ({problem}); trying an older one")
+
+    def _warn_of_unsaved_steps(self, start_step: int) -> None:
+        """A damaged checkpoint keeps its step number: this run cannot save there."""
+        held = [step for step in sorted(self.store.marked_steps) if start_step < step <= self.config.run.num_train_steps]
+        if held:
+            self.console.print(f"WARNING: no checkpoint will be saved at step {', '.join(map(str, held))}: damaged "
+                               f"checkpoints hold those steps in {self.config.checkpoint.dir} (delete them to free "
+                               f"the steps)")
 
     def _checkpoint_meta(self, step: int) -> dict[str, Any]:
         """JSON saved with the state. Every host calls it (the tracker state is gathered)."""

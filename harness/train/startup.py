@@ -8,7 +8,7 @@ one bad host makes every host exit 2 with the same line, before anything is writ
 from __future__ import annotations
 
 from harness.config import TrainConfig
-from harness.errors import UsageError
+from harness.errors import CheckpointUnreadableError, UsageError
 from harness.runtime import distributed, storage
 from harness.runtime.agree import agreed_problem
 from harness.runtime.devices import check_platform, configure_devices
@@ -24,8 +24,9 @@ BATCH_MEMORY_SHARE = 0.5
 
 
 def prepare_runtime(config: TrainConfig) -> None:
-    """Starts the runtime and runs the start-up checks. Raises UsageError (the same on
-    every host), or TpuUnavailableError on a host whose TPU did not come up; writes nothing."""
+    """Starts the runtime and runs the start-up checks. Raises UsageError or, when the
+    checkpoints could not be listed, CheckpointUnreadableError (each the same on every
+    host), or TpuUnavailableError on a host whose TPU did not come up; writes nothing."""
     storage.configure_gcs_emulator_from_env()
     platform = configure_devices(platform=config.devices.platform, cpu_devices=config.devices.cpu_devices,
                                  cpu_fast_compile=config.devices.cpu_fast_compile,
@@ -39,7 +40,14 @@ def prepare_runtime(config: TrainConfig) -> None:
         heartbeat_timeout=config.distributed.heartbeat_timeout,
     )
     check_platform(platform)
-    problem = agreed_problem(_first_problem(config))
+    try:
+        problem, unreadable = _first_problem(config), None
+    except CheckpointUnreadableError as err:  # storage, not bad input: exit 42, not 2
+        problem, unreadable = None, str(err)
+    unreadable = agreed_problem(unreadable)
+    if unreadable:
+        raise CheckpointUnreadableError(unreadable)
+    problem = agreed_problem(problem)
     if problem:
         raise UsageError(problem)
 
