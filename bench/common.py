@@ -35,8 +35,10 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process run to completion.
+def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600,
+                 ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process run to completion; an exit
+    code outside `ok_codes` raises.
 
     Peak RSS comes from wait4's rusage of that child alone (not the benchmark process).
     """
@@ -53,7 +55,7 @@ def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout:
         time.sleep(0.01)
     wall = time.perf_counter() - started
     code = os.waitstatus_to_exitcode(status)
-    if code != 0:
+    if code not in ok_codes:
         raise RuntimeError(f"{argv} exited {code}: {process.stderr.read().decode()[-2000:]}")
     return wall, usage.ru_maxrss / 1024.0
 

@@ -7,7 +7,8 @@ devices in all: 1x8, 2x4, 4x2; the same (data=2, fsdp=4) mesh), every check on.
 Each pod runs under launch.local, from the launcher's start to its exit (imports,
 rendezvous, every check, the report). The first round starts with an empty compilation
 cache (cold), later rounds reuse it (warm). Also reported: where the time went, the
-slowest host's seconds per check from the run's preflight.json.
+slowest host's seconds per check from the run's preflight.json, and each run's verdict
+(a FAIL, exit 1, is a result here: what a check found is in its `failures`).
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ def measure(repeats: int, hosts: tuple[int, ...] = HOSTS, flags: tuple[str, ...]
                         "--config", "local-2x4", "--cpu_devices", str(DEVICES // count), "--run_dir", str(run_dir),
                         "--checkpoint_dir", str(root / "ckpt"), "--compilation_cache_dir", str(root / "cache"),
                         *flags]
-                wall, _ = run_measured(argv, env=child_env(WANDB_MODE="disabled"), timeout=900)
+                wall, _ = run_measured(argv, env=child_env(WANDB_MODE="disabled"), timeout=900, ok_codes=(0, 1))
                 report = json.loads((run_dir / "preflight.json").read_text())
-                entry = results.setdefault(str(count), {"wall_s": [], "checks_s": []})
+                entry = results.setdefault(str(count), {"wall_s": [], "verdicts": [], "failures": [], "checks_s": []})
                 entry["wall_s"].append(round(wall, 2))
+                entry["verdicts"].append(report["verdict"])
+                entry["failures"] += [f"{f['check']} on host {f['host']}: {f['value']}" for f in report["failures"]]
                 entry["checks_s"].append({check["check"]: round(max(c["seconds"] for c in check["cells"]), 2)
                                           for check in report["checks"]})
     for entry in results.values():
