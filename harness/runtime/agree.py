@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import jax
+
 from harness.runtime.collectives import allgather_bytes
 
 MESSAGE_BYTES = 1024  # each host's message is cut to this (UTF-8 safe) before it travels
@@ -20,7 +22,10 @@ MAX_JSON_BYTES = 16 << 20
 
 def agreed_problem(problem: str | None) -> str | None:
     """The first host's problem as `host i: ...` (naming how many others also had one),
-    or None when no host has one. Every host must call it."""
+    or None when no host has one; on one process, the problem as it is. Every host must
+    call it."""
+    if jax.process_count() == 1:
+        return problem
     if problem is not None:
         problem = problem.encode("utf-8")[:MESSAGE_BYTES].decode("utf-8", "ignore")
     failed = [(host, text) for host, text in enumerate(gather_json(problem)) if text is not None]
