@@ -4,7 +4,8 @@ and with 16 workers the relayed output alone does not say who is where.
 
 The worker's scripts mark each step they finish with one line on stderr,
 `podharness-step: <what>` (launch_script in tpu_pod.py, launch/worker_setup.sh); the
-launcher turns each into a line of its own, timed from that worker's ssh start:
+launcher shows each as a line of its own instead (the worker's log keeps the marker),
+timed from that worker's ssh start:
 
     launch.tpu_pod: worker 3 of 16: requirements installed (12.3 s)
 
@@ -47,15 +48,16 @@ class ProvisionProgress:
         self._started: dict[int, float] = {}
         self._harness_at: dict[int, float] = {}
 
-    def watch(self, worker: int) -> Callable[[str], None]:
-        """Call as worker `worker`'s ssh starts; returns the observer for its output lines."""
+    def watch(self, worker: int) -> Callable[[str], bool]:
+        """Call as worker `worker`'s ssh starts; returns the observer of its output lines
+        (the Supervisor's `on_line`: True for a marker, which it has shown)."""
         self._started[worker] = self._clock()
         return lambda line: self._seen(worker, line)
 
-    def _seen(self, worker: int, line: str) -> None:
+    def _seen(self, worker: int, line: str) -> bool:
         step = parse_step(line)
         if step is None:
-            return
+            return False
         with self._lock:
             seconds = self._clock() - self._started[worker]
             lines = [f"worker {worker} of {self._num_workers}: {step} ({seconds:.1f} s)"]
@@ -67,3 +69,4 @@ class ProvisionProgress:
                                  f"{slowest} ({self._harness_at[slowest]:.1f} s)")
         for text in lines:
             self._say(text)
+        return True

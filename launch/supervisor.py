@@ -7,8 +7,9 @@ until a heartbeat timeout aborts them), so the rules here are:
 
 - every process runs in its own session, so its whole process group, grandchildren
   included, can be signalled and nothing outlives the supervisor;
-- every output line is relayed as it arrives, prefixed with the process's label (and
-  shown to the caller's observer, if it passed one: launch.tpu_pod's provisioning progress);
+- every output line is relayed as it arrives, prefixed with the process's label, unless
+  the caller's observer shows it in its own words (launch.tpu_pod's provisioning
+  progress); the process's log keeps every line either way;
 - the first failure stops everything: a graceful stop (SIGTERM by default), then
   SIGKILL once the grace period is over;
 - a host the others name as unresponsive (the harness watchdog's `host(s) N stopped
@@ -129,15 +130,17 @@ class _LineSink:
         self._lock = lock
         self._log = log
 
-    def write_line(self, line: str) -> None:
+    def write_line(self, line: str, *, relay: bool = True) -> None:
+        """The line to the log, and to the stream too when `relay`."""
         if not line.endswith("\n"):
             line += "\n"
         with self._lock:
             # A broken stdout (e.g. piped into `head`) must not stop the relay: the
             # child would block on a full pipe.
             with contextlib.suppress(OSError, ValueError):
-                self._stream.write(self._prefix + line)
-                self._stream.flush()
+                if relay:
+                    self._stream.write(self._prefix + line)
+                    self._stream.flush()
             if self._log is not None:
                 with contextlib.suppress(OSError, ValueError):
                     self._log.write(line)
@@ -156,9 +159,8 @@ def _relay_lines(pipe: IO[bytes], sink: _LineSink, member: "_Member") -> None:
             ended = parse_ended_line(line)
             if ended is not None:
                 member.reported = ended
-            sink.write_line(line)
-            if member.on_line is not None:
-                member.on_line(line)
+            shown = member.on_line is not None and member.on_line(line)
+            sink.write_line(line, relay=not shown)
 
 
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
@@ -176,7 +178,7 @@ class _Member:
     named: list[int] = dataclasses.field(default_factory=list)  # hosts it reported lost
     reported: int | None = None  # the return code of the program it ran, if it said
     swept: bool = False
-    on_line: Callable[[str], None] | None = None  # the caller's observer of its output lines
+    on_line: Callable[[str], bool] | None = None  # the caller's observer: True if it showed the line
 
     def returncode(self) -> int | None:
         """None while running; then what the process reported for its program, else its own."""
@@ -219,13 +221,14 @@ class Supervisor:
         cwd: Path | None = None,
         stdin_data: bytes | None = None,
         log_path: Path | None = None,
-        on_line: Callable[[str], None] | None = None,
+        on_line: Callable[[str], bool] | None = None,
     ) -> subprocess.Popen:
         """Start one process in its own session, relaying its output as `[label] line`.
 
         `stdin_data` is written to its stdin, which is then closed (stdin is /dev/null
         otherwise); `log_path` receives its stdout and stderr lines without the prefix;
-        `on_line` sees each line after it is relayed (from the relay threads).
+        `on_line` sees each line first (from the relay threads) and returns True when it
+        has shown the line in its own words, which then goes to the log only.
         """
         # Opened first: a process must never run before it is registered for cleanup.
         log = open(log_path, "w", encoding="utf-8") if log_path is not None else None
