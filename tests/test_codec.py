@@ -31,8 +31,6 @@ from harness.hard_examples.codec import (
     PayloadError,
     decode_payload,
     encode_payload,
-    pad_to,
-    unpad,
 )
 from harness.hard_examples.entry import Candidate, HardExample, IntervalStats
 
@@ -577,21 +575,3 @@ def test_encoded_sizes():
     empty = encode_payload(CandidatePayload(1023, 10**6, stats, []))
     # Per candidate: uint32 id, float64 loss, uint32 step; each column's array header grows by 2.
     assert len(data) - len(empty) == k * (5 + 9 + 5) + 3 * 2
-
-
-def test_pad_and_unpad():
-    data = encode_payload(small_candidates())
-    row = pad_to(data, len(data) + 7)
-    assert row.dtype == np.uint8 and row.shape == (len(data) + 7,) and not row[len(data):].any()
-    assert unpad(row, np.int64(len(data))) == data
-    assert decode_payload(unpad(row, len(data)), CandidatePayload) == small_candidates()
-    assert pad_to(b"", 0).shape == (0,) and unpad(np.zeros(3, np.uint8), 0) == b""
-    with pytest.raises(ValueError, match="don't fit in a row of 3"):
-        pad_to(b"abcd", 3)
-    with pytest.raises(PayloadError, match=f"payload from host 2: length {row.size + 1} is outside the row's"):
-        unpad(row, row.size + 1, source="payload from host 2")
-    with pytest.raises(PayloadError, match="length -1 is outside"):
-        unpad(row, -1)
-    with pytest.raises(PayloadError, match="expected a 1-D uint8 row"):
-        unpad(row.reshape(1, -1), 3)
-

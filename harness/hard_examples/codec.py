@@ -40,9 +40,6 @@ would reject.
 Finite is all the codec asks of a loss: 1.7e308 and subnormals pass, and
 `merge.merge_stats` is what keeps sums of them from overflowing.
 
-`pad_to` and `unpad` frame payloads into the equal-length rows an allgather needs; the
-true lengths travel separately.
-
 Tests: `.venv/bin/python -m pytest -q tests/test_codec.py`.
 """
 
@@ -51,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import operator
 import reprlib
 from typing import Any, NoReturn, TypeVar
 
@@ -197,27 +193,6 @@ def decode_payload(
         why = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__  # StackError has no text
         raise PayloadError(f"{source}: not a valid msgpack payload ({why})") from err
     return _Reader(source, max_entries=max_entries).payload(wire, kind)
-
-
-def pad_to(data: bytes, length: int) -> np.ndarray:
-    """`data` as a (length,) uint8 row, zero-padded, for an equal-length allgather."""
-    if len(data) > length:
-        raise ValueError(f"{len(data)} bytes don't fit in a row of {length}")
-    row = np.zeros(length, dtype=np.uint8)
-    row[: len(data)] = np.frombuffer(data, dtype=np.uint8)
-    return row
-
-
-def unpad(row: np.ndarray, length: int, *, source: str = "payload") -> bytes:
-    """The first `length` bytes of a gathered row; `length` came from another host, so
-    a bad one is a `PayloadError`."""
-    row = np.asarray(row)
-    if row.dtype != np.uint8 or row.ndim != 1:
-        raise PayloadError(f"{source}: expected a 1-D uint8 row, got {row.shape} {row.dtype}")
-    length = operator.index(length)
-    if not 0 <= length <= row.shape[0]:
-        raise PayloadError(f"{source}: length {length} is outside the row's {row.shape[0]} bytes")
-    return row[:length].tobytes()
 
 
 def _to_wire(payload: CandidatePayload | ExamplePayload) -> dict:
