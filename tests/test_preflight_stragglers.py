@@ -64,9 +64,9 @@ def test_a_difference_below_the_minimum_excess_is_no_finding() -> None:
 
 # --- The judged cells.
 
-def _speed(host: int, device_ms: float, host_ms: float, judged: bool) -> HostReport:
-    metrics = {"device_ms_per_unit": device_ms, "host_ms_per_unit": host_ms, "device_units": 50.0,
-               "host_units": 50.0, "device_judged": float(judged)}
+def _speed(host: int, device_ms: float, host_ms: float, judged: bool, response_ms: float = 0.7) -> HostReport:
+    metrics = {"device_ms_per_unit": device_ms, "host_ms_per_unit": host_ms, "response_ms": response_ms,
+               "device_units": 50.0, "host_units": 50.0, "response_units": 120.0, "device_judged": float(judged)}
     return HostReport(host, f"vm-{host}", host, observations=(Observation(HOST_SPEED, PASS, "x", "measured",
                                                                           metrics=metrics),))
 
@@ -77,7 +77,17 @@ def test_a_host_slow_at_host_work_fails_naming_the_factor() -> None:
     assert list(cells) == [2] and cells[2].status == FAIL
     assert cells[2].value == "2.3x slower than the median"
     assert cells[2].detail.startswith("host 2 is 2.3x slower than the median on host-local work (host work 2.3x: "
-                                      "48.00 ms per unit vs 21.00; slow at 1.3x); measured")
+                                      "48.00 ms vs 21.00; slow at 1.3x); measured")
+
+
+def test_a_host_late_to_work_that_arrives_fails_when_late_by_5_ms_or_more() -> None:
+    """A frozen host catches up on CPU time between bursts, but it is late whenever work arrives."""
+    reports = {h: _speed(h, 30, 20, False, response_ms=ms) for h, ms in enumerate((0.6, 0.7, 21.0))}
+    cells = stragglers.judge_speed(reports, 1.5)
+    assert list(cells) == [2] and cells[2].value == "30.0x slower than the median"
+    assert "(response to work due every 10 ms 30.0x: 21.00 ms vs 0.70; slow at 1.5x)" in cells[2].detail
+    reports = {h: _speed(h, 30, 20, False, response_ms=ms) for h, ms in enumerate((0.6, 0.7, 4.9))}
+    assert stragglers.judge_speed(reports, 1.5) == {}  # 7x, yet 4.2 ms late: jitter
 
 
 def test_device_work_is_judged_only_on_accelerators() -> None:
@@ -126,7 +136,7 @@ def test_the_pod_throughput_is_in_every_form_of_the_report() -> None:
     jsonschema.validate(document, PREFLIGHT_SCHEMA)
     assert document["storage_throughput"] == {"hosts": 2, "bytes": 16e6, "write_mb_per_s": 20.0,
                                               "read_mb_per_s": 64.0}
-    assert document["slow_host_factor"] == 1.3
+    assert document["slow_host_factor"] == 1.5
     assert ("storage throughput, 2 host(s) at once: write 20.0 MB/s, read 64.0 MB/s (16.0 MB in all)"
             in report_files.console_lines(report))
     page = report_files.markdown(report)
@@ -249,6 +259,7 @@ def test_soak_a_slowed_host_is_named_in_9_of_10_and_a_healthy_pod_passes_10_of_1
     for run in range(SOAK_RUNS):
         for slow_host in (2, None):
             where = tmp_path / f"{run}-{slow_host}"
+            where.mkdir()
             code, report, output = braked_preflight(where, cache, slow_host=slow_host)
             assert report is not None, output[-4000:]
             failed = [(f["check"], f["host"]) for f in report["failures"]]
@@ -256,7 +267,12 @@ def test_soak_a_slowed_host_is_named_in_9_of_10_and_a_healthy_pod_passes_10_of_1
                 false_alarms += code != 0
             else:
                 named += failed == [("host speed", 2)]
-            notes.append(f"run {run} slow host {slow_host}: exit {code}, load {os.getloadavg()[0]:.1f}, {failed}")
+            speed = {c["host"]: c["metrics"] for check in report["checks"] if check["check"] == "host speed"
+                     for c in check["cells"]}
+            measured = ", ".join(f"{h}: host {m.get('host_ms_per_unit', 0):.1f} ms, response "
+                                 f"{m.get('response_ms', 0):.2f} ms" for h, m in sorted(speed.items()))
+            notes.append(f"run {run} slow host {slow_host}: exit {code}, load {os.getloadavg()[0]:.1f}, {failed} "
+                         f"({measured})")
     summary = f"slowed host named {named}/{SOAK_RUNS}, healthy pod failed {false_alarms}/{SOAK_RUNS}"
     print(summary, *notes, sep="\n")
     assert named >= 9 and false_alarms == 0, "\n".join([summary, *notes])

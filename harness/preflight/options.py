@@ -19,7 +19,7 @@ class PreflightOptions:
     interconnect_sizes: tuple[int, ...] = DEFAULT_SIZES
     interconnect_repeats: int = 5
     straggler_factor: float = 3.0
-    slow_host_factor: float = 1.3
+    slow_host_factor: float = 1.5
     throughput_max_bytes: int = DEFAULT_THROUGHPUT_MAX_BYTES
     dry_run_steps: int = 4
     check_timeout: float = 300.0
