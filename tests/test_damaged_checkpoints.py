@@ -106,9 +106,9 @@ def test_resume_reports_each_damaged_step_and_resumes_from_the_newest_valid_one(
     assert result.returncode == 0, failure_report(result)
     warnings = [line for line in lines if line.startswith("WARNING: checkpoint step")]
     assert len(warnings) == 2, warnings
-    assert warnings[0].startswith("WARNING: checkpoint step 12 is damaged (host 0: arrays unreadable: ValueError: ")
+    assert warnings[0].startswith("WARNING: checkpoint step 12 is damaged (arrays unreadable: ValueError: ")
     assert warnings[0].endswith("); trying an older one")
-    assert warnings[1] == ("WARNING: checkpoint step 8 is damaged (host 0: incomplete: no commit_success.txt); "
+    assert warnings[1] == ("WARNING: checkpoint step 8 is damaged (incomplete: no commit_success.txt); "
                            "trying an older one")
     assert "Resumed from checkpoint at step 4 (newer damaged steps skipped: 12, 8)" in lines
     assert (f"WARNING: no checkpoint will be saved at step 8, 12: damaged checkpoints hold those steps in {ckpt} "
@@ -124,8 +124,8 @@ def test_damaged_steps_are_marked_in_place_with_their_contents_untouched(partly_
     marked = _marked(ckpt)
 
     assert sorted(marked) == [8, 12], sorted(os.listdir(ckpt))
-    assert "host 0: arrays unreadable: ValueError: " in marked[12]
-    assert marked[8].endswith(" host 0: incomplete: no commit_success.txt\n"), marked[8]
+    assert "arrays unreadable: ValueError: " in marked[12]
+    assert marked[8].endswith(" incomplete: no commit_success.txt\n"), marked[8]
     for step in (8, 12):
         assert _without_marker(tree_snapshot(ckpt / str(step))) == damaged[step], f"step {step}'s files changed"
         assert (f"WARNING: damaged checkpoint set aside (kept, never restored or saved over): "
@@ -249,7 +249,7 @@ def test_a_flipped_byte_in_array_data_is_reported_as_damage(flipped):
 
     assert result.returncode == 0, failure_report(result)
     warnings = [line for line in result.stdout.splitlines() if line.startswith("WARNING: checkpoint step")]
-    assert len(warnings) == 1 and warnings[0].startswith("WARNING: checkpoint step 12 is damaged (host 0: "), warnings
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING: checkpoint step 12 is damaged ("), warnings
     assert "Resumed from checkpoint at step 8 (newer damaged steps skipped: 12)" in result.stdout.splitlines()
     assert _reason(warnings[0]) in _marked(root / "ckpt")[12]
     assert result.stderr == "", f"a successful fallback printed on stderr:\n{result.stderr}"

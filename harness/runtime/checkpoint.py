@@ -31,6 +31,7 @@ from harness.runtime.damage import (
 from harness.runtime.failed_saves import FailedSaveListener
 from harness.runtime.integrity import CHECKSUM_FORMAT, inspect_state, mismatched_leaves, saved_checksums
 from harness.runtime.quiet import quiet_reads_of_failed_restores, quiet_storage_clients
+from harness.runtime.storage import orbax_restore_barrier
 
 STATE_ITEM, META_ITEM = "state", "meta"
 COMMIT_MARKER = "commit_success.txt"
@@ -68,6 +69,7 @@ class CheckpointStore:
             ),
             item_names=(STATE_ITEM, META_ITEM),
         )
+        self._restore_barrier = orbax_restore_barrier(self._manager)
         self.saved_steps: list[int] = []
         self.damaged_steps: dict[int, str] = {}  # found by restore_latest, not marked yet
         self.skipped_steps: list[int] = []       # passed over by restore_latest, newest first
@@ -157,14 +159,15 @@ class CheckpointStore:
             try:
                 present = (path / name).exists()
             except Exception as err:  # storage clients raise many types
+                _join_restore_barrier(self._restore_barrier)
                 return {}, (UNREADABLE, f"checking for {name}: {describe(err)}")
             if not present:
+                _join_restore_barrier(self._restore_barrier)  # the hosts that found every part restore
                 return {}, (DAMAGED, f"incomplete: no {name}")
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
+            meta = self._restore(step, META_ITEM, ocp.args.JsonRestore())
         except Exception as err:  # orbax raises many types; damage.py sorts them
             return {}, _verdict(err, "metadata")
-        meta = restored[META_ITEM]
         if not isinstance(meta, dict) or not isinstance(meta.get("checksums", {}), dict):
             return {}, (DAMAGED, "metadata is not a harness checkpoint's")
         return meta, None
@@ -174,10 +177,7 @@ class CheckpointStore:
         program over the global state, so they run only once every host has read it."""
         state, verdict = None, None
         try:
-            restored = self._manager.restore(
-                step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(abstract_state)})
-            )
-            state = restored[STATE_ITEM]
+            state = self._restore(step, STATE_ITEM, ocp.args.StandardRestore(abstract_state))
         except Exception as err:  # orbax/tensorstore raise many types; damage.py sorts them
             verdict = _verdict(err, "arrays")
         damage = self._agreed_damage(step, verdict)
@@ -191,6 +191,17 @@ class CheckpointStore:
             shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
             return None, f"checksum mismatch in {shown}"
         return state, None
+
+    def _restore(self, step: int, item: str, args: Any) -> Any:
+        """One item of `step` through orbax. A collective: orbax closes a restore with a
+        barrier every host must reach, so a host whose attempt raised joins it here. Every
+        read attempt is one such barrier on every host, whatever happened on it, and the
+        hosts can then agree on what happened."""
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+        except Exception:
+            _join_restore_barrier(self._restore_barrier)
+            raise
 
     def _agreed_damage(self, step: int, verdict: tuple[str, str] | None) -> str | None:
         """Every host's verdict on `step` made one: if any host could not read it, every
@@ -290,6 +301,14 @@ def _list_steps(path: epath.Path) -> tuple[list[int], dict[int, str]]:
     steps = sorted(found.step for found in ocp.step.standard_name_format().find_all(path))
     reasons = {step: read_marker(path / str(step)) for step in steps}
     return steps, {step: reason for step, reason in reasons.items() if reason is not None}
+
+
+def _join_restore_barrier(name: str) -> None:
+    """The barrier that closes an orbax restore, for a host that did not get there."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _verdict(err: Exception, item: str) -> tuple[str, str]:

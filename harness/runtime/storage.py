@@ -9,9 +9,10 @@ libraries touch GCS on that path and each retries on its own:
   `gcs_request_retries` resource of its Context (defaults: 32 retries, 1 s
   doubling to 32 s). orbax 0.12.8 builds that Context itself with no hook to
   pass one in, so `configure_orbax_gcs_retries` edits the base Context spec
-  orbax copies for every save and restore: the harness's only use of orbax
-  internals, kept in this module (tests/test_storage_gcs.py fails loudly if a
-  new orbax moves them).
+  orbax copies for every save and restore. That and `orbax_restore_barrier`
+  (the barrier that closes an orbax restore) are the harness's only uses of
+  orbax internals, kept in this module (tests/test_storage_gcs.py and
+  tests/test_resume_faults.py fail loudly if a new orbax moves them).
 - gcsfs (behind etils.epath) does directory listings, metadata files and the
   commit_success.txt marker. It retries 5xx, 408, 429 and connection errors
   6 times (sleeping 1-2 s, 2-3 s, ... 16-17 s); that is fixed in gcsfs and
@@ -134,6 +135,21 @@ def configure_orbax_gcs_retries(policy: GcsRetryPolicy) -> None:
                 "version builds its tensorstore Context before relying on GCS retries"
             )
         spec["gcs_request_retries"] = policy.tensorstore_resource()
+
+
+def orbax_restore_barrier(manager: object) -> str:
+    """The name of the barrier that closes every restore of the orbax CheckpointManager
+    `manager`: orbax 0.12.8's `Checkpointer.restore` ends with `sync_global_processes`,
+    which hands this name to jax's `sync_global_devices`. A host whose restore raised
+    joins it (checkpoint.py), so every host makes the same collective calls. Raises if a
+    different orbax no longer builds it this way."""
+    from orbax.checkpoint._src.multihost import multihost
+
+    checkpointer = getattr(manager, "_checkpointer", None)
+    if not hasattr(checkpointer, "_barrier_sync_key_prefix") or not hasattr(multihost, "unique_barrier_key"):
+        raise RuntimeError("orbax's Checkpointer no longer names its restore barrier as 0.12.8 did; re-check "
+                           "Checkpointer.restore before relying on a failed host joining it")
+    return multihost.unique_barrier_key("Checkpointer:restore", prefix=checkpointer._barrier_sync_key_prefix)
 
 
 def checkpoint_path_writable(path: str, *, gcs_timeout_s: float = GCS_CHECK_TIMEOUT_S) -> str | None:

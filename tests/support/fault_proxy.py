@@ -52,6 +52,8 @@ class Fault(enum.Enum):
 
     UNAVAILABLE = "503"
     """Answer 503 without forwarding: the request never reached storage."""
+    FORBIDDEN = "403"
+    """Answer 403 without forwarding: permission denied (clients do not retry it)."""
     DROP = "drop"
     """Close the connection without answering, before forwarding."""
     DROP_AFTER_FORWARD = "drop_after_forward"
@@ -272,9 +274,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         fault = rule.fault if rule else None
         if fault is Fault.DELAY:
             time.sleep(rule.delay_s)
-        if fault is Fault.UNAVAILABLE:
-            proxy._record(RequestRecord(method, path, user_agent, 503, fault))
-            self._send(503, "Service Unavailable", [], _error_body(503), method)
+        if fault in (Fault.UNAVAILABLE, Fault.FORBIDDEN):
+            status = int(fault.value)
+            proxy._record(RequestRecord(method, path, user_agent, status, fault))
+            self._send(status, http.HTTPStatus(status).phrase, [], _error_body(status), method)
             return
         if fault is Fault.DROP:
             proxy._record(RequestRecord(method, path, user_agent, None, fault))

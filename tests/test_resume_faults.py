@@ -1,0 +1,240 @@
+"""A resume whose reads fail for a reason that proves no damage stops; it never skips,
+marks, renames or deletes a checkpoint (harness/runtime/damage.py).
+
+Faults are made from outside: a fault proxy in front of the GCS emulator fails the
+newest checkpoint's reads past the clients' retries (its array data through tensorstore,
+its metadata and the existence checks through gcsfs), and an address-space limit set on
+the running process from outside (prlimit) makes the restore run out of memory. Every
+host must exit 42 (restartable) with the same single line, and storage must hold
+exactly the objects it held before.
+
+    .venv/bin/python -m pytest -q tests/test_resume_faults.py
+    .venv/bin/python -m pytest -q -m soak tests/test_resume_faults.py   # 503s past gcsfs's six tries (~45 s each)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import signal
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.support.fault_proxy import Fault, FaultProxy
+from tests.support.runs import (
+    compile_cache_flags, failure_report, harness_env, host_lines, launch_local, run_harness, start_harness,
+    tree_snapshot, wait_for_output,
+)
+
+if TYPE_CHECKING:
+    from tests.support.gcs_emulator import GcsEmulator
+
+pytest_plugins = ["tests.support.gcs_emulator"]  # the session's `gcs_emulator` fixture
+
+RUN_TIMEOUT_S = 240
+POD_TIMEOUT_S = 150
+PREFIX = "resume_faults/run"
+STEP = 12  # the newest checkpoint of the pristine runs (smoke: 12 steps, one save every 6)
+# tensorstore's own log lines (glog format) on stderr, e.g. "I1206 ... Using GOOGLE_AUTH_TOKEN_FOR_TESTING"
+GLOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d")
+NOTHING_CHANGED = "; not proven damage, so nothing was changed; exit 42 (restartable)"
+# Room left in the address space when the resume starts: enough for what runs before the
+# restore, not for the threads and buffers the restore needs. Measured here: 8-16 MiB
+# aborts inside tensorstore's C++ (std::system_error, not catchable), 64 MiB restores.
+ADDRESS_SPACE_MARGIN = 32 << 20
+OUT_OF_MEMORY_ATTEMPTS = 5
+
+
+def _args(directory: str, run_dir: Path, cache: list[str], *extra: str, preset: str = "smoke") -> list[str]:
+    return ["--config", preset, "--no_wandb", "--no_hard_examples", *cache, "--checkpoint_dir", directory,
+            "--run_dir", str(run_dir), *extra]
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """stderr without tensorstore's own log lines."""
+    return [line for line in stderr.splitlines() if line and not GLOG_LINE.match(line)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> list[str]:
+    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
+
+
+@pytest.fixture(scope="module")
+def bucket_run(gcs_emulator: GcsEmulator, cache, tmp_path_factory) -> dict:
+    """12 steps saved to the bucket (steps 6 and 12), and its object names."""
+    root = tmp_path_factory.mktemp("bucket_run")
+    directory = f"gs://{gcs_emulator.bucket}/{PREFIX}"
+    result = run_harness(_args(directory, root / "run", cache), timeout=RUN_TIMEOUT_S,
+                         env=harness_env(HARNESS_GCS_EMULATOR=gcs_emulator.url))
+    assert result.returncode == 0, failure_report(result)
+    return {"directory": directory, "root": root, "objects": gcs_emulator.object_names(PREFIX + "/")}
+
+
+def _read_rules(bucket: str) -> dict[str, str]:
+    """A path fragment of each kind of read of step 12, as the proxy sees the request."""
+    quoted = urllib.parse.quote(f"{PREFIX}/{STEP}", safe="")
+    return {
+        # tensorstore reads the array data files of the step's OCDBT database
+        "arrays": f"{quoted}%2Fstate%2Focdbt.process_0%2Fd%2F",
+        # gcsfs downloads the harness's metadata (JSON)
+        "metadata": f"/download/storage/v1/b/{bucket}/o/{quoted}%2Fmeta%2Fmetadata",
+        # gcsfs lists the prefix to check that the state item exists
+        "existence": f"prefix={PREFIX}/{STEP}/state/&",
+    }
+
+
+# What each failed read is reported as (regex); on a pod, after the host's name.
+ARRAYS_503 = (r"reading its arrays: ValueError: ABORTED: Error reading .* All 2 retry attempts failed: "
+              r"injected by fault proxy \(503.*")  # the detail is cut at 300 characters
+GCSFS_503 = r"HttpError: injected by fault proxy \(503\), 503"
+GCSFS_403 = r"OSError: Forbidden: \S+"  # gcsfs names the URL or path it was refused
+
+
+@pytest.mark.parametrize("read, fault, detail", [
+    ("arrays", Fault.UNAVAILABLE, ARRAYS_503),
+    ("metadata", Fault.FORBIDDEN, "reading its metadata: " + GCSFS_403),
+    ("existence", Fault.FORBIDDEN, "checking for state: " + GCSFS_403),
+    pytest.param("metadata", Fault.UNAVAILABLE, "reading its metadata: " + GCSFS_503, marks=pytest.mark.soak),
+    pytest.param("existence", Fault.UNAVAILABLE, "checking for state: " + GCSFS_503, marks=pytest.mark.soak),
+], ids=["arrays-503", "metadata-403", "existence-403", "metadata-503", "existence-503"])
+def test_a_read_that_fails_past_the_retries_stops_the_resume_and_changes_nothing(
+        read, fault, detail, bucket_run, gcs_emulator, cache):
+    """503s are retried (tensorstore twice here, gcsfs six times) and then given up on;
+    a 403 (permission denied) is not retried. Neither says anything about the data."""
+    directory = bucket_run["directory"]
+    with FaultProxy(gcs_emulator.url, timeout_s=30) as proxy:
+        rule = proxy.add_rule(fault, method="GET", path=_read_rules(gcs_emulator.bucket)[read], count=None)
+        result = run_harness(_args(directory, bucket_run["root"] / "run", cache, "--resume", "--num_train_steps",
+                                   "18", "--gcs_max_retries", "2"),
+                             timeout=RUN_TIMEOUT_S, env=harness_env(HARNESS_GCS_EMULATOR=proxy.url))
+
+    assert result.returncode == 42, failure_report(result)
+    assert rule.injected > 0
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1, failure_report(result)
+    assert re.fullmatch(re.escape(f"harness-train: error: cannot read checkpoint step {STEP} in {directory} "
+                                  "(") + detail + re.escape(")" + NOTHING_CHANGED), lines[0]), lines[0]
+    assert "is damaged" not in result.stdout and "set aside" not in result.stdout, result.stdout
+    assert gcs_emulator.object_names(PREFIX + "/") == bucket_run["objects"]  # no marker, rename, copy or delete
+
+
+def test_a_pod_whose_host_1_cannot_read_stops_on_every_host_with_the_same_line(bucket_run, gcs_emulator, cache):
+    """A 2x4 pod resumes the one-process checkpoint (resharded); only host 1's tensorstore
+    goes through the proxy, which fails its array reads. Host 0 reads everything: every
+    host still exits 42 with the line naming host 1, and nothing changes."""
+    directory = bucket_run["directory"]
+    env = {key: value for key, value in harness_env(**gcs_emulator.env).items() if key != "HARNESS_GCS_EMULATOR"}
+    with FaultProxy(gcs_emulator.url, timeout_s=30) as proxy:
+        rule = proxy.add_rule(Fault.UNAVAILABLE, method="GET", path=_read_rules(gcs_emulator.bucket)["arrays"],
+                              count=None)
+        through_proxy = (f'[ "$HARNESS_PROCESS_ID" = 1 ] && export TENSORSTORE_GCS_HTTP_URL={proxy.url}; '
+                         'exec "$@"')
+        command = ["sh", "-c", through_proxy, "sh", sys.executable, "-m", "harness.train",
+                   *_args(directory, bucket_run["root"] / "pod_run", cache, "--resume", "--num_train_steps", "18",
+                          "--gcs_max_retries", "2", preset="local-2x4")]
+        result = launch_local(2, 4, command, timeout=POD_TIMEOUT_S, env=env)
+
+    output = result.stdout + result.stderr
+    assert rule.injected > 0, failure_report(result)
+    errors = {host: [line for line in host_lines(output, host) if line.startswith("harness-train: error:")]
+              for host in (0, 1)}
+    assert errors[0] == errors[1] and len(errors[0]) == 1, failure_report(result)
+    assert re.fullmatch(re.escape(f"harness-train: error: cannot read checkpoint step {STEP} in {directory} "
+                                  "(host 1: ") + ARRAYS_503 + re.escape(")" + NOTHING_CHANGED),
+                        errors[0][0]), errors[0][0]
+    assert result.returncode == 42, failure_report(result)
+    assert "exit code 1)" not in result.stderr, failure_report(result)
+    assert gcs_emulator.object_names(PREFIX + "/") == bucket_run["objects"]
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_the_pinned_orbax_closes_every_restore_with_the_barrier_a_failed_host_joins(async_save, tmp_path):
+    """checkpoint.py joins this barrier on a host whose restore raised, so that the pod
+    test above does not abort on a collective mismatch; if orbax renames or moves it,
+    look here first."""
+    import inspect
+
+    from orbax.checkpoint._src.checkpointers import checkpointer
+
+    from harness.runtime.checkpoint import CheckpointStore
+
+    store = CheckpointStore(str(tmp_path / "ckpt"), keep=1, async_save=async_save)
+    source = inspect.getsource(checkpointer.Checkpointer.restore)
+    store.close()
+
+    assert "'Checkpointer:restore'" in source and "multihost.sync_global_processes(" in source, source
+    assert store._restore_barrier == ("_Checkpointer:restore" if async_save else "Checkpointer:restore")
+
+
+# ---------------------------------------------------------------------------------------
+# Out of memory during the restore.
+
+@pytest.fixture(scope="module")
+def local_run(cache, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("local_run")
+    result = run_harness(_args(str(root / "ckpt"), root / "run", cache), timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 0, failure_report(result)
+    return root
+
+
+def _limit_address_space_at_the_banner(process, log: Path) -> None:
+    """Once the run prints its banner (its checkpoint store is open, the restore is next),
+    freezes it, caps its address space a little above what it uses, and lets it go on."""
+    wait_for_output(log, r"^Configuration:", process, timeout=RUN_TIMEOUT_S)
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        in_use = int(re.search(r"^VmSize:\s+(\d+) kB", status, re.MULTILINE).group(1)) << 10
+        resource.prlimit(process.pid, resource.RLIMIT_AS, (in_use + ADDRESS_SPACE_MARGIN, resource.RLIM_INFINITY))
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+
+
+def _resume_out_of_memory(source: Path, workdir: Path, cache: list[str]) -> tuple[int, str, bool]:
+    """A copy of `source`'s checkpoints resumed under the address-space cap: the exit
+    status, the run's output, and whether the checkpoints are exactly as they were."""
+    shutil.copytree(source / "ckpt", workdir / "ckpt")
+    before = tree_snapshot(workdir / "ckpt")
+    log = workdir / "resume.log"
+    process = start_harness(_args(str(workdir / "ckpt"), workdir / "run", cache, "--resume", "--num_train_steps",
+                                  "18"), log_path=log)
+    try:
+        _limit_address_space_at_the_banner(process, log)
+        returncode = process.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+    return returncode, log.read_text(), tree_snapshot(workdir / "ckpt") == before
+
+
+def test_running_out_of_memory_during_the_restore_is_not_damage(local_run, cache, tmp_path):
+    """The cap makes thread creation fail during the restore. Where CPython creates the
+    thread, the harness sees "can't start new thread" and stops with exit 42 and one line;
+    where tensorstore's C++ does, it aborts the process (std::system_error, SIGABRT: also
+    restartable, and nothing the harness can catch), about 1 try in 4 here. So up to
+    ATTEMPTS tries: none may treat it as damage or change a file, and one must end in 42."""
+    attempts = []
+    for attempt in range(OUT_OF_MEMORY_ATTEMPTS):
+        returncode, output, unchanged = _resume_out_of_memory(local_run, tmp_path / f"try{attempt}", cache)
+        attempts.append((returncode, output))
+
+        assert unchanged, f"try {attempt} changed the checkpoints:\n{output[-4000:]}"
+        assert "is damaged" not in output and "set aside" not in output, output[-4000:]
+        if returncode == 42:
+            break
+    returncode, output = attempts[-1]
+    assert returncode == 42, "\n".join(f"try {i}: exit {rc}\n{out[-1500:]}" for i, (rc, out) in enumerate(attempts))
+    errors = [line for line in output.splitlines() if line.startswith("harness-train: error:")]
+    workdir = tmp_path / f"try{len(attempts) - 1}"
+    assert len(errors) == 1, output[-4000:]
+    assert re.fullmatch(re.escape(f"harness-train: error: cannot read checkpoint step {STEP} in {workdir / 'ckpt'} "
+                                  "(reading its ") + r"(metadata|arrays): (RuntimeError: can't start new "
+                                  r"thread|MemoryError: .*)" + re.escape(")" + NOTHING_CHANGED), errors[0]), errors[0]
