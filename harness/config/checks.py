@@ -8,7 +8,8 @@ from __future__ import annotations
 import math
 
 from harness.config.fields import settings
-from harness.config.groups import ModelConfig, TrainConfig
+from harness.config.fields import TrainConfig
+from harness.config.groups import ModelConfig
 from harness.errors import UsageError
 from harness.runtime.devices import PLATFORMS
 from harness.models.names import BUILTIN_MODELS, PARAM_DTYPES, REMAT_POLICIES, TRANSFORMER_SIZES, is_import_path

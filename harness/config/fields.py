@@ -1,4 +1,5 @@
-"""Every setting as one row: its flat name, its group and field, its type and default.
+"""The whole config (`TrainConfig`: one field per group of groups.py), and every setting
+as one row: its flat name, its group and field, its type and default.
 
 Presets, flags, `TrainConfig.replace` and the checkpoint's resume check all address
 settings through this table, so a name is spelled once and a typo fails the same way
@@ -11,10 +12,36 @@ import dataclasses
 import functools
 from typing import Any, Mapping, NamedTuple
 
-from harness.config.groups import TrainConfig
+from harness.config.groups import (CheckpointConfig, DataConfig, DevicesConfig, DistributedConfig, HardExamplesConfig,
+                                   MeshConfig, ModelConfig, OptimizerConfig, RunConfig, TpuConfig, WandbConfig)
 from harness.errors import UsageError
 
 _PYTHON_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run, by group. `replace` takes flat names: `replace(batch_size=8)`."""
+
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    hard_examples: HardExamplesConfig = HardExamplesConfig()
+    mesh: MeshConfig = MeshConfig()
+    devices: DevicesConfig = DevicesConfig()
+    tpu: TpuConfig = TpuConfig()
+    distributed: DistributedConfig = DistributedConfig()
+    wandb: WandbConfig = WandbConfig()
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return apply_overrides(self, changes, source="overrides")
+
+    def setting(self, name: str) -> Any:
+        """One setting by its flat name (`batch_size`) or path (`data.batch_size`)."""
+        group, field = field_named(name).path
+        return getattr(getattr(self, group), field)
 
 
 class Setting(NamedTuple):

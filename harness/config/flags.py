@@ -13,7 +13,7 @@ from typing import Any
 
 from harness.config.checks import validate
 from harness.config.fields import apply_overrides, groups, settings
-from harness.config.groups import TrainConfig
+from harness.config.fields import TrainConfig
 from harness.config.presets import load_preset, preset_descriptions
 from harness.errors import UsageError
 

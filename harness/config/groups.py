@@ -1,4 +1,6 @@
 """The run's settings, in groups; every default is written here and nowhere else.
+The whole config (`TrainConfig`, one field per group) is in fields.py, with each
+setting's names.
 
 A preset sets them as TOML tables (`[data] batch_size = 64`), the command line as
 `--data.batch_size 64` or by the flat name every setting also has (`--batch_size 64`,
@@ -141,32 +143,3 @@ class WandbConfig:
     enabled: bool = flag(True, "use_wandb")
     project: str = flag("podharness", "wandb_project")
     run_name: str = flag("", "wandb_run_name")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Every setting of a run, by group. `replace` takes flat names: `replace(batch_size=8)`."""
-
-    run: RunConfig = RunConfig()
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig()
-    hard_examples: HardExamplesConfig = HardExamplesConfig()
-    mesh: MeshConfig = MeshConfig()
-    devices: DevicesConfig = DevicesConfig()
-    tpu: TpuConfig = TpuConfig()
-    distributed: DistributedConfig = DistributedConfig()
-    wandb: WandbConfig = WandbConfig()
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        from harness.config.fields import apply_overrides
-
-        return apply_overrides(self, changes, source="overrides")
-
-    def setting(self, name: str) -> Any:
-        """One setting by its flat name (`batch_size`) or path (`data.batch_size`)."""
-        from harness.config.fields import field_named
-
-        group, field = field_named(name).path
-        return getattr(getattr(self, group), field)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config.fields import apply_overrides, by_name, groups
-from harness.config.groups import TrainConfig
+from harness.config.fields import TrainConfig
 from harness.errors import UsageError
 
 # Top-level keys of a preset file that are not settings groups.
