@@ -246,7 +246,8 @@ def small_state(fsdp_devices: int):
 
 
 def round_trip(checkpoint_dir: str, run_id: str, fsdp_devices: int, timeout_s: int) -> Observation:
-    """Save, restore, compare bitwise (a collective: every host calls it)."""
+    """Save, then restore through a second store as a resumed run would (a store lists
+    the steps when it opens), compare bitwise (a collective: every host calls it)."""
     import jax
 
     from harness.runtime.checkpoint import CheckpointStore
@@ -259,7 +260,11 @@ def round_trip(checkpoint_dir: str, run_id: str, fsdp_devices: int, timeout_s: i
         store.save(1, state, {"preflight": run_id, "nonce": uuid.uuid4().hex})
         store.wait()
         saved_s = time.perf_counter() - started
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    finally:
+        store.close()
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    store = CheckpointStore(directory, keep=1, async_save=False, timeout_s=timeout_s)
+    try:
         started = time.perf_counter()
         restored = store.restore_latest(abstract, lambda step, meta: None)
         restored_s = time.perf_counter() - started
