@@ -12,6 +12,8 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 
+from harness.errors import first_line
+
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 STATUSES = (PASS, WARN, FAIL, SKIP)
 _SEVERITY = {SKIP: 0, PASS: 1, WARN: 2, FAIL: 3}
@@ -93,6 +95,3 @@ def timed(row: str, measure: Callable[[], Observation]) -> Observation:
     return dataclasses.replace(observation, seconds=round(time.perf_counter() - started, 6))
 
 
-def first_line(err: BaseException, limit: int = 300) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:limit] if lines else type(err).__name__

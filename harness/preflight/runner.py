@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from harness.config import TrainConfig
-from harness.errors import UsageError
+from harness.errors import UsageError, first_line
 from harness.preflight import report as report_files
 from harness.preflight.consistency import collect_facts
 from harness.preflight.devices import device_check
@@ -49,7 +49,7 @@ from harness.preflight.rendezvous import Coordinates, Joined, join, missing_host
 from harness.preflight import options as selectable
 from harness.preflight.results import (CONSISTENCY, DEVICES, DRY_RUN, FAIL, HOST_SPEED, INTERCONNECT, PASS,
                                        RENDEZVOUS, ROUND_TRIP, SKIP, STORAGE, THROUGHPUT, HostReport, Observation,
-                                       first_line, skipped, timed)
+                                       skipped, timed)
 from harness.preflight.rollcall import REPLY_MARGIN_S
 from harness.preflight.storage import (probe, probe_failed, probe_target, remove_scratch, round_trip, shard_bytes,
                                       throughput)

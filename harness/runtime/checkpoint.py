@@ -22,7 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from harness.errors import CheckpointSaveError, CheckpointUnreadableError, NonFiniteStateError, UsageError
+from harness.errors import CheckpointSaveError, CheckpointUnreadableError, NonFiniteStateError, UsageError, first_line
 from harness.runtime.agree import agreed_problem, gather_json
 from harness.runtime.collectives import all_hosts_true
 from harness.runtime.damage import (
@@ -253,7 +253,7 @@ class CheckpointStore:
         hosts wait for this one in the save's commit barrier (failed_saves.py)."""
         failure = self._failed_saves.failure
         if failure is not None:
-            first = (str(failure).strip().splitlines() or [type(failure).__name__])[0][:300]
+            first = first_line(failure)
             raise CheckpointSaveError(f"host {jax.process_index()}: a checkpoint save to {self.directory} "
                                       f"failed: {first}")
 

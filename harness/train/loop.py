@@ -25,7 +25,7 @@ from harness.runtime.agree import gather_json
 from harness.runtime.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
 from harness.config import TrainConfig
 from harness.mock.data import Batch, MockDataset
-from harness.errors import CheckpointSaveError, HostLostError, NonFiniteStateError, UsageError
+from harness.errors import CheckpointSaveError, HostLostError, NonFiniteStateError, UsageError, first_line
 from harness.hard_examples.reporter import HardExampleReporter
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.runtime.mesh import host_local_rows_of, make_global_batch, make_mesh
@@ -249,7 +249,7 @@ class Trainer:
             outcome = DONE
             return summary
         except BaseException as err:
-            outcome = FAILED + _first_line(err)
+            outcome = FAILED + first_line(err)
             raise
         finally:
             watchdog.stop(outcome)
@@ -268,7 +268,7 @@ class Trainer:
                 raise  # not a lost host: a plain runtime error
             watchdog.wait_for_verdict()  # names a dead host and exits, if there is one
             raise HostLostError(f"host {jax.process_index()}: a collective failed while every host "
-                                f"still answers: {_first_line(err)}") from err
+                                f"still answers: {first_line(err)}") from err
         finally:
             watch.close()
         self.store.close()
@@ -320,9 +320,6 @@ class Trainer:
         while in_flight:
             last = self._finish_step(in_flight.popleft(), outputs)
         return state, max(start_step, config.run.num_train_steps), last, False
-
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
 
 
 def train(config: TrainConfig) -> RunSummary:
