@@ -22,6 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from harness.config import TrainConfig
+from harness.config.fields import field_named
 from harness.errors import CheckpointSaveError, CheckpointUnreadableError, NonFiniteStateError, UsageError, first_line
 from harness.runtime.agree import agreed_problem, gather_json
 from harness.runtime.collectives import all_hosts_true
@@ -41,9 +43,11 @@ NOTHING_CHANGED = "not proven damage, so nothing was changed; exit 42 (restartab
 
 # Settings that must match between a checkpoint and the run resuming from it: anything
 # that changes the state's shapes or which batch a step reads.
+# The settings a checkpoint's state and data position depend on, by config path.
 RESUME_MUST_MATCH = (
-    "batch_size", "seed", "model", "model_size", "param_dtype", "hidden_dim", "num_layers", "vocab_size",
-    "seq_len", "num_cameras", "action_horizon", "image_size", "hard_fraction",
+    "data.batch_size", "run.seed", "model.name", "model.size", "model.param_dtype", "model.hidden_dim",
+    "model.num_layers", "data.vocab_size", "data.seq_len", "data.num_cameras", "data.action_horizon",
+    "data.image_size", "data.hard_fraction",
 )
 
 
@@ -336,13 +340,21 @@ def describe_signature_change(saved: dict, now: dict) -> str:
     return "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
 
 
+def resume_fingerprint(config: TrainConfig) -> dict[str, Any]:
+    """What a checkpoint records of the settings in RESUME_MUST_MATCH, by path."""
+    return {path: config.setting(path) for path in RESUME_MUST_MATCH}
+
+
 def check_resume_compatible(saved: dict, current: dict, *, where: str) -> None:
-    """A resume with different shapes or data would not be a resume: refuse it."""
-    diffs = [
-        f"{name}: checkpoint {saved.get(name)!r} vs now {current[name]!r}"
-        for name in RESUME_MUST_MATCH
-        if saved.get(name) != current[name]
-    ]
+    """A resume with different shapes or data would not be a resume: refuse it, naming
+    each setting as it is typed (`hidden_dim`). Checkpoints written before the record
+    was keyed by path have flat names as keys."""
+    diffs = []
+    for path in RESUME_MUST_MATCH:
+        flat = field_named(path).flat
+        was = saved.get(path, saved.get(flat))
+        if was != current[path]:
+            diffs.append(f"{flat}: checkpoint {was!r} vs now {current[path]!r}")
     if diffs:
         raise UsageError(f"cannot resume from {where}: settings differ ({'; '.join(diffs)})")
 

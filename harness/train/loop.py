@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import jax
 
 from harness.runtime.agree import gather_json
-from harness.runtime.checkpoint import RESUME_MUST_MATCH, CheckpointStore, check_resume_compatible
+from harness.runtime.checkpoint import CheckpointStore, check_resume_compatible, resume_fingerprint
 from harness.config import TrainConfig
 from harness.mock.data import Batch, MockDataset
 from harness.errors import CheckpointSaveError, HostLostError, NonFiniteStateError, UsageError, first_line
@@ -47,10 +47,6 @@ class _InFlight(NamedTuple):
     step: int
     metrics: dict[str, jax.Array]
     local_batch: Batch
-
-
-def resume_fingerprint(config: TrainConfig) -> dict[str, Any]:
-    return {name: config.setting(name) for name in RESUME_MUST_MATCH}
 
 
 def print_banner(console: Console, config: TrainConfig, mesh: jax.sharding.Mesh) -> None:
