@@ -35,7 +35,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from launch.supervisor import PodResult, Supervisor, stop_on_signals
+from launch.failures import PodResult
+from launch.supervisor import Supervisor, stop_on_signals
 
 PROGRAM = "launch.local"
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"

@@ -3,7 +3,7 @@ the release, make the venv, install the requirements) takes from seconds to minu
 and with 16 workers the relayed output alone does not say who is where.
 
 The worker's scripts mark each step they finish with one line on stderr,
-`podharness-step: <what>` (launch_script in tpu_pod.py, launch/worker_setup.sh); the
+`podharness-step: <what>` (launch/remote_script.py, launch/worker_setup.sh); the
 launcher shows each as a line of its own instead (the worker's log keeps the marker),
 timed from that worker's ssh start:
 

@@ -7,38 +7,31 @@ until a heartbeat timeout aborts them), so the rules here are:
 
 - every process runs in its own session, so its whole process group, grandchildren
   included, can be signalled and nothing outlives the supervisor;
-- every output line is relayed as it arrives, prefixed with the process's label, unless
-  the caller's observer shows it in its own words (launch.tpu_pod's provisioning
-  progress); the process's log keeps every line either way;
-- the first failure stops everything: a graceful stop (SIGTERM by default), then
-  SIGKILL once the grace period is over;
-- a host the others name as unresponsive (the harness watchdog's `host(s) N stopped
-  responding` line, harness/runtime/watchdog.py) is what the failure report names, and it
-  gets SIGKILL at once: it does not answer, so a graceful stop would only wait out the
-  grace. Process i of the supervisor is host i (launch.local's HARNESS_PROCESS_ID, a TPU
-  pod's worker number);
-- a process may report the exit status of the program it runs (launch/worker_run.py's
-  `podharness-worker: harness ended: returncode=N` line, N as Popen gives it): that is
-  what counts, so a TPU worker killed by a signal is reported as that signal, not as
-  ssh's 255;
-- after a stop request, exit 0 and the restartable 42 (a host that saved at the agreed
-  step, harness/errors.py) both count as a clean stop;
+- every output line is relayed as it arrives (launch/streaming.py), and heard for what
+  it says about the pod (launch/failures.py: a host named lost, a worker's own report
+  of how its program ended);
+- the first failure stops everything: a host the others named unresponsive gets SIGKILL
+  at once, the rest a graceful stop (SIGTERM by default), then SIGKILL once the grace
+  period is over; the report names the failure the way launch/failures.py says;
 - no wait is unbounded: everything polls against a deadline.
 """
 
 import contextlib
 import dataclasses
 import os
-import re
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TextIO
+from typing import TextIO
 
-from harness.errors import EXIT_RESTARTABLE
+from launch.failures import (
+    CLEAN_STOP_CODES, EXIT_TIMED_OUT, PodResult, Testimony, describe_returncode, failure_line, shell_status,
+    unresponsive,
+)
+from launch.streaming import start_relays
 
 POLL_S = 0.05
 # After SIGKILL the kernel reaps within milliseconds; this only bounds a pathological
@@ -46,121 +39,6 @@ POLL_S = 0.05
 KILL_WAIT_S = 5.0
 # How long to wait for the output relays to drain after all processes are gone.
 RELAY_DRAIN_S = 2.0
-EXIT_TIMED_OUT = 124
-# harness/runtime/watchdog.py's `lost_hosts_line`: "harness-train: error: host R: host(s)
-# L[, L...] stopped responding: WHY; exiting". Launchers must not import the harness (jax).
-_LOST_HOSTS_LINE = re.compile(r"harness-train: error: host (\d+): host\(s\) (\d+(?:, \d+)*) stopped responding: ")
-_ENDED_LINE = re.compile(r"^podharness-worker: harness ended: returncode=(-?\d+)$")
-CLEAN_STOP_CODES = (0, EXIT_RESTARTABLE)
-
-
-def ended_line(returncode: int) -> str:
-    """The line a worker prints last: how the program it ran ended (Popen's return code)."""
-    return f"podharness-worker: harness ended: returncode={returncode}"
-
-
-def parse_ended_line(line: str) -> int | None:
-    match = _ENDED_LINE.match(line.rstrip("\n"))
-    return None if match is None else int(match[1])
-
-
-def parse_lost_hosts_line(line: str) -> tuple[int, tuple[int, ...]] | None:
-    """(reporting host, hosts it names) from a watchdog's line, else None."""
-    match = _LOST_HOSTS_LINE.search(line)
-    if match is None:
-        return None
-    return int(match[1]), tuple(int(host) for host in match[2].split(", "))
-
-
-def describe_returncode(returncode: int) -> str:
-    """Render a Popen return code the way a person reads it: exit code or signal name."""
-    if returncode >= 0:
-        return f"exit code {returncode}"
-    try:
-        return f"killed by {signal.Signals(-returncode).name}"
-    except ValueError:
-        return f"killed by signal {-returncode}"
-
-
-def shell_status(returncode: int) -> int:
-    """Map a Popen return code to a process exit status, using the shell's 128+N for signals."""
-    return returncode if returncode >= 0 else 128 - returncode
-
-
-@dataclasses.dataclass(frozen=True)
-class PodResult:
-    """How a supervised pod ended.
-
-    `returncodes` follow Popen: -N means killed by signal N. `first_failure` is the index
-    of the process whose failure ended the run (None if none failed). `unresponsive`:
-    the processes that others named as no longer responding.
-    """
-
-    returncodes: tuple[int, ...]
-    first_failure: int | None
-    timed_out: bool = False
-    running_at_timeout: tuple[int, ...] = ()
-    interrupted: bool = False
-    unresponsive: tuple[int, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        return not self.timed_out and all(rc == 0 for rc in self.returncodes)
-
-    @property
-    def exit_status(self) -> int:
-        """0 if every process exited 0; 124 on timeout; else the first failure's status."""
-        if self.timed_out:
-            return EXIT_TIMED_OUT
-        if self.first_failure is not None:
-            return shell_status(self.returncodes[self.first_failure])
-        return 0
-
-
-class _LineSink:
-    """Writes whole prefixed lines to one stream, and optionally unprefixed to a log file.
-
-    One lock is shared by every sink of a supervisor so lines from different processes
-    never interleave mid-line.
-    """
-
-    def __init__(self, prefix: str, stream: TextIO, lock: threading.Lock, log: TextIO | None):
-        self._prefix = prefix
-        self._stream = stream
-        self._lock = lock
-        self._log = log
-
-    def write_line(self, line: str, *, relay: bool = True) -> None:
-        """The line to the log, and to the stream too when `relay`."""
-        if not line.endswith("\n"):
-            line += "\n"
-        with self._lock:
-            # A broken stdout (e.g. piped into `head`) must not stop the relay: the
-            # child would block on a full pipe.
-            with contextlib.suppress(OSError, ValueError):
-                if relay:
-                    self._stream.write(self._prefix + line)
-                    self._stream.flush()
-            if self._log is not None:
-                with contextlib.suppress(OSError, ValueError):
-                    self._log.write(line)
-                    self._log.flush()
-
-
-def _relay_lines(pipe: IO[bytes], sink: _LineSink, member: "_Member") -> None:
-    """Copy lines from a child's pipe to the sink until EOF, keeping a final partial line;
-    note the hosts the child names as lost."""
-    with pipe:
-        for raw in iter(pipe.readline, b""):
-            line = raw.decode("utf-8", errors="replace")
-            report = parse_lost_hosts_line(line)
-            if report is not None:
-                member.named.extend(report[1])
-            ended = parse_ended_line(line)
-            if ended is not None:
-                member.reported = ended
-            shown = member.on_line is not None and member.on_line(line)
-            sink.write_line(line, relay=not shown)
 
 
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
@@ -175,15 +53,19 @@ class _Member:
     process: subprocess.Popen
     log: TextIO | None
     relays: list[threading.Thread] = dataclasses.field(default_factory=list)
-    named: list[int] = dataclasses.field(default_factory=list)  # hosts it reported lost
-    reported: int | None = None  # the return code of the program it ran, if it said
+    testimony: Testimony = dataclasses.field(default_factory=Testimony)
     swept: bool = False
     on_line: Callable[[str], bool] | None = None  # the caller's observer: True if it showed the line
 
     def returncode(self) -> int | None:
         """None while running; then what the process reported for its program, else its own."""
         rc = self.process.poll()
-        return rc if rc is None or self.reported is None else self.reported
+        return rc if rc is None or self.testimony.reported is None else self.testimony.reported
+
+    def observe(self, line: str) -> bool:
+        """Hear what the line says about the pod; True when the caller's observer showed it."""
+        self.testimony.hear(line)
+        return self.on_line is not None and self.on_line(line)
 
 
 class Supervisor:
@@ -246,20 +128,10 @@ class Supervisor:
             if log is not None:
                 log.close()
             raise
-        prefix = f"[{label}] "
         member = _Member(label, process, log, on_line=on_line)
-        member.relays = [
-            threading.Thread(
-                target=_relay_lines,
-                args=(pipe, _LineSink(prefix, stream, self._lock, log), member),
-                name=f"relay {label}",
-                daemon=True,
-            )
-            for pipe, stream in ((process.stdout, self._stdout), (process.stderr, self._stderr))
-        ]
         self._members.append(member)
-        for relay in member.relays:
-            relay.start()
+        member.relays = start_relays(label, (process.stdout, process.stderr), (self._stdout, self._stderr),
+                                     self._lock, log, member.observe)
         if stdin_data is not None:
             with contextlib.suppress(BrokenPipeError):
                 process.stdin.write(stdin_data)
@@ -352,9 +224,7 @@ class Supervisor:
             time.sleep(POLL_S)
 
     def _unresponsive(self) -> list[int]:
-        """Processes that another process named as lost (a host never counts naming itself)."""
-        return sorted({host for i, member in enumerate(self._members) for host in member.named
-                       if host != i and 0 <= host < len(self._members)})
+        return unresponsive([member.testimony for member in self._members])
 
     def _shut_down(self, grace: float, graceful_stop: Callable[[], None] | None) -> None:
         """SIGKILL for processes named unresponsive, a graceful stop for the rest, then
@@ -393,16 +263,8 @@ class Supervisor:
                          unresponsive=tuple(self._unresponsive()))
 
     def _report_failure(self, index: int, returncode: int) -> None:
-        """Name the host the failed process reported lost, if it did, else the process."""
-        member = self._members[index]
-        failed = f"{member.label} failed ({describe_returncode(returncode)})"
-        named = sorted({host for host in member.named if host != index})
-        if not named:
-            self.say(failed)
-            return
-        lost = ", ".join(self._members[host].label if host < len(self._members) else f"host {host}"
-                         for host in named)
-        self.say(f"{lost} stopped responding (named by {member.label}); {failed}")
+        labels = [member.label for member in self._members]
+        self.say(failure_line(labels, index, returncode, self._members[index].testimony))
 
     def _labels(self, indices: Sequence[int]) -> str:
         return ", ".join(self._members[i].label for i in indices) or "none"

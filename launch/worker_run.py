@@ -2,17 +2,17 @@
 
     python -m launch.worker_run --pidfile P --stop_marker M --log_dir D -- python -m harness.train ...
 
-launch/tpu_pod.py's remote script ends in this. The harness writes to files
+launch/remote_script.py's launch script ends in this. The harness writes to files
 (<log_dir>/stdout.log, stderr.log), never to the ssh session: when the launcher dies
 (SIGKILL, a laptop closing) the session's pipes break, and a harness writing into them
 would die of the broken pipe at its next line while its peers hang in a collective. This
 process copies the files to its own stdout/stderr as they grow, stops copying (and keeps
-waiting) when the session is gone, and prints one last line that launch/supervisor.py
+waiting) when the session is gone, and prints one last line that launch/failures.py
 parses, so a worker killed by a signal is reported as that signal rather than as ssh's 255:
 
     podharness-worker: harness ended: returncode=-9
 
-Stop protocol with launch/tpu_pod.py's stop script: the stop script touches the stop
+Stop protocol with launch/remote_script.py's stop script: the stop script touches the stop
 marker, then signals the pid in the pidfile. This process writes the harness's pid to
 the pidfile, then looks for the marker: whichever order they run in, the harness is
 stopped. Exit status: the harness's (128+N when killed by signal N); 143 if the stop
@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from launch.supervisor import ended_line, shell_status
+from launch.failures import ended_line, shell_status
 
 POLL_S = 0.1
 CHUNK = 1 << 16

@@ -2,7 +2,7 @@
 # Provision the Python that runs the harness on one TPU VM worker; print its path, last.
 #   bash launch/worker_setup.sh --venv DIR [--provision auto|system|uv] [--wheelhouse DIR]
 #       [--python_dist FILE] [--extras tpu] [--python_version 3.11]
-# launch/tpu_pod.py's remote script runs it from the unpacked release. Everything it says
+# launch/remote_script.py's launch script runs it from the unpacked release. Everything it says
 # goes to stderr as `podharness: ...`, and each step it finishes as `podharness-step: ...`
 # (the launcher times them: launch/provision_progress.py); stdout gets only the
 # interpreter's path.

@@ -31,7 +31,7 @@ from harness.runtime.stop_deadline import StopDeadline
 from harness.runtime.watchdog import DONE, EXIT_HOST_LOST, KEY_PREFIX
 from launch.gke.manifest import RESTARTABLE_EXIT_CODES
 from launch.local import free_port
-from launch.supervisor import parse_lost_hosts_line
+from launch.failures import parse_lost_hosts_line
 from tests.support.process_states import PROCESS_STATES, TPU_VM, libtpu_loaded, state_env
 from tests.support.runs import (
     REPO_ROOT, compile_cache_flags, harness_env, run_harness, start_harness, wait_for_output,

@@ -28,7 +28,7 @@ from harness.runtime.watchdog import (
     DONE, EXIT_HOST_LOST, FAILED, KEY_PREFIX, REACTION_MARGIN_S, SILENCE_FRACTION, HostWatchdog, jax_heartbeat_timeout,
     lost_hosts_line,
 )
-from launch.supervisor import parse_lost_hosts_line
+from launch.failures import parse_lost_hosts_line
 from tests.support.runs import (
     REPO_ROOT, compile_cache_flags, harness_env, local_pod_hosts, processes_in_groups, start_local_pod,
     stop_local_pod, wait_for_output,

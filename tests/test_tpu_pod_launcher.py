@@ -25,7 +25,7 @@ import pytest
 
 from harness.runtime.watchdog import EXIT_HOST_LOST, lost_hosts_line
 from launch.local import free_port
-from launch.tpu_pod import take_snapshot, write_archive
+from launch.provision import take_snapshot, write_archive
 from tests.support.fake_worker import (
     base_python, fake_uv_wheel, python_dist, standin_dep_wheel, stock_worker_path,
 )
@@ -230,7 +230,7 @@ class PodCheckout:
 
 
 # The files of this repository that run on a worker, shipped with every stand-in.
-WORKER_SIDE_FILES = ("harness/errors.py", "launch/__init__.py", "launch/supervisor.py", "launch/worker_run.py",
+WORKER_SIDE_FILES = ("harness/errors.py", "launch/__init__.py", "launch/failures.py", "launch/worker_run.py",
                      "launch/requirements.py", "launch/worker_setup.sh")
 
 

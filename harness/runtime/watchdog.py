@@ -11,7 +11,7 @@ process exits with `EXIT_HOST_LOST` (42, restartable: harness/errors.py):
 
     harness-train: error: host R: host(s) L[, L...] stopped responding: WHY; exiting
 
-(`lost_hosts_line`; the launchers parse it, see launch/supervisor.py). If the
+(`lost_hosts_line`; the launchers parse it, see launch/failures.py). If the
 coordinator (host 0) itself stops answering for `silence_s`, the other hosts name host 0.
 The key-value calls run on their own thread, so a coordinator that never answers cannot
 stall the verdict.

@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 FAKE_WORKER_BIN = Path(__file__).resolve().parent / "fake_worker_bin"
-# What launch/tpu_pod.py's remote scripts and launch/worker_setup.sh may use on a worker.
+# What launch/remote_script.py's scripts and launch/worker_setup.sh may use on a worker.
 WORKER_TOOLS = ("bash", "sh", "env", "cat", "cp", "mv", "rm", "mkdir", "ls", "find", "grep", "head",
                 "tail", "sort", "cut", "xargs", "seq", "sleep", "touch", "chmod", "basename", "dirname",
                 "sha256sum", "tar", "gzip", "readlink")
