@@ -26,6 +26,7 @@ touched.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -169,11 +170,12 @@ def throughput(checkpoint_dir: str, run_id: str, host: int, nbytes: int, meet: C
                 done = bounded(THROUGHPUT, transfer(name, work), timeout_s)
             except Exception as err:  # the storage's own error, named
                 done = Observation(THROUGHPUT, FAIL, f"{name} failed: {type(err).__name__}",
-                                   f"{path}: {name} of {nbytes} B failed: {type(err).__name__}: {err}")
+                                   f"{name} of {nbytes} B failed: {type(err).__name__}: {err}")
             failed = done if done.status == FAIL else None
     if failed is not None:
-        return dataclasses.replace(failed, detail=f"{failed.detail} ({path}, {nbytes} B)")
-    _delete(path)
+        return dataclasses.replace(failed, detail=f"{path}: {failed.detail}")
+    with contextlib.suppress(OSError):  # process 0 removes the scratch dir at the end anyway
+        _delete(path)
     if back[0] != payload:
         return Observation(THROUGHPUT, FAIL, "read back differs", f"{path}: the {nbytes} B read back differ "
                                                                   f"from those written")
