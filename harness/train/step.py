@@ -14,6 +14,7 @@ import optax
 from jax.sharding import Mesh
 
 from harness.config import TrainConfig
+from harness.config.groups import OptimizerConfig
 from harness.mock.data import Batch
 from harness.runtime.mesh import batch_sharding, fsdp_shardings, replicated
 from harness.models.interface import Model, ModelSpec
@@ -32,12 +33,12 @@ def build_model(config: TrainConfig) -> Model:
     return load_model(config.model.name, ModelSpec.of(config.model, config.data))
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(optimizer: OptimizerConfig) -> optax.GradientTransformation:
     """AdamW with linear warmup, behind global-norm clipping (0 disables clipping)."""
-    schedule = optax.linear_schedule(0.0, config.optimizer.learning_rate, max(config.optimizer.warmup_steps, 1))
-    adamw = optax.adamw(schedule, weight_decay=config.optimizer.weight_decay)
-    if config.optimizer.grad_clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(config.optimizer.grad_clip_norm), adamw)
+    schedule = optax.linear_schedule(0.0, optimizer.learning_rate, max(optimizer.warmup_steps, 1))
+    adamw = optax.adamw(schedule, weight_decay=optimizer.weight_decay)
+    if optimizer.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(optimizer.grad_clip_norm), adamw)
     return adamw
 
 
@@ -53,14 +54,14 @@ def _init_fn(config: TrainConfig, optimizer: optax.GradientTransformation) -> Ca
 def state_shardings(config: TrainConfig, mesh: Mesh) -> TrainState:
     """FSDP shardings for params and optimizer state; the step counter and the rng key
     are replicated (splitting a 2-word key across devices saves nothing)."""
-    abstract = jax.eval_shape(_init_fn(config, make_optimizer(config)))
+    abstract = jax.eval_shape(_init_fn(config, make_optimizer(config.optimizer)))
     shardings = fsdp_shardings(abstract, mesh)
     return shardings._replace(step=replicated(mesh), rng=replicated(mesh))
 
 
 def abstract_state(config: TrainConfig, mesh: Mesh) -> TrainState:
     """ShapeDtypeStructs with target shardings: what a checkpoint restores into."""
-    abstract = jax.eval_shape(_init_fn(config, make_optimizer(config)))
+    abstract = jax.eval_shape(_init_fn(config, make_optimizer(config.optimizer)))
     shardings = state_shardings(config, mesh)
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
@@ -69,18 +70,21 @@ def abstract_state(config: TrainConfig, mesh: Mesh) -> TrainState:
 
 def init_state(config: TrainConfig, mesh: Mesh) -> TrainState:
     """A fresh state, created directly in its sharded layout (optimizer moments too)."""
-    init = _init_fn(config, make_optimizer(config))
+    init = _init_fn(config, make_optimizer(config.optimizer))
     return jax.jit(init, out_shardings=state_shardings(config, mesh))()
 
 
-def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+StepFn = Callable[[TrainState, Batch], tuple[TrainState, dict]]
+
+
+def make_train_step(config: TrainConfig, mesh: Mesh) -> StepFn:
     """The jitted step: (state, global batch) -> (new state, metrics).
 
     Metrics are replicated scalars plus the batch-sharded `per_sample_loss` and
     `sample_id`, which each host reads from its own shards to pair losses with samples.
     """
     model = build_model(config)
-    optimizer = make_optimizer(config)
+    optimizer = make_optimizer(config.optimizer)
     skip_nonfinite = config.run.on_nonfinite == "skip"
 
     def loss_fn(params, batch: Batch, dropout_key):
@@ -95,9 +99,6 @@ def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Ba
         (loss, (per_sample_loss, token_hits, token_count)), grads = jax.value_and_grad(
             loss_fn, has_aux=True
         )(state.params, batch, dropout_key)
-        if config.run.testing_nonfinite_step >= 0:  # fault injection for tests: a nan loss and gradient
-            poison = jnp.where(state.step == config.run.testing_nonfinite_step, jnp.nan, 1.0)
-            loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm, param_norm = optax.tree.norm(grads), optax.tree.norm(params)
@@ -127,9 +128,24 @@ def make_train_step(config: TrainConfig, mesh: Mesh) -> Callable[[TrainState, Ba
     metric_sh |= {"per_sample_loss": rows, "sample_id": rows}
     if skip_nonfinite:
         metric_sh["update_skipped"] = scalar
+    if config.run.testing_nonfinite_step >= 0:
+        step = nan_inputs_at(step, config.run.testing_nonfinite_step)
     return jax.jit(
         step,
         in_shardings=(state_sh, rows),
         out_shardings=(state_sh, metric_sh),
         donate_argnums=0,
     )
+
+
+def nan_inputs_at(step: StepFn, nan_step: int) -> StepFn:
+    """Fault injection, only with `--testing_nonfinite_step`: that step's robot state and
+    target actions are nan, as bad data would make them, so its loss and gradients are
+    nan. Wrapped around the step instead of inside it, so that without the flag the
+    program is exactly the one production runs."""
+
+    def poisoned(state: TrainState, batch: Batch):
+        poison = jnp.where(state.step == nan_step, jnp.nan, 1.0)
+        return step(state, batch._replace(state=batch.state * poison, actions=batch.actions * poison))
+
+    return poisoned
