@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -35,29 +36,38 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600,
-                 ok_codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process run to completion; an exit
-    code outside `ok_codes` raises.
+class Measured(NamedTuple):
+    wall_s: float
+    peak_rss_mb: float
+    exit_code: int
+    stderr_tail: str
 
-    Peak RSS comes from wait4's rusage of that child alone (not the benchmark process).
-    """
+
+def run_measured(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 600,
+                 ok_codes: tuple[int, ...] = (0,)) -> Measured:
+    """One child process run to completion: its wall time, peak RSS (wait4's rusage of
+    that child alone), exit code and the end of its stderr; an exit code outside
+    `ok_codes` raises. stderr goes to a file, so a chatty child never blocks on a pipe."""
     started = time.perf_counter()
-    process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = started + timeout
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() > deadline:
-            process.kill()
-            raise TimeoutError(f"{argv} ran past {timeout} s")
-        time.sleep(0.01)
-    wall = time.perf_counter() - started
-    code = os.waitstatus_to_exitcode(status)
-    if code not in ok_codes:
-        raise RuntimeError(f"{argv} exited {code}: {process.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024.0
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = started + timeout
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                process.kill()
+                process.wait()
+                raise TimeoutError(f"{argv} ran past {timeout} s")
+            time.sleep(0.01)
+        stderr.seek(0)
+        tail = stderr.read().decode(errors="replace")[-2000:]
+    measured = Measured(time.perf_counter() - started, usage.ru_maxrss / 1024.0, os.waitstatus_to_exitcode(status),
+                        tail)
+    if measured.exit_code not in ok_codes:
+        raise RuntimeError(f"{argv} exited {measured.exit_code}: {tail}")
+    return measured
 
 
 def child_env(**extra: str) -> dict[str, str]:

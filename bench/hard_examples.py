@@ -1,6 +1,6 @@
 """Hard-example costs, measured side by side in one run.
 
-    python -m bench.hard_examples [--steps 30 --repeats 3]
+    python -m bench.hard_examples [--steps 30 --repeats 2]
     python -m bench.hard_examples --tiny      # small sizes, one round: proves it runs
 
 1. Step time with tracking on / off: the real Trainer at batch 256 with two 224x224x3
@@ -133,7 +133,7 @@ def real_bytes_per_host(hosts: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--tiny", action="store_true", help="small sizes, one round, to prove it runs")
     args = parser.parse_args()
     sizes = TINY if args.tiny else {**FULL, "steps": args.steps, "repeats": args.repeats}

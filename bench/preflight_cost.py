@@ -8,7 +8,8 @@ Each pod runs under launch.local, from the launcher's start to its exit (imports
 rendezvous, every check, the report). The first round starts with an empty compilation
 cache (cold), later rounds reuse it (warm). Also reported: where the time went, the
 slowest host's seconds per check from the run's preflight.json, and each run's verdict
-(a FAIL, exit 1, is a result here: what a check found is in its `failures`).
+(a FAIL, exit 1, is a result here: what a check found is in its `failures`; a pod
+that ends without a report, 1 or 42, is recorded with its last lines on stderr).
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ def measure(repeats: int, hosts: tuple[int, ...] = HOSTS, flags: tuple[str, ...]
                         "--config", "local-2x4", "--cpu_devices", str(DEVICES // count), "--run_dir", str(run_dir),
                         "--checkpoint_dir", str(root / "ckpt"), "--compilation_cache_dir", str(root / "cache"),
                         *flags]
-                wall, _ = run_measured(argv, env=child_env(WANDB_MODE="disabled"), timeout=900, ok_codes=(0, 1))
-                report = json.loads((run_dir / "preflight.json").read_text())
+                run = run_measured(argv, env=child_env(WANDB_MODE="disabled"), timeout=900, ok_codes=(0, 1, 42))
                 entry = results.setdefault(str(count), {"wall_s": [], "verdicts": [], "failures": [], "checks_s": []})
-                entry["wall_s"].append(round(wall, 2))
+                entry["wall_s"].append(round(run.wall_s, 2))
+                path = run_dir / "preflight.json"
+                if not path.exists():  # the pod never got as far as a report: its last words
+                    entry["verdicts"].append(f"no report (exit {run.exit_code})")
+                    entry["failures"].append(" | ".join(run.stderr_tail.strip().splitlines()[-3:]))
+                    continue
+                report = json.loads(path.read_text())
                 entry["verdicts"].append(report["verdict"])
                 entry["failures"] += [f"{f['check']} on host {f['host']}: {f['value']}" for f in report["failures"]]
                 entry["checks_s"].append({check["check"]: round(max(c["seconds"] for c in check["cells"]), 2)

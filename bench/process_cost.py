@@ -41,7 +41,7 @@ def measure(repeats: int, steps: int = STEPS) -> dict:
             "cold_no_fast_compile_flags": ["--compilation_cache_dir", "", "--no_cpu_fast_compile"],
         }
         for _ in range(repeats):
-            wall, rss = run_measured([python(), "-c", BARE], env=child_env())
+            wall, rss, *_ = run_measured([python(), "-c", BARE], env=child_env())
             entry = results.setdefault("bare_jax", {"wall_s": [], "peak_rss_mb": []})
             entry["wall_s"].append(round(wall, 2))
             entry["peak_rss_mb"].append(round(rss, 1))
@@ -50,7 +50,7 @@ def measure(repeats: int, steps: int = STEPS) -> dict:
                     shutil.rmtree(cache, ignore_errors=True)
                 argv = [python(), "-m", "harness.train", *command, *extra,
                         "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run")]
-                wall, rss = run_measured(argv, env=child_env(WANDB_DIR=str(root / "wandb"),
+                wall, rss, *_ = run_measured(argv, env=child_env(WANDB_DIR=str(root / "wandb"),
                                                              WANDB_DATA_DIR=str(root / "wandb-data")))
                 entry = results.setdefault(name, {"wall_s": [], "peak_rss_mb": []})
                 entry["wall_s"].append(round(wall, 2))

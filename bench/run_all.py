@@ -52,6 +52,7 @@ def main() -> int:
         args = tiny_args(module) if tiny else FULL_ARGS.get(module, ())
         print(f"== {module} {' '.join(args)}".rstrip(), flush=True)
         code, walls[module], result, stderr = run_one(module, args)
+        print(f"== {module}: {walls[module]:.0f} s", flush=True)
         if code != 0:
             print(stderr, file=sys.stderr)
             print(f"bench.run_all: {module} exited {code}", file=sys.stderr)
