@@ -32,6 +32,7 @@ from harness.runtime.watchdog import DONE, EXIT_HOST_LOST, KEY_PREFIX
 from launch.gke.manifest import RESTARTABLE_EXIT_CODES
 from launch.local import free_port
 from launch.failures import parse_lost_hosts_line
+from tests.support.coordination import ExitRecorder
 from tests.support.process_states import PROCESS_STATES, TPU_VM, libtpu_loaded, state_env
 from tests.support.runs import (
     REPO_ROOT, compile_cache_flags, harness_env, run_harness, start_harness, wait_for_output,
@@ -126,16 +127,6 @@ class Beats:
         return dict(self.values)
 
 
-class Exits:
-    def __init__(self) -> None:
-        self.codes: list[int] = []
-        self.given = threading.Event()
-
-    def __call__(self, code: int) -> None:
-        self.codes.append(code)
-        self.given.set()
-
-
 @pytest.fixture
 def deadlines() -> Iterator[list[StopDeadline]]:
     """Deadlines a test starts; their threads are cancelled afterwards."""
@@ -145,7 +136,7 @@ def deadlines() -> Iterator[list[StopDeadline]]:
         deadline.cancel()
 
 
-def _deadline(made: list[StopDeadline], beats: Beats, exits: Exits, host: int = 0) -> StopDeadline:
+def _deadline(made: list[StopDeadline], beats: Beats, exits: ExitRecorder, host: int = 0) -> StopDeadline:
     made.append(StopDeadline(host, 3, beats.read, exit_fn=exits, stall_s=0.3, peer_silence_s=0.3,
                              kv_timeout_s=0.3, poll_s=0.05))
     return made[-1]
@@ -162,7 +153,7 @@ def _keep(action, until: threading.Event, seconds: float) -> None:
 def test_a_blocked_host_whose_peer_went_silent_exits_42_naming_it(
     capfd: pytest.CaptureFixture[str], deadlines: list[StopDeadline]
 ) -> None:
-    beats, exits = Beats(3), Exits()
+    beats, exits = Beats(3), ExitRecorder()
     deadline = _deadline(deadlines, beats, exits)
     deadline.stop_requested()
     _keep(lambda: beats.beat(0, 1), exits.given, WAIT_S)  # host 2 is silent; the loop never moves
@@ -173,7 +164,7 @@ def test_a_blocked_host_whose_peer_went_silent_exits_42_naming_it(
 
 
 def test_a_host_that_keeps_stepping_is_not_cut_short(deadlines: list[StopDeadline]) -> None:
-    beats, exits = Beats(3), Exits()
+    beats, exits = Beats(3), ExitRecorder()
     deadline = _deadline(deadlines, beats, exits)
     deadline.stop_requested()
     _keep(lambda: (beats.beat(0, 1), deadline.step_finished()), exits.given, 1.5)
@@ -182,14 +173,14 @@ def test_a_host_that_keeps_stepping_is_not_cut_short(deadlines: list[StopDeadlin
 
 def test_a_blocked_host_whose_peers_all_beat_waits(deadlines: list[StopDeadline]) -> None:
     """A slow step or save: every peer is alive, so the launcher's grace decides, not this."""
-    beats, exits = Beats(3), Exits()
+    beats, exits = Beats(3), ExitRecorder()
     _deadline(deadlines, beats, exits).stop_requested()
     _keep(lambda: beats.beat(0, 1, 2), exits.given, 1.5)
     assert exits.codes == []
 
 
 def test_a_peer_that_left_the_loop_is_gone_only_while_this_host_is_in_it(deadlines: list[StopDeadline]) -> None:
-    beats, exits = Beats(3), Exits()
+    beats, exits = Beats(3), ExitRecorder()
     beats.values[f"{KEY_PREFIX}2"] = DONE
     after_loop = _deadline(deadlines, beats, exits)
     after_loop.loop_ended()
@@ -205,7 +196,7 @@ def test_a_peer_that_left_the_loop_is_gone_only_while_this_host_is_in_it(deadlin
 def test_a_coordinator_that_does_not_answer_is_named_as_host_0(
     capfd: pytest.CaptureFixture[str], deadlines: list[StopDeadline]
 ) -> None:
-    beats, exits = Beats(3), Exits()
+    beats, exits = Beats(3), ExitRecorder()
     beats.answering = False
     _deadline(deadlines, beats, exits, host=1).stop_requested()
     assert exits.given.wait(WAIT_S)

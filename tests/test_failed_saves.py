@@ -10,18 +10,17 @@ The end-to-end case (a 2x4 pod whose save fails on one host) is the soak test
 
 from __future__ import annotations
 
-import http.server
 import inspect
 import json
 import logging
 import sys
-import threading
 from typing import TYPE_CHECKING
 
 import pytest
 from orbax.checkpoint._src.checkpointers import async_checkpointer
 
 from harness.runtime.failed_saves import FAILED_SAVE, ORBAX_PATH_PART, FailedSaveListener
+from tests.support.deny_storage import deny_server
 from tests.support.runs import REPO_ROOT, harness_env
 
 if TYPE_CHECKING:
@@ -109,39 +108,18 @@ def test_the_pinned_orbax_still_logs_a_failed_background_save_with_its_exception
     assert ORBAX_PATH_PART in inspect.getsourcefile(async_checkpointer)
 
 
-class _DenyEverything(http.server.BaseHTTPRequestHandler):
-    """A storage endpoint that answers 403 to every request (not retried by clients)."""
-
-    def _deny(self) -> None:
-        body = b'{"error": {"code": 403, "message": "denied by the test"}}'
-        self.send_response(403)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _deny
-
-    def log_message(self, format: str, *args: object) -> None:
-        del format, args
-
-
 @pytest.fixture(scope="module")
 def probe(gcs_emulator: GcsEmulator, tmp_path_factory) -> dict:
     """tests/support/failed_save_probe.py against the emulator, its array writes refused."""
     import subprocess
 
-    deny = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DenyEverything)
-    threading.Thread(target=deny.serve_forever, daemon=True).start()
-    try:
-        env = harness_env(**gcs_emulator.env, PROBE_DENY_URL=f"http://127.0.0.1:{deny.server_address[1]}",
+    with deny_server() as deny_url:
+        env = harness_env(**gcs_emulator.env, PROBE_DENY_URL=deny_url,
                           XLA_FLAGS="--xla_force_host_platform_device_count=8")
         result = subprocess.run(
             [sys.executable, "-m", "tests.support.failed_save_probe", str(tmp_path_factory.mktemp("probe")),
              f"gs://{gcs_emulator.bucket}/failed_saves/probe"],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-    finally:
-        deny.shutdown()
-        deny.server_close()
     assert result.returncode == 0, f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return json.loads(result.stdout.splitlines()[-1])
 

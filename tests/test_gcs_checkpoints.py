@@ -11,9 +11,7 @@ directly; only the transient-fault runs go through a FaultProxy (threads of pyte
 
 from __future__ import annotations
 
-import http.server
 import sys
-import threading
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 
 from harness.outputs.sinks import read_metrics
 from tests.support.fault_proxy import Fault, FaultProxy
+from tests.support.deny_storage import deny_server
 from tests.support.runs import (
     compile_cache_flags, failure_report, harness_env, launch_local, run_harness, uninterrupted_rows,
 )
@@ -206,22 +205,6 @@ def test_pod_resume_from_the_bucket_continues_bit_for_bit(pod_bucket_run, cache)
     assert committed_steps(pod_bucket_run["after_resume"], pod_bucket_run["prefix"]) == [4, 8]
 
 
-class _DenyEverything(http.server.BaseHTTPRequestHandler):
-    """A storage endpoint that answers 403 to every request (not retried by clients)."""
-
-    def _deny(self) -> None:
-        body = b'{"error": {"code": 403, "message": "denied by the test"}}'
-        self.send_response(403)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_DELETE = _deny
-
-    def log_message(self, format: str, *args: object) -> None:
-        del format, args
-
-
 @pytest.mark.soak
 def test_pod_whose_save_fails_on_one_host_ends_promptly(gcs_emulator, cache, tmp_path):
     """Host 1's array writes are refused (403, not retried), host 0's succeed. The pod
@@ -229,14 +212,11 @@ def test_pod_whose_save_fails_on_one_host_ends_promptly(gcs_emulator, cache, tmp
     sitting in orbax's save barrier until its timeout. Before host 1 listened for the
     failure (harness/runtime/failed_saves.py), about half the tries hung, so three pods
     are tried."""
-    deny = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DenyEverything)
-    threading.Thread(target=deny.serve_forever, daemon=True).start()
     # The harness's own switch would point tensorstore at the emulator too; set the
     # clients' variables directly and send host 1's tensorstore to the refusing server.
     env = {key: value for key, value in harness_env(**gcs_emulator.env).items() if key != "HARNESS_GCS_EMULATOR"}
-    deny_host_1 = (f'[ "$HARNESS_PROCESS_ID" = 1 ] && export TENSORSTORE_GCS_HTTP_URL='
-                   f'http://127.0.0.1:{deny.server_address[1]}; exec "$@"')
-    try:
+    with deny_server() as deny_url:
+        deny_host_1 = f'[ "$HARNESS_PROCESS_ID" = 1 ] && export TENSORSTORE_GCS_HTTP_URL={deny_url}; exec "$@"'
         for attempt in range(3):
             directory = f"gs://{gcs_emulator.bucket}/{PREFIX}/one_host_fails_{attempt}"
             command = ["sh", "-c", deny_host_1, "sh",
@@ -250,9 +230,6 @@ def test_pod_whose_save_fails_on_one_host_ends_promptly(gcs_emulator, cache, tmp
             assert f"[host 1] harness-train: error: host 1: a checkpoint save to {directory} failed: " \
                    "PERMISSION_DENIED" in result.stdout + result.stderr, failure_report(result)
             assert "launch.local: host 1 failed (exit code 1)" in result.stderr, failure_report(result)
-    finally:
-        deny.shutdown()
-        deny.server_close()
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import jax
@@ -29,6 +28,7 @@ from harness.runtime.watchdog import (
     lost_hosts_line,
 )
 from launch.failures import parse_lost_hosts_line
+from tests.support.coordination import ExitRecorder, FakeKeyValueStore
 from tests.support.runs import (
     REPO_ROOT, compile_cache_flags, harness_env, local_pod_hosts, processes_in_groups, start_local_pod,
     stop_local_pod, wait_for_output,
@@ -46,41 +46,12 @@ VERDICT_WAIT_S = 30  # fake-store tests: bound on waiting for the watchdog's ver
 
 # --- The watchdog against fake key-value stores (threads, no JAX processes).
 
-class FakeStore:
-    """The coordination service's key-value store as the watchdog uses it."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-        self.answering = threading.Event()
-        self.answering.set()
-
-    def key_value_set(self, key: str, value: str, allow_overwrite: bool = False) -> None:
-        self.answering.wait()
-        self.values[key] = value
-
-    def key_value_dir_get(self, key: str) -> list[tuple[str, str]]:
-        self.answering.wait()
-        return [(k, v) for k, v in self.values.items() if k.startswith(key)]
-
-
-class Verdict:
-    """An exit_fn that records the exit instead of ending the test process."""
-
-    def __init__(self) -> None:
-        self.codes: list[int] = []
-        self.given = threading.Event()
-
-    def __call__(self, code: int) -> None:
-        self.codes.append(code)
-        self.given.set()
-
-
-def _watchdog(store: FakeStore, verdict: Verdict, host: int, hosts: int = 2) -> HostWatchdog:
+def _watchdog(store: FakeKeyValueStore, verdict: ExitRecorder, host: int, hosts: int = 2) -> HostWatchdog:
     return HostWatchdog(0.5, exit_fn=verdict, beat_s=0.05, client=store, host=host, hosts=hosts)
 
 
 def test_a_host_whose_beats_stop_is_named_in_a_line_the_launchers_parse(capsys):
-    store, verdict = FakeStore(), Verdict()
+    store, verdict = FakeKeyValueStore(), ExitRecorder()
     store.values[f"{KEY_PREFIX}1"] = "1"  # host 1 beat once, then froze
     dog = _watchdog(store, verdict, host=0, hosts=3).start()
     try:
@@ -99,7 +70,7 @@ def test_a_host_whose_beats_stop_is_named_in_a_line_the_launchers_parse(capsys):
 
 
 def test_the_coordinator_that_stops_answering_is_named_as_host_0(capsys):
-    store, verdict = FakeStore(), Verdict()
+    store, verdict = FakeKeyValueStore(), ExitRecorder()
     dog = _watchdog(store, verdict, host=1).start()
     try:
         store.answering.clear()  # every call now blocks, as against a frozen coordinator
@@ -112,7 +83,7 @@ def test_the_coordinator_that_stops_answering_is_named_as_host_0(capsys):
 
 
 def test_a_host_that_is_done_is_never_named_and_stop_says_done():
-    store, verdict = FakeStore(), Verdict()
+    store, verdict = FakeKeyValueStore(), ExitRecorder()
     store.values[f"{KEY_PREFIX}1"] = DONE
     dog = _watchdog(store, verdict, host=0).start()
     assert not verdict.given.wait(4 * dog.silence_s)
@@ -122,8 +93,8 @@ def test_a_host_that_is_done_is_never_named_and_stop_says_done():
 
 
 def test_a_host_that_stops_on_an_error_stops_the_others_at_once(capsys):
-    store, verdict = FakeStore(), Verdict()
-    failing = _watchdog(store, Verdict(), host=1).start()
+    store, verdict = FakeKeyValueStore(), ExitRecorder()
+    failing = _watchdog(store, ExitRecorder(), host=1).start()
     watching = _watchdog(store, verdict, host=0).start()
     try:
         failing.stop(FAILED + "ValueError: PERMISSION_DENIED writing step 4")
@@ -154,7 +125,7 @@ def test_jax_aborts_no_earlier_than_the_watchdogs_threshold_plus_the_margin(monk
     can abort T/2 after a freeze (harness/runtime/watchdog.py); the T the harness passes
     keeps that REACTION_MARGIN_S after the watchdog's threshold."""
     given = {}
-    monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: given.update(kwargs))
+    monkeypatch.setattr(distributed, "_initialize_hearing_sigterm", lambda **kwargs: given.update(kwargs))
     distributed.initialize("auto", coordinator_address="127.0.0.1:1", num_processes=2, process_id=1,
                            heartbeat_timeout=heartbeat_timeout)
     silence_s = SILENCE_FRACTION * heartbeat_timeout

@@ -19,10 +19,9 @@ import jsonschema
 import msgpack
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from harness.config import TrainConfig
-from harness.hard_examples.codec import PayloadError
 from harness.preflight import consistency, devices, interconnect, report as report_files
 from harness.preflight.faults import WRONG_DEVICE_RESULT, Fault
 from harness.preflight.guard import Deadline, Progress, bounded, silent_hosts
@@ -32,8 +31,11 @@ from harness.preflight.rollcall import RollCallServer, call_roll
 from harness.preflight.schema import PREFLIGHT_SCHEMA
 from harness.preflight.wire import (MAX_REPORT_BYTES, Hello, Reply, decode_hello, decode_reply, decode_report,
                                     encode_hello, encode_reply, encode_report)
+from harness.runtime.messages import MAX_MESSAGE_CHARS, VERSION, MessageError
 from harness.runtime.watchdog import DONE
 from launch.local import free_port
+from tests.support.hostile import TAMPERS, Tamper, hostile
+from tests.support.coordination import FakeKeyValueStore
 
 FACTS = {"jax": "0.10.2", "code": "aaaa (40 files)", "train step": "0123456789abcdef", "platform": "cpu"}
 
@@ -61,54 +63,76 @@ def test_a_report_survives_the_wire_and_non_finite_metrics_are_left_out() -> Non
     assert decoded.facts == FACTS and (decoded.host, decoded.hostname, decoded.pid) == (3, "vm-3", 1003)
 
 
-def _wire(**changes) -> bytes:
-    body = {"version": 2, "kind": "host_report", "host": 0, "hostname": "vm", "pid": 1, "facts": {}, "code_files": [],
-            "observations": [{"row": "devices", "status": "PASS", "value": "", "detail": "", "seconds": 0.0,
-                              "metrics": {}}], "timings": []}
+def _wire(version: int = VERSION, kind: str = "host_report", **changes) -> bytes:
+    body = {"host": 0, "hostname": "vm", "pid": 1, "facts": {}, "code_files": [], "observations": _cell(),
+            "timings": []}
     body.update(changes)
-    return msgpack.packb(body, use_bin_type=True)
+    return msgpack.packb([version, kind, body], use_bin_type=True)
+
+
+def _cell(**changes) -> list[dict]:
+    return [{"row": "devices", "status": "PASS", "value": "", "detail": "", "seconds": 0.0, "metrics": {}, **changes}]
+
+
+_TIMING = {"collective": "all_gather", "axis": "data", "axis_size": 2, "nbytes": 1, "arrive_s": [], "done_s": []}
 
 
 @pytest.mark.parametrize("data, problem", [
-    (b"", "empty"),
-    (_wire()[:-3], "not a valid msgpack"),
-    (_wire() + b"\x00", "not a valid msgpack"),
-    (_wire(version=1), "version"),
-    (_wire(kind="hello"), "kind"),
-    (_wire(host=True), "message.host"),
-    (_wire(host=-1), "message.host"),
-    (_wire(pid=1.0), "message.pid"),
-    (_wire(extra=1), "unknown keys"),
-    (_wire(observations=[{"row": "devices", "status": "GREAT", "value": "", "detail": "", "seconds": 0.0,
-                          "metrics": {}}]), "status"),
-    (_wire(observations=[{"row": "devices", "status": "PASS", "value": "", "detail": "", "seconds": 1,
-                          "metrics": {}}]), "seconds"),
-    (_wire(observations=[{"row": "devices", "status": "PASS", "value": "", "detail": "", "seconds": 0.0,
-                          "metrics": {"x": float("inf")}}]), "finite"),
-    (_wire(facts={"jax": 10}), "facts"),
-    (_wire(hostname="h" * 201), "hostname"),
-    (msgpack.packb([1, 2]), "top level"),
-    (b"\x82\xa1a\x01\xa1a\x02", "repeats a key"),
+    (b"", "empty message"),
+    (_wire()[:-3], "not valid msgpack (Input data was truncated)"),
+    (_wire() + b"\x00", "not valid msgpack (MessagePack data is malformed: trailing characters (byte 146))"),
+    (_wire(version=2), f"version 2 is not the supported version {VERSION}"),
+    (_wire(kind="hello"), "a message of kind 'hello', expected 'host_report'"),
+    (_wire(host=True), "Expected `int`, got `bool` - at `$.host`"),
+    (_wire(host=-1), "Expected `int` >= 0 - at `$.host`"),
+    (_wire(pid=1.0), "Expected `int`, got `float` - at `$.pid`"),
+    (_wire(extra=1), "Object contains unknown field `extra`"),
+    (_wire(observations=_cell(status="GREAT")), "Invalid enum value 'GREAT' - at `$.observations[0].status`"),
+    (_wire(observations=_cell(row="lunch")), "Invalid enum value 'lunch' - at `$.observations[0].row`"),
+    (_wire(observations=_cell(seconds="1")), "Expected `float`, got `str` - at `$.observations[0].seconds`"),
+    (_wire(observations=_cell(metrics={"x": float("inf")})),
+     "Expected a finite `float` - at `$.observations[0].metrics[...]`"),
+    (_wire(facts={"jax": 10}), "Expected `str`, got `int` - at `$.facts[...]`"),
+    (_wire(facts={"k" * 65: "v"}), "Expected `str` of length <= 64 - at `key` in `$.facts`"),
+    (_wire(hostname="h" * 201), "Expected `str` of length <= 200 - at `$.hostname`"),
+    (_wire(code_files=[["a", "b", "c"]]), "Expected `array` of length 2, got 3 - at `$.code_files[0]`"),
+    (_wire(timings=[{**_TIMING, "arrive_s": [0.1] * 1001}]),
+     "Expected `array` of length <= 1000 - at `$.timings[0].arrive_s`"),
+    (msgpack.packb([1, 2]), "not a [version, kind, body] frame: Expected `array` of length 3, got 2"),
+    (msgpack.packb({"version": VERSION}), "not a [version, kind, body] frame: Expected `array`, got `object`"),
+    (b"\x00" * (MAX_REPORT_BYTES + 1), f"{MAX_REPORT_BYTES + 1} bytes is over the limit of {MAX_REPORT_BYTES}"),
 ])
 def test_hostile_reports_are_refused_naming_the_field(data: bytes, problem: str) -> None:
-    with pytest.raises(PayloadError, match="report from host 1") as raised:
+    with pytest.raises(MessageError) as raised:
         decode_report(data, source="report from host 1")
-    assert problem in str(raised.value)
+    assert str(raised.value) == f"report from host 1: {problem}"
 
 
-def test_an_oversized_report_is_refused_before_unpacking() -> None:
-    with pytest.raises(PayloadError, match="over the limit"):
-        decode_report(b"\x00" * (MAX_REPORT_BYTES + 1), source="x")
-
-
-@settings(max_examples=300, deadline=None)
+@hostile(300)
 @given(st.binary(max_size=512))
-def test_any_bytes_decode_or_raise_payload_error_only(data: bytes) -> None:
+def test_any_bytes_decode_or_raise_message_error_only(data: bytes) -> None:
     for decode in (decode_report, decode_hello, decode_reply):
         try:
             decode(data, source="fuzz")
-        except PayloadError:
+        except MessageError:
             pass
+
+
+_REPORT = encode_report(host_report(2, Observation("devices", FAIL, "x", "why", 0.25, {"time_ms": 3.5}),
+                                    timings=(Timing("all_gather", "data", 2, 65536, (0.001,), (0.003,)),)))
+
+
+@hostile(600)
+@given(TAMPERS)
+def test_a_tampered_report_decodes_to_what_it_says_or_is_refused(tamper: Tamper) -> None:
+    """What a tamper makes of a real report: a MessageError naming the source in at most
+    MAX_MESSAGE_CHARS, or a report that says the same on a second trip over the wire."""
+    try:
+        report = decode_report(tamper(_REPORT), source="report from host 2")
+    except MessageError as err:
+        assert str(err).startswith("report from host 2: ") and len(str(err)) <= MAX_MESSAGE_CHARS
+        return
+    assert decode_report(encode_report(report), source="again") == report
 
 
 def test_roll_call_messages_round_trip() -> None:
@@ -308,21 +332,8 @@ def test_a_deadline_fires_only_when_the_block_overruns() -> None:
     assert fired == ["devices"]
 
 
-class FakeStore:
-    """The two key-value calls Progress makes, on a dict."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-
-    def key_value_set(self, key: str, value: str, allow_overwrite: bool) -> None:
-        self.values[key] = value
-
-    def key_value_dir_get(self, prefix: str) -> list[tuple[str, str]]:
-        return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
-
-
 def test_progress_names_the_hosts_furthest_behind() -> None:
-    store = FakeStore()
+    store = FakeKeyValueStore()
     stages = ("consistency", "the exchange after consistency", "devices")
     for host, reached in ((0, 3), (1, 1), (2, 2), (3, 1)):
         progress = Progress("run", host, 4, store)
@@ -336,7 +347,7 @@ def test_progress_names_the_hosts_furthest_behind() -> None:
 
 
 def test_hosts_at_the_same_stage_have_no_laggard() -> None:
-    store = FakeStore()
+    store = FakeKeyValueStore()
     for host in range(3):
         Progress("run", host, 3, store).enter("interconnect")
     assert Progress("run", 0, 3, store).laggards() == ([], {0: "interconnect", 1: "interconnect", 2: "interconnect"})
