@@ -1,10 +1,10 @@
 """The hard-example payload codec: round trips, hostile bytes, exact error messages, sizes.
 
-The hostile-input properties (10,000 generated inputs, ~15 s on 2 cores) hold
-decode_payload to its contract: a payload or a PayloadError with a short message, and
-nothing else, for random bytes, truncated and mutated payloads, deep nesting, oversized
-strings and arrays, any float bit pattern and any msgpack value at any field.
-`HOSTILE_ENCODERS` is shared with tests/test_gather_hostile.py.
+The hostile-input properties (10,000 generated inputs) hold decode_payload to its
+contract: a payload or a MessageError with a short message, and nothing else, for random
+bytes, truncated and mutated payloads, deep nesting, oversized strings and arrays, any
+float bit pattern and any msgpack value at any field (the tampers of
+tests/support/hostile.py, which tests/test_gather_hostile.py sends from a simulated host).
 
 Run: .venv/bin/python -m pytest -q tests/test_codec.py
 """
@@ -13,43 +13,25 @@ from __future__ import annotations
 
 import math
 import struct
+import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from functools import partial
 
 import msgpack
+import msgspec
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.hard_examples.codec import (
-    MAX_MESSAGE_CHARS,
-    PAYLOAD_VERSION,
-    CandidatePayload,
-    ExamplePayload,
-    PayloadError,
-    decode_payload,
-    encode_payload,
-)
+from harness.hard_examples.codec import CandidatePayload, ExamplePayload, decode_payload, encode_payload
 from harness.hard_examples.entry import Candidate, HardExample, IntervalStats
+from harness.runtime.messages import MAX_MESSAGE_CHARS, VERSION, MessageError
+from tests.support.hostile import (ANY_FINITE, ANY_VALUE_ANYWHERE, DEEP_VALUES, DELETE, FLOAT_BITS, MUTATIONS,
+                                   OVERSIZED_VALUES, WHICH, at_any_place, hostile, set_path, splice)
+from tests.support.runs import REPO_ROOT
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def hostile(max_examples: int) -> settings:
-    return settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck))
-
-
 LOSS = st.floats(-1e6, 1e6, allow_nan=False) | st.sampled_from([0.0, -0.0, 1.0, 4.0])
-EXTREME_FLOATS = [sys.float_info.max, -sys.float_info.max, 1.7e308, -1.7e308, 5e-324, -5e-324,
-                  sys.float_info.min, 1e30, -1e30, 0.0, -0.0]
-# Finite, any exponent: hypothesis's floats() already favours subnormals and the extremes.
-ANY_FINITE = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(EXTREME_FLOATS)
-# Infinities and NaNs of either sign, quiet and signalling, with payloads.
-NONFINITE_BITS = [0x7FF0000000000000, 0xFFF0000000000000, 0x7FF8000000000000, 0xFFF8000000000000,
-                  0x7FF0000000000001, 0x7FF4000000000000, 0xFFFFFFFFFFFFFFFF]
-NONFINITE_FLOAT32_BITS = [0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0xFFFFFFFF]
 ID = st.integers(0, 2**63 - 1) | st.integers(0, 1000)
 TEXT = st.text(max_size=40) | st.sampled_from(["move right 10cm and move forward 5cm", "", "ünïcødé ✓"])
 
@@ -129,152 +111,43 @@ def test_round_trip(payload):
 def test_every_truncation_and_any_trailing_byte_fail(payload):
     data = encode_payload(payload)
     for cut in range(len(data)):
-        with pytest.raises(PayloadError):
+        with pytest.raises(MessageError):
             decode_payload(data[:cut], type(payload))
-    with pytest.raises(PayloadError, match="ExtraData"):
+    with pytest.raises(MessageError, match=r"^payload: not valid msgpack \(.*trailing characters"):
         decode_payload(data + b"\x00", type(payload))
 
 
 # ---------------------------------------------------------------------------------------
-# Hostile bytes. Each strategy draws an `Encoder`: what a broken or malicious host sends
-# in place of the payload it should have sent (a partial, so a failing example prints
-# what was done). tests/test_gather_hostile.py sends the same from a simulated host.
-
-Encoder = Callable[[CandidatePayload | ExamplePayload], bytes]
-PLACEHOLDER = b"\xffplaceholder for hostile bytes\xff"
-
+# Hostile bytes: what tests/support/hostile.py's tampers make of an honest payload.
 
 def decode_or_refuse(data: bytes, kind: type) -> CandidatePayload | ExamplePayload | None:
     """decode_payload's whole contract on hostile bytes: a payload that encodes back to
-    itself, or a PayloadError naming the source in under MAX_MESSAGE_CHARS (short by
-    quoting, not by the cut); any other exception fails the test."""
+    itself, or a MessageError naming the source in at most MAX_MESSAGE_CHARS; any other
+    exception fails the test."""
     try:
         decoded = decode_payload(data, kind, source="payload from host 3")
-    except PayloadError as err:
+    except MessageError as err:
         message = str(err)
-        assert message.startswith("payload from host 3: ") and len(message) < MAX_MESSAGE_CHARS, message
+        assert message.startswith("payload from host 3: ") and len(message) <= MAX_MESSAGE_CHARS, message
         return None
     assert decode_payload(encode_payload(decoded), kind) == decoded
     return decoded
 
 
-def wire_of(payload: CandidatePayload | ExamplePayload) -> dict:
-    return msgpack.unpackb(encode_payload(payload))
+def body_of(payload: CandidatePayload | ExamplePayload) -> dict:
+    """The payload's fields as msgpack (an independent decoder) reads them."""
+    version, tag, body = msgpack.unpackb(encode_payload(payload))
+    assert (version, tag) == (VERSION, "candidates" if isinstance(payload, CandidatePayload) else "examples")
+    return body
 
 
-def places(wire, path: tuple = ()) -> Iterator[tuple[tuple, object]]:
-    """(path, value) for every place in a wire object: the top, each map value, each
-    array element."""
-    yield path, wire
-    children = wire.items() if isinstance(wire, dict) else enumerate(wire) if isinstance(wire, list) else ()
-    for key, child in children:
-        yield from places(child, (*path, key))
+def framed(payload: CandidatePayload | ExamplePayload, body) -> bytes:
+    return msgpack.packb([VERSION, msgpack.unpackb(encode_payload(payload))[1], body])
 
 
-def splice(wire: dict, path: tuple, raw: bytes) -> bytes:
-    """`wire` packed with the msgpack bytes `raw`, taken as they are, as the value at `path`."""
-    marker = msgpack.packb(PLACEHOLDER)
-    data = msgpack.packb(set_path(wire, path, PLACEHOLDER))
-    assert data.count(marker) == 1
-    return data.replace(marker, raw)
-
-
-def send_bytes(payload, *, data: bytes) -> bytes:
-    return data
-
-
-def splice_at(payload, *, raw: bytes, which: int) -> bytes:
-    """The payload with `raw` at its place number `which` (modulo the number of places)."""
-    wire = wire_of(payload)
-    paths = [path for path, _ in places(wire)]
-    return splice(wire, paths[which % len(paths)], raw)
-
-
-def delete_at(payload, *, which: int) -> bytes:
-    """The payload without one of its places below the top."""
-    wire = wire_of(payload)
-    paths = [path for path, _ in places(wire)][1:]
-    return msgpack.packb(set_path(wire, paths[which % len(paths)], DELETE))
-
-
-def add_key_at(payload, *, which: int, key: str | bytes, value) -> bytes:
-    """The payload with `key: value` added to one of its maps."""
-    wire = wire_of(payload)
-    maps = [path for path, value in places(wire) if isinstance(value, dict)]
-    return msgpack.packb(set_path(wire, (*maps[which % len(maps)], key), value))
-
-
-def mutate(payload, *, edits: list[tuple[str, int, int, bytes]]) -> bytes:
-    """The payload's bytes, edited: cut, a byte changed, bytes inserted, deleted or repeated."""
-    data = bytearray(encode_payload(payload))
-    for op, where, byte, chunk in edits:
-        i = where % (len(data) + 1)
-        if op == "truncate":
-            del data[i:]
-        elif op == "change" and data:
-            data[i % len(data)] ^= byte
-        elif op == "insert":
-            data[i:i] = chunk
-        elif op == "delete":
-            del data[i:i + len(chunk)]
-        elif op == "repeat":
-            data[i:i] = data[i:i + 64]
-    return bytes(data)
-
-
-def at_any_place(raw_values: st.SearchStrategy[bytes]) -> st.SearchStrategy[Encoder]:
-    return st.builds(partial, st.just(splice_at), raw=raw_values, which=st.integers(0, 2**16))
-
-
-RANDOM_BYTES = st.builds(partial, st.just(send_bytes), data=st.binary(max_size=2000))
-MUTATIONS = st.builds(partial, st.just(mutate), edits=st.lists(st.tuples(
-    st.sampled_from(["truncate", "change", "insert", "delete", "repeat"]),
-    st.integers(0, 2**20), st.integers(1, 255), st.binary(min_size=1, max_size=8)), min_size=1, max_size=4))
-# A map or array nested up to 3000 deep (msgpack stops at 1024), in any of its encodings.
-NEST_LEVELS = [b"\x91", b"\xdc\x00\x01", b"\xdd\x00\x00\x00\x01", b"\x81\xa0", b"\x81\xa7version",
-               b"\x92\xc0", b"\x82\xa1a\x01\xa1b"]
-DEEP_VALUES = st.builds(
-    lambda level, depth, inner: level * depth + inner,
-    st.sampled_from(NEST_LEVELS),
-    st.integers(2, 3000) | st.sampled_from([999, 1000, 1023, 1024, 1025]),
-    st.sampled_from([b"\x01", b"\xc0", msgpack.packb(1.7e308), msgpack.packb("x" * 100), b""]),
-)
-BIG_KEYS = st.sampled_from(["x" * 16384, b"k" * 50_000])  # the longest str decoding lets through; a long bin
-# Headers that promise far more than follows, and long strings, bins, arrays and maps.
-CLAIMED_LENGTHS = st.builds(
-    lambda header, width, length, tail: header + (length % 256**width).to_bytes(width, "big") + tail,
-    st.sampled_from([b"\xda", b"\xc5", b"\xdc", b"\xde", b"\xdb", b"\xc6", b"\xdd", b"\xdf", b"\xc9"]),
-    st.sampled_from([2, 4]), st.integers(2**15, 2**32 - 1), st.binary(max_size=16),
-)
-OVERSIZED_VALUES = st.one_of(
-    CLAIMED_LENGTHS,
-    st.builds(lambda char, n: msgpack.packb(char * n), st.sampled_from(["x", "é", "✓"]), st.integers(4000, 20000)),
-    st.builds(lambda n: msgpack.packb(bytes(n)), st.integers(1, 50_000)),
-    st.builds(lambda item, n: msgpack.packb([item] * n), st.sampled_from([0, 1.0, "x", None]), st.integers(3, 5000)),
-    st.builds(lambda n: msgpack.packb({f"k{i}": i for i in range(n)}), st.integers(12, 40)),
-    st.builds(lambda key: msgpack.packb({key: 1}), BIG_KEYS),
-)
-# Any float64 or float32 bit pattern, the non-finite ones often.
-FLOAT_BITS = st.one_of(
-    (st.sampled_from(NONFINITE_BITS) | st.integers(0, 2**64 - 1)).map(lambda b: b"\xcb" + struct.pack(">Q", b)),
-    (st.sampled_from(NONFINITE_FLOAT32_BITS) | st.integers(0, 2**32 - 1)).map(lambda b: b"\xca" + struct.pack(">I", b)),
-)
-# Any msgpack value: every type, out-of-range ints, NaNs, long keys, a few levels deep.
-HOSTILE_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.sampled_from(EXTREME_FLOATS)
-    | st.text(max_size=20) | st.binary(max_size=20) | BIG_KEYS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8) | st.binary(max_size=8) | BIG_KEYS,
-                                                                 inner, max_size=4),
-    max_leaves=10,
-)
-WHICH = st.integers(0, 2**16)
-RESHAPES = (st.builds(partial, st.just(delete_at), which=WHICH)
-            | st.builds(partial, st.just(add_key_at), which=WHICH, key=st.text(max_size=8) | BIG_KEYS,
-                        value=HOSTILE_VALUES))
-ANY_VALUE_ANYWHERE = at_any_place(HOSTILE_VALUES.map(msgpack.packb)) | at_any_place(FLOAT_BITS) | RESHAPES
-# The payloads the hostile encoders start from: fixed, since drawing a payload costs far
-# more than decoding one, and the encoders draw the hostile part. test_round_trip covers
-# drawn payloads.
+# The payloads the tampers start from: fixed, since drawing a payload costs far more
+# than decoding one, and the tampers draw the hostile part. test_round_trip covers drawn
+# payloads.
 BASE_PAYLOADS = [
     small_candidates(),
     small_examples(),
@@ -286,43 +159,38 @@ BASE_PAYLOADS = [
     ExamplePayload(4096, 10**9, [HardExample(2**63 - 1, -1.7e308, 10**9, 4096, "ünïcødé ✓", "", 2**31 - 1,
                                              np.zeros((1, 1, 3), np.uint8))]),
 ]
-PAYLOADS = st.sampled_from(BASE_PAYLOADS)
-
-
-# All of the above, for a gather's hostile host.
-HOSTILE_ENCODERS = st.one_of(RANDOM_BYTES, MUTATIONS, at_any_place(DEEP_VALUES), at_any_place(OVERSIZED_VALUES),
-                             ANY_VALUE_ANYWHERE)
+HONEST = st.sampled_from([(encode_payload(p), type(p)) for p in BASE_PAYLOADS])
 
 
 @hostile(3000)
 @given(data=st.binary(max_size=2000))
-def test_random_bytes_only_raise_payload_error(data):
+def test_random_bytes_only_raise_message_error(data):
     for kind in (CandidatePayload, ExamplePayload):
         decode_or_refuse(data, kind)
 
 
 @hostile(2000)
-@given(payload=PAYLOADS, encode=MUTATIONS)
-def test_truncated_and_mutated_payloads_only_raise_payload_error(payload, encode):
-    decode_or_refuse(encode(payload), type(payload))
+@given(honest=HONEST, tamper=MUTATIONS)
+def test_truncated_and_mutated_payloads_only_raise_message_error(honest, tamper):
+    decode_or_refuse(tamper(honest[0]), honest[1])
 
 
 @hostile(1000)
-@given(payload=PAYLOADS, encode=at_any_place(DEEP_VALUES))
-def test_deep_nesting_anywhere_only_raises_payload_error(payload, encode):
-    assert decode_or_refuse(encode(payload), type(payload)) is None
+@given(honest=HONEST, tamper=at_any_place(DEEP_VALUES))
+def test_deep_nesting_anywhere_only_raises_message_error(honest, tamper):
+    assert decode_or_refuse(tamper(honest[0]), honest[1]) is None
 
 
 @hostile(800)
-@given(payload=PAYLOADS, encode=at_any_place(OVERSIZED_VALUES))
-def test_oversized_strings_arrays_and_headers_only_raise_payload_error(payload, encode):
-    decode_or_refuse(encode(payload), type(payload))
+@given(honest=HONEST, tamper=at_any_place(OVERSIZED_VALUES))
+def test_oversized_strings_arrays_and_headers_only_raise_message_error(honest, tamper):
+    decode_or_refuse(tamper(honest[0]), honest[1])
 
 
 @hostile(2200)
-@given(payload=PAYLOADS, encode=ANY_VALUE_ANYWHERE)
-def test_any_value_at_any_field_only_raises_payload_error(payload, encode):
-    decode_or_refuse(encode(payload), type(payload))
+@given(honest=HONEST, tamper=ANY_VALUE_ANYWHERE)
+def test_any_value_at_any_field_only_raises_message_error(honest, tamper):
+    decode_or_refuse(tamper(honest[0]), honest[1])
 
 
 @hostile(1000)
@@ -332,190 +200,195 @@ def test_a_loss_of_any_float_bits_decodes_exactly_or_is_refused_as_non_finite(pa
     """float64 or float32 on the wire: a finite value arrives bit for bit, any inf or NaN
     (signed, signalling, with a payload) is refused by name."""
     entry = which % len(payload.candidates)
-    data = splice(wire_of(payload), ("candidates", "loss", entry), raw)
+    data = splice(msgpack.unpackb(encode_payload(payload)), (2, "candidates", "loss", entry), raw)
     value = struct.unpack(">d" if raw[0] == 0xCB else ">f", raw[1:])[0]
     if math.isfinite(value):
         decoded = decode_or_refuse(data, CandidatePayload)
         assert struct.pack(">d", decoded.candidates[entry].loss) == struct.pack(">d", value)
     else:
-        message = rf"^payload: candidates: entry {entry}: field 'loss' must be finite, got (nan|inf|-inf)$"
-        with pytest.raises(PayloadError, match=message):
+        message = rf"^payload: Expected a finite `float` - at `\$\.candidates\.loss\[{entry}\]`$"
+        with pytest.raises(MessageError, match=message):
             decode_payload(data, CandidatePayload)
 
 
-def test_1000_levels_of_nesting_are_a_payload_error():
-    data = (b"\x81" + msgpack.packb("version")) * 1000 + b"\x01"
-    with pytest.raises(PayloadError) as error:
-        decode_payload(data, CandidatePayload)
-    assert str(error.value) == (
-        "payload: version {'version': {'version': {'version': {...}}}} is not the supported version 1")
-    with pytest.raises(PayloadError) as error:
-        decode_payload(b"\x91" * 1025 + b"\x01", CandidatePayload)
-    assert str(error.value) == "payload: not a valid msgpack payload (StackError)"
+def test_deep_nesting_is_refused_at_the_recursion_limit_or_at_its_first_level():
+    """Reading the frame skips over the body, which stops at Python's recursion limit
+    (1000); less deep, a value nested where a number belongs is refused at its first level."""
+    body = body_of(small_candidates())
+    for depth, message in [(100_000, "too deep or too large to read (RecursionError)"),
+                           (500, "Expected `int`, got `array` - at `$.host`")]:
+        data = splice([VERSION, "candidates", body], (2, "host"), b"\x91" * depth + b"\x01")
+        with pytest.raises(MessageError) as error:
+            decode_payload(data, CandidatePayload)
+        assert str(error.value) == f"payload: {message}"
+    with pytest.raises(MessageError) as error:
+        decode_payload((b"\x81" + msgpack.packb("version")) * 1000 + b"\x01", CandidatePayload)
+    assert str(error.value) == "payload: not a [version, kind, body] frame: Expected `array`, got `object`"
 
 
 def test_a_16_8_mb_value_gets_a_short_message():
-    quoted = "b'" + "x" * 16 + "..." + "x" * 18 + "'"
-    data = msgpack.packb({"version": b"x" * 16_800_000})
-    assert len(data) > 16_800_000
-    with pytest.raises(PayloadError) as error:
-        decode_payload(data, CandidatePayload)
-    assert str(error.value) == f"payload: version {quoted} is not the supported version 1"
-
-    wire = wire_of(small_candidates())
-    with pytest.raises(PayloadError) as error:
-        decode_payload(msgpack.packb({**wire, b"x" * 16_800_000: 1}), CandidatePayload)
-    assert str(error.value) == f"payload: top level: unknown keys [{quoted}]"
-
-    key = msgpack.packb(b"x" * 8_000_000)
-    with pytest.raises(PayloadError) as error:
-        decode_payload(b"\x82" + key + b"\x01" + key + b"\x02", CandidatePayload)
-    assert str(error.value) == f"payload: a map repeats the keys {quoted}"
+    huge = b"x" * 16_800_000
+    with pytest.raises(MessageError) as error:
+        decode_payload(msgpack.packb([huge, "candidates", {}]), CandidatePayload)
+    assert str(error.value) == "payload: not a [version, kind, body] frame: Expected `int`, got `bytes` - at `$[0]`"
+    with pytest.raises(MessageError) as error:
+        decode_payload(framed(small_candidates(), {**body_of(small_candidates()), huge.decode(): 1}), CandidatePayload)
+    message = str(error.value)
+    assert message.startswith("payload: Object contains unknown field `xxx") and len(message) == MAX_MESSAGE_CHARS
+    with pytest.raises(MessageError) as error:
+        decode_payload(framed(small_examples(), set_path(body_of(small_examples()), ("examples", 0, "prompt"),
+                                                         "x" * 16_800_000)), ExamplePayload)
+    assert str(error.value) == "payload: Expected `str` of length <= 4096 - at `$.examples[0].prompt`"
 
 
-@pytest.mark.parametrize("error", [RecursionError, MemoryError])
-def test_running_out_of_stack_or_memory_while_unpacking_is_a_payload_error(monkeypatch, error):
-    def unpack_runs_out(*args, **kwargs):
-        raise error("out")
-
-    monkeypatch.setattr(msgpack, "unpackb", unpack_runs_out)
-    with pytest.raises(PayloadError) as raised:
-        decode_payload(encode_payload(small_candidates()), CandidatePayload, source="payload from host 1")
-    assert str(raised.value) == f"payload from host 1: too deep or too large to unpack ({error.__name__})"
+def test_running_out_of_memory_while_reading_is_a_message_error():
+    """A 96 MB image in a process whose address space is capped (as a container's
+    memory limit would) at 48 MB more than it holds once it has read the bytes."""
+    script = (
+        "import os, resource, sys\n"
+        "from harness.hard_examples.codec import ExamplePayload, decode_payload\n"
+        "data = sys.stdin.buffer.read()\n"
+        "held = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (held + (48 << 20), resource.RLIM_INFINITY))\n"
+        "decode_payload(data, ExamplePayload, source='payload from host 1', max_bytes=1 << 30)\n")
+    image = {"bytes": bytes(96 << 20), "shape": [96, 1 << 20, 1], "dtype": "uint8"}
+    example = {**body_of(small_examples())["examples"][0], "image": image}
+    data = framed(small_examples(), {**body_of(small_examples()), "examples": [example]})
+    result = subprocess.run([sys.executable, "-c", script], input=data, cwd=REPO_ROOT, capture_output=True,
+                            timeout=120)
+    assert result.stderr.decode().strip().splitlines()[-1] == (
+        "harness.runtime.messages.MessageError: payload from host 1: too deep or too large to read (MemoryError)")
 
 
 def test_messages_are_cut_at_the_limit():
-    assert str(PayloadError("x" * 1000)) == "x" * (MAX_MESSAGE_CHARS - 3) + "..."
-    assert str(PayloadError("x" * MAX_MESSAGE_CHARS)) == "x" * MAX_MESSAGE_CHARS
+    assert str(MessageError("x" * 1000)) == "x" * (MAX_MESSAGE_CHARS - 3) + "..."
+    assert str(MessageError("x" * MAX_MESSAGE_CHARS)) == "x" * MAX_MESSAGE_CHARS
 
 
-def test_oversize_is_refused_before_unpacking(monkeypatch):
-    def unpack_must_not_run(*args, **kwargs):
-        raise AssertionError("unpackb called on an oversize payload")
+def test_oversize_is_refused_before_reading(monkeypatch):
+    def decode_must_not_run(*args, **kwargs):
+        raise AssertionError("msgspec decoded an oversize payload")
 
     data = encode_payload(small_examples())
-    monkeypatch.setattr(msgpack, "unpackb", unpack_must_not_run)
-    with pytest.raises(PayloadError, match=rf"payload from host 3: {len(data)} bytes is over the limit of 100"):
+    monkeypatch.setattr(msgspec.msgpack, "decode", decode_must_not_run)
+    with pytest.raises(MessageError, match=rf"^payload from host 3: {len(data)} bytes is over the limit of 100$"):
         decode_payload(data, ExamplePayload, source="payload from host 3", max_bytes=100)
 
 
 def test_empty_bytes_and_non_bytes_are_errors():
-    with pytest.raises(PayloadError, match="payload from host 5: empty payload"):
+    with pytest.raises(MessageError, match="^payload from host 5: empty message$"):
         decode_payload(b"", CandidatePayload, source="payload from host 5")
-    with pytest.raises(PayloadError, match="expected bytes, got str"):
+    with pytest.raises(MessageError, match="^payload: expected bytes, got str$"):
         decode_payload("hello", CandidatePayload)
 
 
 def test_too_many_entries_are_refused():
     data = encode_payload(small_candidates())
-    with pytest.raises(PayloadError, match="candidates: field 'sample_id' has 2 entries, over the limit of 1"):
+    with pytest.raises(MessageError, match="^payload: 2 candidates, over the limit of 1$"):
         decode_payload(data, CandidatePayload, max_entries=1)
     data = encode_payload(small_examples())
-    with pytest.raises(PayloadError, match="field 'examples' has 2 entries, over the limit of 1"):
+    with pytest.raises(MessageError, match="^payload: 2 examples, over the limit of 1$"):
         decode_payload(data, ExamplePayload, max_entries=1)
-    many = [Candidate(i, 1.0, 0, 3) for i in range(10)]
-    data = encode_payload(CandidatePayload(3, 20, small_candidates().stats, many))
-    with pytest.raises(PayloadError, match=r"not a valid msgpack payload .*exceeds max_array_len\(4\)"):
-        decode_payload(data, CandidatePayload, max_entries=4)
-
-
-def test_version_and_kind_mismatch():
-    wire = msgpack.unpackb(encode_payload(small_candidates()))
-    with pytest.raises(PayloadError, match=f"version 2 is not the supported version {PAYLOAD_VERSION}"):
-        decode_payload(msgpack.packb({**wire, "version": 2}), CandidatePayload)
-    with pytest.raises(PayloadError, match="version True is not"):
-        decode_payload(msgpack.packb({**wire, "version": True}), CandidatePayload)
-    with pytest.raises(PayloadError, match="missing key 'version'"):
-        decode_payload(msgpack.packb({k: v for k, v in wire.items() if k != "version"}), CandidatePayload)
-    with pytest.raises(PayloadError, match="field 'kind' must be 'examples', got 'candidates'"):
-        decode_payload(encode_payload(small_candidates()), ExamplePayload)
-
-
-def test_repeated_map_keys_are_refused():
-    packer = msgpack.Packer()
-    wire = msgpack.unpackb(encode_payload(small_candidates()))
-    data = packer.pack_map_header(len(wire) + 1)
-    for key, value in [*wire.items(), ("host", 4)]:
-        data += packer.pack(key) + packer.pack(value)
-    with pytest.raises(PayloadError, match="payload: a map repeats the keys 'host'"):
+    body = body_of(small_candidates())
+    data = framed(small_candidates(), {**body, "candidates": {**body["candidates"], "sample_id": [0] * 65537}})
+    with pytest.raises(MessageError, match=r"^payload: Expected `array` of length <= 65536 - at "
+                                           r"`\$\.candidates\.sample_id`$"):
         decode_payload(data, CandidatePayload)
 
 
-def set_path(wire, path, value):
-    """A copy of `wire` with the value at `path` (keys and list indices) replaced; the
-    sentinel DELETE removes the key."""
-    if not path:
-        return value
-    head, rest = path[0], path[1:]
-    copy = dict(wire) if isinstance(wire, dict) else list(wire)
-    if value is DELETE and not rest:
-        del copy[head]
-    elif not rest:
-        copy[head] = value
-    else:
-        copy[head] = set_path(copy[head], rest, value)
-    return copy
+def test_version_and_kind_mismatch():
+    body = body_of(small_candidates())
+    with pytest.raises(MessageError, match=f"^payload: version 2 is not the supported version {VERSION}$"):
+        decode_payload(msgpack.packb([2, "candidates", body]), CandidatePayload)
+    with pytest.raises(MessageError, match=r"^payload: not a \[version, kind, body\] frame: Expected `int`, got "
+                                           r"`bool` - at `\$\[0\]`$"):
+        decode_payload(msgpack.packb([True, "candidates", body]), CandidatePayload)
+    with pytest.raises(MessageError, match=r"^payload: not a \[version, kind, body\] frame: Expected `array` of "
+                                           r"length 3, got 2$"):
+        decode_payload(msgpack.packb([VERSION, "candidates"]), CandidatePayload)
+    with pytest.raises(MessageError, match="^payload: a message of kind 'candidates', expected 'examples'$"):
+        decode_payload(encode_payload(small_candidates()), ExamplePayload)
 
 
-DELETE = object()
+def test_a_repeated_key_keeps_the_last_value_which_is_checked():
+    packer = msgpack.Packer()
+    body = body_of(small_candidates())
+    frame = packer.pack_array_header(3) + packer.pack(VERSION) + packer.pack("candidates")
+
+    def repeating(pairs: list[tuple]) -> bytes:
+        return frame + packer.pack_map_header(len(pairs)) + b"".join(packer.pack(k) + packer.pack(v) for k, v in pairs)
+
+    assert decode_payload(repeating([("host", 4), *body.items()]), CandidatePayload) == small_candidates()
+    with pytest.raises(MessageError, match=r"^payload: Expected `int` >= 0 - at `\$\.host`$"):
+        decode_payload(repeating([*body.items(), ("host", -1)]), CandidatePayload)
+
+
 CANDIDATE_CASES = [
-    (("host",), "3", "field 'host' must be an int, got str"),
-    (("host",), True, "field 'host' must be an int, got bool"),
-    (("host",), -1, r"field 'host' must be in \[0, 9223372036854775807\], got -1"),
-    (("step",), 2.0, "field 'step' must be an int, got float"),
-    (("stats", "loss_sum"), 321, "stats: field 'loss_sum' must be a float, got int"),
-    (("stats", "loss_sum"), math.inf, "stats: field 'loss_sum' must be finite, got inf"),
-    (("stats", "loss_max"), "9", "stats: field 'loss_max' must be a float or None, got str"),
-    (("stats", "first_step"), [], "stats: field 'first_step' must be an int or None, got list"),
-    (("stats", "num_nonfinite"), 161, r"stats: field 'num_nonfinite' must be in \[0, 160\], got 161"),
-    (("stats", "num_high_loss"), 160, r"stats: field 'num_high_loss' must be in \[0, 159\], got 160"),
-    (("stats", "last_step"), 21, "need first_step <= last_step <= the payload's step 20"),
-    (("stats", "first_step"), None, "steps None..19 don't fit 160 samples"),
-    (("stats", "loss_min"), None, "loss_max and loss_min must be set exactly when"),
-    (("stats", "loss_min"), 9.5, "loss_min 9.5 is above loss_max 9.25"),
-    (("stats", "extra"), 1, r"stats: unknown keys \['extra'\]"),
-    (("stats", "threshold"), DELETE, r"stats: missing keys \['threshold'\]"),
-    (("stats",), [], "stats must be a map, got list"),
-    (("candidates", "loss", 1), "6", "candidates: entry 1: field 'loss' must be a float, got str"),
-    (("candidates", "loss", 0), math.nan, "candidates: entry 0: field 'loss' must be finite, got nan"),
-    (("candidates", "loss", 1), 6, "candidates: entry 1: field 'loss' must be a float, got int"),
-    (("candidates", "sample_id", 1), False, "candidates: entry 1: field 'sample_id' must be an int, got bool"),
-    (("candidates", "sample_id", 1), -7, r"candidates: entry 1: field 'sample_id' must be in \[0, "),
-    (("candidates", "sample_id", 1), 31, "candidates: entry 1: sample_id 31 appears twice"),
-    (("candidates", "step", 0), 21, r"candidates: entry 0: field 'step' must be in \[0, 20\], got 21"),
-    (("candidates", "step"), [12], "candidates: columns of different lengths: 2 sample_id, 2 loss, 1 step"),
-    (("candidates", "step"), {}, "candidates: field 'step' must be an array, got dict"),
-    (("candidates", "host"), [3, 3], r"candidates: unknown keys \['host'\]"),
-    (("examples",), [], r"top level: unknown keys \['examples'\]"),
-    ((), [], "expected a map at the top level, got list"),
+    (("host",), "3", "Expected `int`, got `str` - at `$.host`"),
+    (("host",), True, "Expected `int`, got `bool` - at `$.host`"),
+    (("host",), -1, "Expected `int` >= 0 - at `$.host`"),
+    (("step",), 2.0, "Expected `int`, got `float` - at `$.step`"),
+    (("stats", "loss_sum"), "1", "Expected `float`, got `str` - at `$.stats.loss_sum`"),
+    (("stats", "loss_sum"), math.inf, "Expected a finite `float` - at `$.stats.loss_sum`"),
+    (("stats", "loss_max"), "9", "Expected `float | null`, got `str` - at `$.stats.loss_max`"),
+    (("stats", "first_step"), [], "Expected `int | null`, got `array` - at `$.stats.first_step`"),
+    (('stats', 'num_nonfinite'), 161, "161 non-finite and 12 high losses don't fit 160 samples - at `$.stats`"),
+    (('stats', 'num_high_loss'), 160, "1 non-finite and 160 high losses don't fit 160 samples - at `$.stats`"),
+    (('stats', 'last_step'), 21, "stats: last_step 21 is after the payload's step 20"),
+    (('stats', 'last_step'), 9, "steps 10..9 don't fit 160 samples - at `$.stats`"),
+    (('stats', 'first_step'), None, "steps None..19 don't fit 160 samples - at `$.stats`"),
+    (("stats", "loss_min"), None, "loss_max and loss_min must be set exactly when there are finite losses; "
+                                  "159 finite, got 9.25, None - at `$.stats`"),
+    (("stats", "loss_min"), 9.5, "loss_min 9.5 is above loss_max 9.25 - at `$.stats`"),
+    (("stats", "extra"), 1, "Object contains unknown field `extra` - at `$.stats`"),
+    (("stats", "threshold"), DELETE, "Object missing required field `threshold` - at `$.stats`"),
+    (("stats",), [], "Expected `object`, got `array` - at `$.stats`"),
+    (("candidates", "loss", 1), "6", "Expected `float`, got `str` - at `$.candidates.loss[1]`"),
+    (("candidates", "loss", 0), math.nan, "Expected a finite `float` - at `$.candidates.loss[0]`"),
+    (("candidates", "sample_id", 1), False, "Expected `int`, got `bool` - at `$.candidates.sample_id[1]`"),
+    (("candidates", "sample_id", 1), -7, "Expected `int` >= 0 - at `$.candidates.sample_id[1]`"),
+    (("candidates", "sample_id", 1), 2**63, "Expected `int` <= 9223372036854775807 - at `$.candidates.sample_id[1]`"),
+    (("candidates", "sample_id", 1), 31, "sample_id 31 appears twice - at `$.candidates`"),
+    (('candidates', 'step', 0), 21, "a candidate's step 21 is after the payload's step 20"),
+    (("candidates", "step"), [12], "columns of different lengths: 2 sample_id, 2 loss, 1 step - at `$.candidates`"),
+    (("candidates", "step"), {}, "Expected `array`, got `object` - at `$.candidates.step`"),
+    (("candidates", "host"), [3, 3], "Object contains unknown field `host` - at `$.candidates`"),
+    (("examples",), [], "Object contains unknown field `examples`"),
 ]
 EXAMPLE_CASES = [
-    (("examples", 1, "loss"), "6.0", "examples: entry 1: field 'loss' must be a float, got str"),
-    (("examples", 0, "lang_action"), b"move", "examples: entry 0: field 'lang_action' must be a string, got bytes"),
-    (("examples", 0, "prompt"), "x" * 4097, "examples: entry 0: field 'prompt' has 4097 characters, over the"),
-    (("examples", 1, "token_len"), -1, r"examples: entry 1: field 'token_len' must be in \[0, "),
-    (("examples", 1, "sample_id"), 31, "examples: entry 1: sample_id 31 appears twice"),
-    (("examples", 0, "step"), 99, r"examples: entry 0: field 'step' must be in \[0, 20\], got 99"),
-    (("examples", 0, "image", "dtype"), "float32", "examples: entry 0: field 'image': dtype must be 'uint8'"),
-    (("examples", 0, "image", "shape"), [2, 4], "examples: entry 0: field 'image': shape must be an array of 3"),
-    (("examples", 0, "image", "shape"), [4, 4, 3], r"field 'image': 24 bytes don't match the shape \[4, 4, 3\]"),
-    (("examples", 0, "image", "shape"), [2, 2, 6], r"field 'image': shape must be \(h >= 1, w >= 1, 3\)"),
-    (("examples", 0, "image", "shape", 0), 2.0, r"field 'image': shape\[0\] must be an int, got float"),
-    (("examples", 0, "image", "bytes"), "abc", "field 'image': bytes must be a bin, got str"),
-    (("examples", 0, "image", "bytes"), b"abc", r"field 'image': 3 bytes don't match the shape \[2, 4, 3\]"),
-    (("examples", 0, "image"), None, "examples: entry 0: field 'image' must be a map, got None"),
-    (("examples", 0, "host"), 3, r"examples: entry 0: unknown keys \['host'\]"),
-    (("examples", 1), [], "examples: entry 1 must be a map, got list"),
-    (("examples",), {}, "field 'examples' must be an array, got dict"),
+    (("examples", 1, "loss"), "6.0", "Expected `float`, got `str` - at `$.examples[1].loss`"),
+    (("examples", 0, "lang_action"), b"move", "Expected `str`, got `bytes` - at `$.examples[0].lang_action`"),
+    (("examples", 0, "prompt"), "x" * 4097, "Expected `str` of length <= 4096 - at `$.examples[0].prompt`"),
+    (("examples", 1, "token_len"), -1, "Expected `int` >= 0 - at `$.examples[1].token_len`"),
+    (("examples", 1, "sample_id"), 31, "examples: sample_id 31 appears twice"),
+    (('examples', 0, 'step'), 99, "an example's step 99 is after the payload's step 20"),
+    (("examples", 0, "image", "dtype"), "float32", "Invalid enum value 'float32' - at `$.examples[0].image.dtype`"),
+    (("examples", 0, "image", "shape"), [2, 4], "Expected `array` of length 3, got 2 - at `$.examples[0].image.shape`"),
+    (("examples", 0, "image", "shape"), [4, 4, 3],
+     "24 bytes don't fill an image of shape [4, 4, 3] - at `$.examples[0].image`"),
+    (("examples", 0, "image", "shape"), [2, 2, 6], "Invalid enum value 6 - at `$.examples[0].image.shape[2]`"),
+    (("examples", 0, "image", "shape"), [0, 4, 3], "Expected `int` >= 1 - at `$.examples[0].image.shape[0]`"),
+    (("examples", 0, "image", "shape", 0), 2.0, "Expected `int`, got `float` - at `$.examples[0].image.shape[0]`"),
+    (("examples", 0, "image", "bytes"), "abc", "Expected `bytes`, got `str` - at `$.examples[0].image.bytes`"),
+    (("examples", 0, "image", "bytes"), b"abc", "3 bytes don't fill an image of shape [2, 4, 3] - at "
+                                                "`$.examples[0].image`"),
+    (("examples", 0, "image"), None, "Expected `object`, got `None` - at `$.examples[0].image`"),
+    (("examples", 0, "host"), 3, "Object contains unknown field `host` - at `$.examples[0]`"),
+    (("examples", 1), [], "Expected `object`, got `array` - at `$.examples[1]`"),
+    (("examples",), {}, "Expected `array`, got `object` - at `$.examples`"),
 ]
+
+
+def test_an_int_where_a_float_belongs_is_taken_as_that_float():
+    data = framed(small_candidates(), set_path(body_of(small_candidates()), ("candidates", "loss", 1), 6))
+    assert decode_payload(data, CandidatePayload) == small_candidates()  # its loss is 6.0
 
 
 def assert_refused(payload, path, value, message):
-    wire = msgpack.unpackb(encode_payload(payload))
-    data = msgpack.packb(set_path(wire, path, value))
-    with pytest.raises(PayloadError, match=r"^payload from host 3: ") as error:
+    data = framed(payload, set_path(body_of(payload), path, value))
+    with pytest.raises(MessageError) as error:
         decode_payload(data, type(payload), source="payload from host 3")
-    assert error.match(message)
+    assert str(error.value) == f"payload from host 3: {message}"
 
 
 @pytest.mark.parametrize("path, value, message", CANDIDATE_CASES)
@@ -529,16 +402,20 @@ def test_bad_example_fields_are_named(path, value, message):
 
 
 def test_encode_checks_what_receivers_check():
-    with pytest.raises(PayloadError, match="entry 0: field 'loss' must be a float, got float32"):
-        empty = IntervalStats(0, None, None, 0, 0.0, None, None, 0, 0, None)
+    where = "encoding the payload of host"
+    empty = IntervalStats(0, None, None, 0, 0.0, None, None, 0, 0, None)
+    with pytest.raises(MessageError, match=f"^{where} 0: Encoding objects of type numpy.float32 is unsupported$"):
         encode_payload(CandidatePayload(0, 5, empty, [Candidate(1, np.float32(2.0), 1, 0)]))
-    with pytest.raises(PayloadError, match=r"candidates come from hosts \[4\], not from host 3"):
+    with pytest.raises(MessageError, match=rf"^{where} 0: Expected a finite `float` - at `\$\.candidates\.loss\[0\]`$"):
+        encode_payload(CandidatePayload(0, 5, empty, [Candidate(1, math.inf, 1, 0)]))
+    with pytest.raises(MessageError, match=rf"^{where} 3: its entries come from hosts \[4\], not from host 3$"):
         encode_payload(CandidatePayload(3, 20, small_candidates().stats, [Candidate(1, 2.0, 1, 4)]))
-    with pytest.raises(PayloadError, match=r"stats come from hosts \[3\], not from host 2"):
+    with pytest.raises(MessageError, match=rf"^{where} 2: its entries come from hosts \[3\], not from host 2$"):
         encode_payload(CandidatePayload(2, 20, small_candidates().stats, []))
     example = small_examples().examples[0]
     bad_image = HardExample(1, 2.0, 3, 3, "a", "b", 1, example.image.astype(np.float32))
-    with pytest.raises(PayloadError, match="dtype must be 'uint8', got 'float32'"):
+    with pytest.raises(MessageError, match=rf"^{where} 3: Invalid enum value 'float32' - at "
+                                           r"`\$\.examples\[0\]\.image\.dtype`$"):
         encode_payload(ExamplePayload(3, 20, [bad_image]))
     with pytest.raises(TypeError, match="expected a CandidatePayload or ExamplePayload"):
         encode_payload(small_candidates().stats)

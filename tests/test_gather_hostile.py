@@ -1,7 +1,7 @@
 """The cross-host gather with one hostile host, in one process: three simulated hosts on
 threads, a fake allgather where they meet (a barrier with a timeout), and the gather's
-`encode_candidates` hook to make one host send what `tests/test_codec.py`'s hostile
-encoders make of its payload. Every host must finish, make the same collectives (one or
+`encode_candidates` hook to make one host send what the tampers of
+`tests/support/hostile.py` make of its payload. Every host must finish, make the same collectives (one or
 two per phase, each on collectives.py's width ladder), agree on what was skipped and
 why, and log the other hosts' entries.
 
@@ -17,6 +17,7 @@ import functools
 import itertools
 import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
@@ -25,26 +26,22 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.hard_examples.codec import (
-    MAX_MESSAGE_CHARS,
-    CandidatePayload,
-    PayloadError,
-    decode_payload,
-    encode_payload,
-)
+from harness.hard_examples.codec import CandidatePayload, decode_payload, encode_payload
 from harness.hard_examples.entry import Candidate
 from harness.hard_examples.gather import GatherResult, gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.runtime.collectives import padded_width
+from harness.runtime.messages import MAX_MESSAGE_CHARS, VERSION, MessageError
 from harness.config import DataConfig
 from harness.mock.data import MockDataset
+from tests.support.hostile import ANY_FINITE, TAMPERS, Tamper, hostile
 from tests.support.oracles import merge_oracle, merge_stats_oracle
-from tests.test_codec import ANY_FINITE, HOSTILE_ENCODERS, Encoder, hostile
 
 HOSTS = 3
 K = 4
 STEP = 2  # the gather's step: trackers are fed steps 0 and 1
 BARRIER_TIMEOUT_S = 30
+Encoder = Callable[[CandidatePayload], bytes]
 
 
 @functools.cache
@@ -107,7 +104,7 @@ def received(host: int, data: bytes) -> CandidatePayload | None:
     """What the others make of host's bytes: its payload, or None when they skip it."""
     try:
         payload = decode_payload(data, CandidatePayload, max_entries=K)
-    except PayloadError:
+    except MessageError:
         return None
     return payload if (payload.host, payload.step) == (host, STEP) else None
 
@@ -124,7 +121,7 @@ def check_one_hostile_host(bad: int, encode: Encoder) -> dict:
     result = results[0]
     for host, why in result.bad_hosts.items():
         assert why.startswith(f"payload from host {host}: " if host >= 0 else "merge refused")
-        assert len(why) < MAX_MESSAGE_CHARS
+        assert len(why) <= MAX_MESSAGE_CHARS
 
     per_host = [honest_candidates(host) for host in range(HOSTS)]
     per_host[bad] = payload.candidates if payload else []
@@ -158,12 +155,17 @@ def forge(payload: CandidatePayload, *, ids: list[int], losses: list[float], los
     return encode_payload(dataclasses.replace(payload, stats=stats, candidates=candidates))
 
 
+def tampered(payload: CandidatePayload, *, tamper: Tamper) -> bytes:
+    """What a tamper makes of the host's honest payload."""
+    return tamper(encode_payload(payload))
+
+
 FORGERIES = st.builds(partial, st.just(forge), ids=st.lists(st.integers(0, 40), max_size=K, unique=True),
                       losses=st.lists(ANY_FINITE, min_size=K, max_size=K), loss_sum=ANY_FINITE)
 
 
 @hostile(300)
-@given(bad=st.integers(0, HOSTS - 1), encode=HOSTILE_ENCODERS | FORGERIES)
+@given(bad=st.integers(0, HOSTS - 1), encode=st.builds(partial, st.just(tampered), tamper=TAMPERS) | FORGERIES)
 def test_one_hostile_host_is_skipped_or_merged_and_the_others_are_logged(bad, encode):
     check_one_hostile_host(bad, encode)
 
@@ -181,17 +183,16 @@ def send_as(data: bytes) -> Encoder:
 
 
 def test_a_host_sending_1000_levels_of_nesting_is_named_and_skipped():
-    nested = (b"\x81" + msgpack.packb("version")) * 1000 + b"\x01"
+    nested = msgpack.packb([VERSION, "candidates", None])[:-1] + b"\x91" * 1000 + b"\x01"
     result = check_one_hostile_host(1, send_as(nested))
-    assert result["bad_hosts"] == {
-        1: "payload from host 1: version {'version': {'version': {'version': {...}}}} is not the supported version 1"}
+    assert result["bad_hosts"] == {1: "payload from host 1: too deep or too large to read (RecursionError)"}
     assert {host for host, *_ in result["entries"]} == {0, 2}
 
 
 def test_a_host_sending_a_16_8_mb_value_is_named_in_one_short_line():
-    result = check_one_hostile_host(2, send_as(msgpack.packb({"version": b"x" * 16_800_000})))
-    quoted = "b'" + "x" * 16 + "..." + "x" * 18 + "'"
-    assert result["bad_hosts"] == {2: f"payload from host 2: version {quoted} is not the supported version 1"}
+    result = check_one_hostile_host(2, send_as(msgpack.packb([VERSION, "x" * 16_800_000, {}])))
+    assert result["bad_hosts"] == {2: "payload from host 2: not a [version, kind, body] frame: Expected `str` of "
+                                      "length <= 64 - at `$[1]`"}
 
 
 def test_two_hosts_with_loss_sums_of_1_7e308_are_merged():

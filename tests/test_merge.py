@@ -23,7 +23,7 @@ from harness.hard_examples.codec import CandidatePayload, decode_payload, encode
 from harness.hard_examples.entry import Candidate, IntervalStats
 from harness.hard_examples.merge import GlobalStats, merge_round_robin, merge_stats
 from tests.support.oracles import merge_oracle, merge_stats_oracle
-from tests.test_codec import ANY_FINITE, hostile
+from tests.support.hostile import ANY_FINITE, hostile
 
 FAST = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Few distinct losses so ties decide a lot; -0.0 equals 0.0.

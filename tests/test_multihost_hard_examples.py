@@ -283,7 +283,7 @@ def test_clean_rounds_merge_all_hosts_fairly(gather_rounds):
 
 
 @pytest.mark.parametrize("name, why", [
-    ("garbage", "not a valid msgpack payload"),
+    ("garbage", "not a [version, kind, body] frame"),
     ("impostor", "claims host 0"),
 ], ids=["garbage", "impostor"])
 def test_a_bad_payload_from_one_host_is_reported_and_skipped(gather_rounds, name, why):

@@ -32,11 +32,11 @@ from hypothesis import given, settings, strategies as st
 
 from harness.config import TrainConfig
 from harness.errors import UsageError
-from harness.hard_examples.codec import PayloadError
 from harness.preflight.rendezvous import Coordinates, derived_run_id, launcher_run_id
 from harness.preflight.rollcall import Probe, RollCallServer, call_roll, frame, read_frame
-from harness.preflight.wire import (MAX_KEY_CHARS, MAX_MESSAGE_BYTES, MAX_VALUE_CHARS, WIRE_VERSION, Hello, Reply,
-                                    decode_hello, decode_reply, encode_hello)
+from harness.preflight.wire import (MAX_KEY_CHARS, MAX_MESSAGE_BYTES, MAX_VALUE_CHARS, Hello, Reply, decode_hello,
+                                    decode_reply, encode_hello)
+from harness.runtime.messages import VERSION, MessageError
 from launch.local import free_port
 from tests.support.runs import REPO_ROOT, harness_env, wait_for_output
 
@@ -261,7 +261,7 @@ COORDINATORS: dict[str, tuple[Callable[[socket.socket], None], str]] = {
     "never answers": (lambda conn: None, "reached 127.0.0.1:{port}, but got no answer to the roll call: "
                                          "TimeoutError: no answer in time"),
     "answers junk": (lambda conn: conn.sendall(frame(JUNK)), "reached 127.0.0.1:{port}, but got no answer to the "
-                                                             "roll call: PayloadError: the coordinator at 127.0.0.1:"
+                                                             "roll call: MessageError: the coordinator at 127.0.0.1:"
                                                              "{port}: "),
     "announces a huge answer": (lambda conn: conn.sendall(struct.pack(">I", 1 << 31)),
                                 "reached 127.0.0.1:{port}, but got no answer to the roll call: ConnectionError: a "
@@ -303,57 +303,60 @@ def test_a_preflight_host_whose_coordinator_answers_junk_exits_1_with_one_line(t
     said = [line for line in result.stderr.splitlines() if line.startswith("harness-")]
     assert len(said) == 1 and said[0].startswith(
         f"harness-train: error: host 1: host(s) 0 stopped responding: the coordinator did not answer the roll call: "
-        f"reached 127.0.0.1:{port}, but got no answer to the roll call: PayloadError: "), result.stderr
+        f"reached 127.0.0.1:{port}, but got no answer to the roll call: MessageError: "), result.stderr
     assert "harness-preflight: FAIL: host 0: rendezvous: no answer to host 1" in result.stdout, result.stdout
     assert not (tmp_path / "run").exists()
 
 
-# --- Hostile hello and reply bodies: well-formed msgpack, wrong in every other way.
+# --- Hostile hello and reply frames: well-formed msgpack, wrong in every other way.
 
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**64 - 1),
                      st.floats(allow_nan=True), st.text(max_size=80), st.binary(max_size=16))
 _VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
     st.text(max_size=8), inner, max_size=4), max_leaves=12)
-_HELLO_KEYS = ("version", "kind", "host", "num_processes", "hostname", "pid", "run_id")
-_REPLY_KEYS = ("version", "kind", "run_id", "missing", "reason")
+_HELLO_KEYS = ("host", "num_processes", "hostname", "pid", "run_id")
+_REPLY_KEYS = ("kind", "run_id", "missing", "reason")
+_KINDS = ("hello", "reply", "host_report")
 
 
-def _near_valid(keys: tuple[str, ...], kinds: tuple[str, ...]) -> st.SearchStrategy[dict]:
-    """Maps with mostly the right keys (some dropped, some extra), right or wrong values."""
-    field = st.one_of(_VALUES, st.integers(min_value=0, max_value=2**63 - 1), st.text(max_size=300))
+def _near_valid(keys: tuple[str, ...]) -> st.SearchStrategy[list]:
+    """[version, kind, body] frames, the version mostly right, the kind any of ours, the
+    body with mostly the right keys (some dropped, some extra) and right or wrong values."""
+    field = st.one_of(_VALUES, st.integers(min_value=0, max_value=2**63 - 1), st.text(max_size=300),
+                      st.sampled_from(["go", "abort"]))
     base = st.fixed_dictionaries({key: field for key in keys}, optional={"extra": _VALUES}).map(dict)
-    return st.tuples(base, st.sampled_from(kinds), st.booleans(), st.sets(st.sampled_from(keys), max_size=2)).map(
-        lambda t: {**{k: v for k, v in t[0].items() if k not in t[3]},
-                   **({"version": WIRE_VERSION, "kind": t[1]} if t[2] else {})})
+    version = st.just(VERSION) | _SCALARS
+    return st.tuples(version, st.sampled_from(_KINDS), base, st.sets(st.sampled_from(keys), max_size=2)).map(
+        lambda t: [t[0], t[1], {k: v for k, v in t[2].items() if k not in t[3]}])
 
 
 @settings(max_examples=200, deadline=None)
-@given(_near_valid(_HELLO_KEYS, ("hello", "go", "host_report")))
-def test_a_hostile_hello_decodes_exactly_or_is_refused(body: dict) -> None:
-    data = msgpack.packb(body, use_bin_type=True)
+@given(_near_valid(_HELLO_KEYS))
+def test_a_hostile_hello_decodes_exactly_or_is_refused(frame: list) -> None:
+    data = msgpack.packb(frame, use_bin_type=True)
     try:
         hello = decode_hello(data, source="fuzz")
-    except PayloadError:
+    except MessageError:
         return
     assert type(hello.host) is int and type(hello.num_processes) is int and type(hello.pid) is int
     assert min(hello.host, hello.num_processes, hello.pid) >= 0
     assert type(hello.hostname) is str and len(hello.hostname) <= MAX_VALUE_CHARS
     assert type(hello.run_id) is str and len(hello.run_id) <= MAX_KEY_CHARS
-    assert set(body) == set(_HELLO_KEYS)
+    assert frame[:2] == [VERSION, "hello"] and set(frame[2]) == set(_HELLO_KEYS)
 
 
 @settings(max_examples=200, deadline=None)
-@given(_near_valid(_REPLY_KEYS, ("go", "abort", "hello")))
-def test_a_hostile_reply_decodes_exactly_or_is_refused(body: dict) -> None:
-    data = msgpack.packb(body, use_bin_type=True)
+@given(_near_valid(_REPLY_KEYS))
+def test_a_hostile_reply_decodes_exactly_or_is_refused(frame: list) -> None:
+    data = msgpack.packb(frame, use_bin_type=True)
     try:
         reply = decode_reply(data, source="fuzz")
-    except PayloadError:
+    except MessageError:
         return
     assert isinstance(reply, Reply) and reply.kind in ("go", "abort")
     assert type(reply.run_id) is str and type(reply.reason) is str
     assert all(type(host) is int and host >= 0 for host in reply.missing)
-    assert set(body) == set(_REPLY_KEYS)
+    assert frame[:2] == [VERSION, "reply"] and set(frame[2]) == set(_REPLY_KEYS)
 
 
 # --- The run id.

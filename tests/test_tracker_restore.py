@@ -67,7 +67,10 @@ def test_reporter_state_round_trip_single_process(dataset, tmp_path):
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda s: {**s, "version": 9}, "unknown format"),
+        (lambda s: {**s, "version": 1}, "Invalid enum value 1 - at `$.version`"),  # a harness before messages.py
+        (lambda s: [s], "Expected `object`, got `array`"),
+        (lambda s: {**s, "payloads": [3]}, "Expected `str | null`, got `int` - at `$.payloads[0]`"),
+        (lambda s: {**s, "payloads": [None]}, "hard-example state of host 0: missing"),
         (lambda s: {**s, "payloads": s["payloads"] * 2}, "saved for 2 hosts, running on 1"),
         (lambda s: {**s, "payloads": ["!!not base64!!"]}, ""),
         (lambda s: {**s, "payloads": [base64.b64encode(b"\x93garbage").decode()]}, "hard-example state of host 0"),

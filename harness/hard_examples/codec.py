@@ -1,41 +1,18 @@
-"""Wire format for what hosts send each other at a hard-example interval: msgpack, never
-pickle, so bytes from another host can only ever become the data described here.
+"""What hosts send each other at a hard-example interval, as harness/runtime/messages.py
+messages: msgpack, never pickle, decoded as hostile input.
 
-Two payload kinds, one per gather phase:
+Two payloads, one per gather phase:
 - `CandidatePayload` (phase 1, every host): interval stats and top-K candidates, no pixels.
 - `ExamplePayload` (phase 2): a host's merged winners, with thumbnails and decoded text.
 
-Schema, version 1. Every key is required and no other key is allowed:
-
-    {"version": 1, "kind": "candidates", "host": int, "step": int,
-     "stats": {"first_step": int|nil, "last_step": int|nil, "num_samples": int,
-               "loss_sum": float, "loss_max": float|nil, "loss_min": float|nil,
-               "num_high_loss": int, "num_nonfinite": int, "threshold": float|nil},
-     "candidates": {"sample_id": [int, ...], "loss": [float, ...], "step": [int, ...]}}
-
-    {"version": 1, "kind": "examples", "host": int, "step": int,
-     "examples": [{"sample_id": int, "loss": float, "step": int, "lang_action": str,
-                   "prompt": str, "token_len": int,
-                   "image": {"bytes": bin, "shape": [h, w, 3], "dtype": "uint8"}}, ...]}
-
-Candidates travel as columns, so decoding 1024 hosts' payloads stays a few vectorized
-checks per host. `host` is sent once and given back to every entry (and the stats).
-`step` is the training step the payload was made at; no entry or stats step may be later.
-
-Decoding treats the bytes as hostile: the size is checked before unpacking, msgpack's
-own limits bound every allocation, and then every field is checked for its exact type
-(an int is not a float, a bool is not an int) and a sane value (finite losses, ids and
-steps in [0, 2**63), texts of at most `MAX_TEXT_CHARS`, stats that hang together, no
-sample_id twice). Our encoder always writes floats as floats, so an int where a float
-belongs means a foreign or broken writer and is refused. Any failure, truncation and
-trailing bytes included, raises `PayloadError` naming the source, the place and the
-problem, and nothing else escapes: msgpack stops nesting at 1024 levels (StackError),
-the checks here never recurse, and a RecursionError or MemoryError while unpacking
-becomes a `PayloadError` too. Messages quote the sender's values through a bounded repr
-(a few levels deep, a few dozen characters) and are cut at `MAX_MESSAGE_CHARS`, so a
-16 MB string or a 1000-level map costs a line in the log, not a crash or a flood.
-`encode_payload` runs the same checks first, so a host can't send what the others
-would reject.
+Their schemas are the Structs below (`CandidateMessage` and `ExampleMessage` with their
+parts). Candidates travel as columns, so decoding 1024 hosts' payloads stays in
+msgspec's C loops. `host` is sent once and given back to every entry (and the stats).
+`step` is the training step the payload was made at; no entry or stats step may be
+later. Beyond types and limits: the stats hang together (counts within counts, loss
+extremes exactly when there are finite losses), no sample_id comes twice, an image's
+bytes fill its (h, w, 3) uint8 shape, and a phase carries at most `max_entries` entries
+(the gather's K).
 
 Finite is all the codec asks of a loss: 1.7e308 and subnormals pass, and
 `merge.merge_stats` is what keeps sums of them from overflowing.
@@ -43,66 +20,123 @@ Finite is all the codec asks of a loss: 1.7e308 and subnormals pass, and
 Tests: `.venv/bin/python -m pytest -q tests/test_codec.py`.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import itertools
 import math
-import reprlib
-from typing import Any, NoReturn, TypeVar
+from typing import Literal, TypeVar
 
-import msgpack
 import numpy as np
 
 from harness.hard_examples.entry import Candidate, HardExample, IntervalStats
+from harness.runtime import messages
+from harness.runtime.messages import Finite, Message, MessageError, Natural, Record, array, natural, text
 
-PAYLOAD_VERSION = 1
 DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_MAX_ENTRIES = 1024
+MAX_ENTRIES = 1 << 16  # what the schema lets through at all; `max_entries` is the gather's own bound
 MAX_TEXT_CHARS = 4096
-MAX_MESSAGE_CHARS = 500
+MAX_IMAGE_SIDE = 1 << 16
 
-_INT_LIMIT = 2**63 - 1
-_TOKEN_LEN_LIMIT = 2**31 - 1
-_IMAGE_SIDE_LIMIT = 1 << 16
-_MAX_MAP_LEN = 16
-_STATS_KEYS = (
-    "first_step", "last_step", "num_samples", "loss_sum", "loss_max", "loss_min",
-    "num_high_loss", "num_nonfinite", "threshold",
-)
-_CANDIDATE_COLUMNS = ("sample_id", "loss", "step")
-_EXAMPLE_KEYS = ("sample_id", "loss", "step", "lang_action", "prompt", "token_len", "image")
-_IMAGE_KEYS = ("bytes", "shape", "dtype")
+Side = natural(MAX_IMAGE_SIDE, least=1)
 
 
-class PayloadError(ValueError):
-    """A payload that can't be encoded or decoded; the message says where and why, in at
-    most `MAX_MESSAGE_CHARS` characters (it ends up in every host's log)."""
+class Stats(Record):
+    """`IntervalStats` without the host (the payload's)."""
 
-    def __init__(self, message: str):
-        if len(message) > MAX_MESSAGE_CHARS:
-            message = message[: MAX_MESSAGE_CHARS - 3] + "..."
-        super().__init__(message)
+    first_step: Natural | None
+    last_step: Natural | None
+    num_samples: Natural
+    loss_sum: Finite
+    loss_max: Finite | None
+    loss_min: Finite | None
+    num_high_loss: Natural
+    num_nonfinite: Natural
+    threshold: Finite | None
+
+    def __post_init__(self):
+        first, last, samples = self.first_step, self.last_step, self.num_samples
+        if (first is None) != (last is None) or (first is None and samples) or (first or 0) > (last or 0):
+            raise ValueError(f"steps {first}..{last} don't fit {samples} samples")
+        if self.num_nonfinite > samples or self.num_high_loss > samples - self.num_nonfinite:
+            raise ValueError(f"{self.num_nonfinite} non-finite and {self.num_high_loss} high losses "
+                             f"don't fit {samples} samples")
+        has_losses = samples > self.num_nonfinite
+        if (self.loss_max is None) == has_losses or (self.loss_min is None) == has_losses:
+            raise ValueError(f"loss_max and loss_min must be set exactly when there are finite losses; "
+                             f"{samples - self.num_nonfinite} finite, got {self.loss_max}, {self.loss_min}")
+        if has_losses and self.loss_min > self.loss_max:
+            raise ValueError(f"loss_min {self.loss_min} is above loss_max {self.loss_max}")
 
 
-class _BoundedRepr(reprlib.Repr):
-    """repr() for values another host sent. The builtin recurses (a 1000-level map is a
-    RecursionError) and quotes a 64 MiB bin in full; this one stops 3 levels down, cuts
-    strings and bytes to 40 characters before quoting them, and the whole to 100."""
+class Columns(Record):
+    """The candidates, one column per field."""
 
-    def __init__(self):
-        super().__init__()
-        self.maxlevel = 3
-        self.maxstring = self.maxother = 40
+    sample_id: array(Natural, MAX_ENTRIES)
+    loss: array(Finite, MAX_ENTRIES)
+    step: array(Natural, MAX_ENTRIES)
 
-    repr_bytes = reprlib.Repr.repr_str
-
-    def repr(self, value: Any) -> str:
-        text = super().repr(value)
-        return text if len(text) <= 100 else text[:97] + "..."
+    def __post_init__(self):
+        if not len(self.sample_id) == len(self.loss) == len(self.step):
+            raise ValueError(f"columns of different lengths: {len(self.sample_id)} sample_id, "
+                             f"{len(self.loss)} loss, {len(self.step)} step")
+        _no_repeats(self.sample_id, "")
 
 
-_quote = _BoundedRepr().repr
+class CandidateMessage(Message):
+    tag = "candidates"
+
+    host: Natural
+    step: Natural
+    stats: Stats
+    candidates: Columns
+
+    def __post_init__(self):
+        _not_after(self.step, self.stats.last_step or 0, "stats: last_step")
+        _not_after(self.step, max(self.candidates.step, default=0), "a candidate's step")
+
+
+class Image(Record):
+    bytes: bytes
+    shape: tuple[Side, Side, Literal[3]]
+    dtype: Literal["uint8"]
+
+    def __post_init__(self):
+        if len(self.bytes) != math.prod(self.shape):
+            raise ValueError(f"{len(self.bytes)} bytes don't fill an image of shape {list(self.shape)}")
+
+
+class Example(Record):
+    sample_id: Natural
+    loss: Finite
+    step: Natural
+    lang_action: text(MAX_TEXT_CHARS)
+    prompt: text(MAX_TEXT_CHARS)
+    token_len: natural(2**31 - 1)
+    image: Image
+
+
+class ExampleMessage(Message):
+    tag = "examples"
+
+    host: Natural
+    step: Natural
+    examples: array(Example, MAX_ENTRIES)
+
+    def __post_init__(self):
+        _no_repeats([example.sample_id for example in self.examples], "examples: ")
+        _not_after(self.step, max((example.step for example in self.examples), default=0), "an example's step")
+
+
+def _no_repeats(sample_ids, where: str) -> None:
+    if len(set(sample_ids)) != len(sample_ids):
+        seen = set()
+        repeated = next(i for i in sample_ids if i in seen or seen.add(i))
+        raise ValueError(f"{where}sample_id {repeated} appears twice")
+
+
+def _not_after(step: int, latest: int, what: str) -> None:
+    if latest > step:
+        raise ValueError(f"{what} {latest} is after the payload's step {step}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,16 +165,25 @@ class ExamplePayload:
 
 
 Payload = TypeVar("Payload", CandidatePayload, ExamplePayload)
-_KINDS = {CandidatePayload: "candidates", ExamplePayload: "examples"}
+_STATS_FIELDS = tuple(Stats.__struct_fields__)
+_EXAMPLE_FIELDS = tuple(name for name in Example.__struct_fields__ if name != "image")
 
 
 def encode_payload(payload: CandidatePayload | ExamplePayload) -> bytes:
     """Payload -> msgpack bytes, after the same checks a receiver makes."""
-    if type(payload) not in _KINDS:
+    if not isinstance(payload, (CandidatePayload, ExamplePayload)):
         raise TypeError(f"expected a CandidatePayload or ExamplePayload, got {type(payload).__name__}")
-    wire = _to_wire(payload)
-    _Reader(f"encoding the payload of host {payload.host}", max_entries=None).payload(wire, type(payload))
-    return msgpack.packb(wire, use_bin_type=True, strict_types=True)
+    where = f"encoding the payload of host {payload.host}"
+    if isinstance(payload, CandidatePayload):
+        _same_host(where, payload.host, [payload.stats, *payload.candidates])
+        stats = {name: getattr(payload.stats, name) for name in _STATS_FIELDS}
+        columns = {name: [getattr(c, name) for c in payload.candidates] for name in Columns.__struct_fields__}
+        body = {"host": payload.host, "step": payload.step, "stats": stats, "candidates": columns}
+        return messages.encode(CandidateMessage, body, source=where)
+    _same_host(where, payload.host, payload.examples)
+    examples = [_example_fields(where, example) for example in payload.examples]
+    return messages.encode(ExampleMessage, {"host": payload.host, "step": payload.step, "examples": examples},
+                           source=where)
 
 
 def decode_payload(
@@ -151,250 +194,39 @@ def decode_payload(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_entries: int = DEFAULT_MAX_ENTRIES,
 ) -> Payload:
-    """Untrusted bytes -> a payload of `kind`, or `PayloadError`. `source` starts every
+    """Untrusted bytes -> a payload of `kind`, or `MessageError`. `source` starts every
     error message (e.g. "payload from host 3")."""
-    if kind not in _KINDS:
-        raise TypeError(f"kind must be CandidatePayload or ExamplePayload, got {kind!r}")
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise PayloadError(f"{source}: expected bytes, got {type(data).__name__}")
-    size = memoryview(data).nbytes
-    if size == 0:
-        raise PayloadError(f"{source}: empty payload")
-    if size > max_bytes:
-        raise PayloadError(f"{source}: {size} bytes is over the limit of {max_bytes}")
-
-    def unique_keys(pairs: list[tuple[Any, Any]]) -> dict:
-        mapping = dict(pairs)
-        if len(mapping) != len(pairs):
-            keys = [key for key, _ in pairs]
-            repeated = sorted({_quote(key) for key in keys if keys.count(key) > 1})
-            raise PayloadError(f"{source}: a map repeats the keys {', '.join(repeated)}")
-        return mapping
-
-    try:
-        wire = msgpack.unpackb(
-            data,
-            raw=False,
-            strict_map_key=True,
-            object_pairs_hook=unique_keys,
-            max_bin_len=max_bytes,
-            max_str_len=4 * MAX_TEXT_CHARS,
-            max_array_len=max(max_entries, 3),
-            max_map_len=_MAX_MAP_LEN,
-            max_ext_len=0,
-        )
-    except PayloadError:
-        raise
-    except (RecursionError, MemoryError) as err:
-        # The bytes decide how deep and how big the unpacked objects get: running out of
-        # either is a bad payload, to be skipped like any other, not a crash.
-        raise PayloadError(f"{source}: too deep or too large to unpack ({type(err).__name__})") from err
-    except (ValueError, TypeError, OverflowError, msgpack.UnpackException) as err:
-        why = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__  # StackError has no text
-        raise PayloadError(f"{source}: not a valid msgpack payload ({why})") from err
-    return _Reader(source, max_entries=max_entries).payload(wire, kind)
+    if kind is CandidatePayload:
+        message = messages.decode(data, CandidateMessage, source=source, max_bytes=max_bytes)
+        host, columns = message.host, message.candidates
+        _at_most(source, "candidates", len(columns.sample_id), max_entries)
+        stats = IntervalStats(host=host, **{name: getattr(message.stats, name) for name in _STATS_FIELDS})
+        candidates = map(Candidate, columns.sample_id, columns.loss, columns.step, itertools.repeat(host))
+        return CandidatePayload(host, message.step, stats, tuple(candidates))
+    if kind is ExamplePayload:
+        message = messages.decode(data, ExampleMessage, source=source, max_bytes=max_bytes)
+        _at_most(source, "examples", len(message.examples), max_entries)
+        return ExamplePayload(message.host, message.step, tuple(
+            HardExample(host=message.host, image=np.frombuffer(e.image.bytes, dtype=np.uint8).reshape(e.image.shape),
+                        **{name: getattr(e, name) for name in _EXAMPLE_FIELDS})
+            for e in message.examples))
+    raise TypeError(f"kind must be CandidatePayload or ExamplePayload, got {kind!r}")
 
 
-def _to_wire(payload: CandidatePayload | ExamplePayload) -> dict:
-    header = {"version": PAYLOAD_VERSION, "kind": _KINDS[type(payload)], "host": payload.host,
-              "step": payload.step}
-    where = f"encoding the payload of host {payload.host}"
-    if isinstance(payload, CandidatePayload):
-        _same_host(where, payload.host, [payload.stats], "stats")
-        _same_host(where, payload.host, payload.candidates, "candidates")
-        columns = {name: [getattr(c, name) for c in payload.candidates] for name in _CANDIDATE_COLUMNS}
-        stats = {name: getattr(payload.stats, name) for name in _STATS_KEYS}
-        return {**header, "stats": stats, "candidates": columns}
-    _same_host(where, payload.host, payload.examples, "examples")
-    examples = []
-    for example in payload.examples:
-        entry = {name: getattr(example, name) for name in _EXAMPLE_KEYS[:-1]}
-        image = example.image
-        if not isinstance(image, np.ndarray):
-            raise PayloadError(f"{where}: example {example.sample_id}'s image is a {type(image).__name__}")
-        entry["image"] = {"bytes": image.tobytes(), "shape": list(image.shape), "dtype": image.dtype.name}
-        examples.append(entry)
-    return {**header, "examples": examples}
+def _example_fields(where: str, example: HardExample) -> dict:
+    image = example.image
+    if not isinstance(image, np.ndarray):
+        raise MessageError(f"{where}: example {example.sample_id}'s image is a {type(image).__name__}")
+    return {**{name: getattr(example, name) for name in _EXAMPLE_FIELDS},
+            "image": {"bytes": image.tobytes(), "shape": list(image.shape), "dtype": image.dtype.name}}
 
 
-def _same_host(where: str, host: int, entries, name: str) -> None:
+def _same_host(where: str, host: int, entries) -> None:
     others = sorted({entry.host for entry in entries if entry.host != host})
     if others:
-        raise PayloadError(f"{where}: {name} come from hosts {others}, not from host {host}")
+        raise MessageError(f"{where}: its entries come from hosts {others}, not from host {host}")
 
 
-def _type_name(value: Any) -> str:
-    return "None" if value is None else type(value).__name__
-
-
-class _Reader:
-    """Checks a decoded msgpack object against the schema and builds the records."""
-
-    def __init__(self, source: str, max_entries: int | None):
-        self.source = source
-        self.max_entries = max_entries
-
-    def fail(self, problem: str) -> NoReturn:
-        raise PayloadError(f"{self.source}: {problem}")
-
-    def payload(self, wire: Any, kind: type[Payload]) -> Payload:
-        if type(wire) is not dict:
-            self.fail(f"expected a map at the top level, got {_type_name(wire)}")
-        if "version" not in wire:
-            self.fail("missing key 'version'")
-        version = wire["version"]
-        if type(version) is not int or version != PAYLOAD_VERSION:
-            self.fail(f"version {_quote(version)} is not the supported version {PAYLOAD_VERSION}")
-        expected = _KINDS[kind]
-        if wire.get("kind") != expected:
-            self.fail(f"field 'kind' must be {expected!r}, got {_quote(wire.get('kind'))}")
-        body = ("stats", "candidates") if kind is CandidatePayload else ("examples",)
-        self.keys(wire, "top level", ("version", "kind", "host", "step", *body))
-        host = self.integer(wire["host"], "field 'host'")
-        step = self.integer(wire["step"], "field 'step'")
-        if kind is CandidatePayload:
-            stats = self.stats(wire["stats"], host, step)
-            return CandidatePayload(host, step, stats, self.candidates(wire["candidates"], host, step))
-        return ExamplePayload(host, step, self.examples(wire["examples"], host, step))
-
-    def keys(self, value: Any, where: str, keys: tuple[str, ...]) -> dict:
-        if type(value) is not dict:
-            self.fail(f"{where} must be a map, got {_type_name(value)}")
-        missing = [key for key in keys if key not in value]
-        if missing:
-            self.fail(f"{where}: missing keys {missing}")
-        unknown = [key for key in value if key not in keys]
-        if unknown:
-            self.fail(f"{where}: unknown keys {_quote(unknown)}")
-        return value
-
-    def integer(
-        self, value: Any, where: str, *, limit: int = _INT_LIMIT, optional: bool = False
-    ) -> int | None:
-        if optional and value is None:
-            return None
-        if type(value) is not int:
-            self.fail(f"{where} must be an int{' or None' if optional else ''}, got {_type_name(value)}")
-        if not 0 <= value <= limit:
-            self.fail(f"{where} must be in [0, {limit}], got {value}")
-        return value
-
-    def number(self, value: Any, where: str, *, optional: bool = False) -> float | None:
-        if optional and value is None:
-            return None
-        if type(value) is not float:
-            self.fail(f"{where} must be a float{' or None' if optional else ''}, got {_type_name(value)}")
-        if not math.isfinite(value):
-            self.fail(f"{where} must be finite, got {value}")
-        return value
-
-    def text(self, value: Any, where: str) -> str:
-        if type(value) is not str:
-            self.fail(f"{where} must be a string, got {_type_name(value)}")
-        if len(value) > MAX_TEXT_CHARS:
-            self.fail(f"{where} has {len(value)} characters, over the limit of {MAX_TEXT_CHARS}")
-        return value
-
-    def array(self, value: Any, where: str) -> list:
-        if type(value) is not list:
-            self.fail(f"{where} must be an array, got {_type_name(value)}")
-        if self.max_entries is not None and len(value) > self.max_entries:
-            self.fail(f"{where} has {len(value)} entries, over the limit of {self.max_entries}")
-        return value
-
-    def stats(self, value: Any, host: int, step: int) -> IntervalStats:
-        fields = self.keys(value, "stats", _STATS_KEYS)
-        at = "stats: field {!r}".format
-        first_step = self.integer(fields["first_step"], at("first_step"), optional=True)
-        last_step = self.integer(fields["last_step"], at("last_step"), optional=True)
-        num_samples = self.integer(fields["num_samples"], at("num_samples"))
-        num_nonfinite = self.integer(fields["num_nonfinite"], at("num_nonfinite"), limit=num_samples)
-        num_high_loss = self.integer(
-            fields["num_high_loss"], at("num_high_loss"), limit=num_samples - num_nonfinite
-        )
-        loss_sum = self.number(fields["loss_sum"], at("loss_sum"))
-        loss_max = self.number(fields["loss_max"], at("loss_max"), optional=True)
-        loss_min = self.number(fields["loss_min"], at("loss_min"), optional=True)
-        threshold = self.number(fields["threshold"], at("threshold"), optional=True)
-        if (first_step is None) != (last_step is None) or (first_step is None and num_samples):
-            self.fail(f"stats: steps {first_step}..{last_step} don't fit {num_samples} samples")
-        if first_step is not None and not first_step <= last_step <= step:
-            self.fail(f"stats: need first_step <= last_step <= the payload's step {step}, "
-                      f"got {first_step}, {last_step}")
-        has_losses = num_samples > num_nonfinite
-        if (loss_max is None) == has_losses or (loss_min is None) == has_losses:
-            self.fail(f"stats: loss_max and loss_min must be set exactly when there are finite "
-                      f"losses; {num_samples - num_nonfinite} finite, got {loss_max}, {loss_min}")
-        if has_losses and loss_min > loss_max:
-            self.fail(f"stats: loss_min {loss_min} is above loss_max {loss_max}")
-        return IntervalStats(host, first_step, last_step, num_samples, loss_sum, loss_max, loss_min,
-                             num_high_loss, num_nonfinite, threshold)
-
-    def candidates(self, value: Any, host: int, step: int) -> tuple[Candidate, ...]:
-        columns = self.keys(value, "candidates", _CANDIDATE_COLUMNS)
-        ids, losses, steps = (
-            self.array(columns[name], f"candidates: field {name!r}") for name in _CANDIDATE_COLUMNS
-        )
-        if not len(ids) == len(losses) == len(steps):
-            self.fail(f"candidates: columns of different lengths: {len(ids)} sample_id, "
-                      f"{len(losses)} loss, {len(steps)} step")
-        self.int_column(ids, "sample_id", _INT_LIMIT)
-        self.int_column(steps, "step", step)
-        if not set(map(type, losses)) <= {float} or not np.isfinite(np.array(losses, np.float64)).all():
-            for i, loss in enumerate(losses):
-                self.number(loss, f"candidates: entry {i}: field 'loss'")
-        if len(set(ids)) != len(ids):
-            seen = set()
-            for i, sample_id in enumerate(ids):
-                if sample_id in seen:
-                    self.fail(f"candidates: entry {i}: sample_id {sample_id} appears twice")
-                seen.add(sample_id)
-        return tuple(map(Candidate, ids, losses, steps, itertools.repeat(host, len(ids))))
-
-    def int_column(self, values: list, name: str, limit: int) -> None:
-        # Fast path in C (set of types, min/max); the slow loop only finds the culprit.
-        if set(map(type, values)) <= {int} and (not values or 0 <= min(values) <= max(values) <= limit):
-            return
-        for i, v in enumerate(values):
-            self.integer(v, f"candidates: entry {i}: field {name!r}", limit=limit)
-
-    def examples(self, value: Any, host: int, step: int) -> tuple[HardExample, ...]:
-        examples = []
-        seen = set()
-        for i, entry in enumerate(self.array(value, "field 'examples'")):
-            where = f"examples: entry {i}"
-            fields = self.keys(entry, where, _EXAMPLE_KEYS)
-            at = f"{where}: field {{!r}}".format
-            sample_id = self.integer(fields["sample_id"], at("sample_id"))
-            if sample_id in seen:
-                self.fail(f"{where}: sample_id {sample_id} appears twice")
-            seen.add(sample_id)
-            examples.append(HardExample(
-                sample_id=sample_id,
-                loss=self.number(fields["loss"], at("loss")),
-                step=self.integer(fields["step"], at("step"), limit=step),
-                host=host,
-                lang_action=self.text(fields["lang_action"], at("lang_action")),
-                prompt=self.text(fields["prompt"], at("prompt")),
-                token_len=self.integer(fields["token_len"], at("token_len"), limit=_TOKEN_LEN_LIMIT),
-                image=self.image(fields["image"], at("image")),
-            ))
-        return tuple(examples)
-
-    def image(self, value: Any, where: str) -> np.ndarray:
-        fields = self.keys(value, where, _IMAGE_KEYS)
-        if type(fields["dtype"]) is not str or fields["dtype"] != "uint8":
-            self.fail(f"{where}: dtype must be 'uint8', got {_quote(fields['dtype'])}")
-        shape = fields["shape"]
-        if type(shape) is not list or len(shape) != 3:
-            self.fail(f"{where}: shape must be an array of 3 ints, got {_quote(shape)}")
-        for axis, size in enumerate(shape):
-            self.integer(size, f"{where}: shape[{axis}]", limit=_IMAGE_SIDE_LIMIT)
-        if shape[2] != 3 or min(shape) < 1:
-            self.fail(f"{where}: shape must be (h >= 1, w >= 1, 3), got {shape}")
-        data = fields["bytes"]
-        if type(data) is not bytes:
-            self.fail(f"{where}: bytes must be a bin, got {_type_name(data)}")
-        if len(data) != math.prod(shape):
-            self.fail(f"{where}: {len(data)} bytes don't match the shape {shape}")
-        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+def _at_most(source: str, what: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise MessageError(f"{source}: {count} {what}, over the limit of {limit}")

@@ -10,7 +10,7 @@ whatever the number of hosts.
 Each phase is one `allgather_bytes` (harness/runtime/collectives.py: a fixed-width first
 round with every host's length, and a second round, padded to a width from a fixed
 ladder, only for payloads that did not fit). A payload longer than `max_payload_bytes`, or
-one that does not decode (`decode_payload` raises nothing but `PayloadError`, whatever
+one that does not decode (`decode_payload` raises nothing but `MessageError`, whatever
 the bytes), is reported by host index and skipped; the other hosts' entries are still
 merged and logged. Since every host sees the same bytes, they all make the same skip
 decisions and the same merge (which fails on all hosts or none), so every host goes on
@@ -29,11 +29,12 @@ import dataclasses
 from collections import Counter
 from typing import Callable, Sequence
 
-from harness.hard_examples.codec import CandidatePayload, ExamplePayload, PayloadError, decode_payload, encode_payload
+from harness.hard_examples.codec import CandidatePayload, ExamplePayload, decode_payload, encode_payload
 from harness.hard_examples.entry import Candidate, HardExample
 from harness.hard_examples.merge import GlobalStats, merge_round_robin, merge_stats
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.runtime.collectives import RowGather, allgather_bytes, allgather_rows
+from harness.runtime.messages import MessageError
 
 DEFAULT_MAX_PAYLOAD_BYTES = 64 << 20
 
@@ -58,14 +59,14 @@ def _decode_all(
         source = f"payload from host {host}"
         try:
             if blob is None:
-                raise PayloadError(f"{source}: larger than the {max_payload_bytes}-byte limit")
+                raise MessageError(f"{source}: larger than the {max_payload_bytes}-byte limit")
             payload = decode_payload(blob, kind, max_bytes=max_payload_bytes, max_entries=max_entries,
                                      source=source)
             if payload.host != host or payload.step != step:
-                raise PayloadError(
+                raise MessageError(
                     f"{source}: claims host {payload.host} step {payload.step}, expected host {host} step {step}"
                 )
-        except PayloadError as err:
+        except MessageError as err:
             decoded.append(None)
             bad[host] = str(err)
             continue

@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import jax
 import numpy as np
 
 from harness.mock.data import Batch
-from harness.hard_examples.codec import CandidatePayload, PayloadError, decode_payload, encode_payload
+from harness.hard_examples.codec import CandidatePayload, decode_payload, encode_payload
 from harness.hard_examples.gather import DEFAULT_MAX_PAYLOAD_BYTES, GatherResult, gather_hard_examples
 from harness.hard_examples.tracker import HardExampleTracker
 from harness.runtime.collectives import allgather_bytes
+from harness.runtime.messages import MessageError, Record, array, convert, text
 from harness.runtime.schedule import itstime
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: payloads in the frames of harness/runtime/messages.py
+MAX_HOSTS = 1 << 16
+
+
+class SavedState(Record):
+    """What `checkpoint_state` returns, as read back from the checkpoint's JSON."""
+
+    version: Literal[STATE_VERSION]
+    payloads: array(text(4 * DEFAULT_MAX_PAYLOAD_BYTES // 3 + 4) | None, MAX_HOSTS)  # base64, one per host
 
 
 class HardExampleReporter:
@@ -76,20 +85,17 @@ class HardExampleReporter:
         if saved is None:
             return None
         try:
-            if not isinstance(saved, dict) or saved.get("version") != STATE_VERSION:
-                raise PayloadError(f"{where}: unknown format")
-            payloads = saved.get("payloads")
-            if not isinstance(payloads, list) or len(payloads) != hosts:
-                count = len(payloads) if isinstance(payloads, list) else "?"
-                raise PayloadError(f"{where}: saved for {count} hosts, running on {hosts}")
+            payloads = convert(saved, SavedState, source=where).payloads
+            if len(payloads) != hosts:
+                raise MessageError(f"{where}: saved for {len(payloads)} hosts, running on {hosts}")
             encoded = payloads[host]
-            if not isinstance(encoded, str) or len(encoded) > 2 * DEFAULT_MAX_PAYLOAD_BYTES:
-                raise PayloadError(f"{where}: missing or oversized")
+            if encoded is None:
+                raise MessageError(f"{where}: missing")
             payload = decode_payload(base64.b64decode(encoded, validate=True), CandidatePayload, source=where)
             if payload.host != host or payload.step != step:
-                raise PayloadError(f"{where}: claims host {payload.host} step {payload.step}")
+                raise MessageError(f"{where}: claims host {payload.host} step {payload.step}")
             self.tracker.restore(payload.stats, payload.candidates, read_records)
-        except (PayloadError, ValueError, binascii.Error) as err:
+        except (ValueError, binascii.Error) as err:  # MessageError included
             self.tracker.reset()
             return f"{err}; the current hard-example interval starts empty"
         return None

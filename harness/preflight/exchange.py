@@ -4,10 +4,10 @@ not decode is kept as the reason why, for its host's cells, and never stops the 
 
 from __future__ import annotations
 
-from harness.hard_examples.codec import PayloadError
 from harness.preflight.results import HostReport
 from harness.preflight.wire import MAX_REPORT_BYTES, decode_report, encode_report
 from harness.runtime.collectives import allgather_bytes
+from harness.runtime.messages import MessageError
 
 
 def exchange(report: HostReport) -> dict[int, HostReport | str]:
@@ -21,7 +21,7 @@ def exchange(report: HostReport) -> dict[int, HostReport | str]:
             continue
         try:
             decoded = decode_report(blob, source=source)
-        except PayloadError as err:
+        except MessageError as err:
             received[host] = str(err)
             continue
         received[host] = decoded if decoded.host == host else f"{source}: claims to be host {decoded.host}"

@@ -29,9 +29,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from harness.hard_examples.codec import PayloadError
 from harness.preflight.wire import (MAX_MESSAGE_BYTES, MAX_TEXT_CHARS, Hello, Reply, decode_hello, decode_reply,
                                    encode_hello, encode_reply)
+from harness.runtime.messages import MessageError
 
 CONNECT_ATTEMPT_S = 2.0  # one TCP connect attempt
 RETRY_S = 0.2  # between attempts
@@ -126,7 +126,7 @@ def call_roll(address: str, hello: Hello, timeout_s: float, *, reply_margin_s: f
                     return Probe(True, attempts, connect_s, time.monotonic() - started, reply)
                 except (Hangup, ConnectionResetError, BrokenPipeError):
                     error = "the coordinator closed the connection without answering"
-                except (OSError, PayloadError) as err:
+                except (OSError, MessageError) as err:
                     return Probe(True, attempts, connect_s, time.monotonic() - started, None,
                                  f"reached {address}, but got no answer to the roll call: {type(err).__name__}: {err}")
         if time.monotonic() + RETRY_S >= deadline:
@@ -225,7 +225,7 @@ class RollCallServer:
     def _verdict(self) -> Reply:
         missing = self.roll.missing
         if not missing and not self.roll.problems:
-            return Reply("go", self._pod_run_id)
+            return Reply("go", self._pod_run_id, (), "")
         never = []
         if missing:
             strays = [f"host {h} was claimed by {self._claimed_by_strays[h]}" for h in missing
@@ -277,7 +277,7 @@ class RollCallServer:
             return
         try:
             hello = decode_hello(pending.data[_HEADER.size:], source=f"a connection from {pending.peer}")
-        except PayloadError as err:  # maybe a host of another harness version: it is told why
+        except MessageError as err:  # maybe a host of another harness version: it is told why
             self._drop(conn, f"{err}: not a roll call hello; dropped", tell=f"not a roll call hello: {err}")
             return
         if hello.run_id != self._run_id:
