@@ -218,7 +218,8 @@ def test_a_host_slowed_from_outside_is_named(tmp_path: Path) -> None:
     jsonschema.validate(report, PREFLIGHT_SCHEMA)
     assert [(f["check"], f["host"]) for f in report["failures"]] == [("host speed", 2)], report["failures"]
     assert report["failures"][0]["detail"].startswith("host 2 is "), report["failures"][0]
-    assert "x slower than the median on host-local work (host work " in report["failures"][0]["detail"]
+    assert "x slower than the median on host-local work (" in report["failures"][0]["detail"]
+    assert "response to work due every 10 ms " in report["failures"][0]["detail"]
     assert "harness-preflight: FAIL: host 2: host speed: " in output
 
 
