@@ -12,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,8 @@ SECONDS = r"\(\d+\.\d s\)"
     (["--config", "v4-8", "--model", "my_pkg.nowhere:make_model"],
      "--model my_pkg.nowhere:make_model: cannot import my_pkg.nowhere (ModuleNotFoundError"),
     (["--config", "v4-8", "--max_compiles", "-1"], "--max_compiles must be >= 0"),
+    (["--config", "v4-8", "--compile_workers", "-1"], "--compile_workers must be >= 0"),
+    (["--config", "v4-8", "--compile_timeout", "0"], "--compile_timeout must be positive, got 0"),
     (["--config", "v4-8", "--no_such_flag"], "unrecognized arguments: --no_such_flag"),
     (["--config", "nope"], "unknown preset 'nope'"),
 ])
@@ -59,13 +62,26 @@ def test_missing_libtpu_is_one_line_and_exit_2(capsys, monkeypatch):
                    "(pip install -e '.[tpu]', or `make fit`, which installs it)\n")
 
 
-def _fit(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.fit", *args], cwd=REPO_ROOT, env=harness_env(),
-                          capture_output=True, text=True, timeout=300)
+def _fit(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
+    """harness-fit with its compile cache in `cache` (never the user's ~/.cache)."""
+    return subprocess.run([sys.executable, "-m", "harness.fit", *args], cwd=REPO_ROOT,
+                          env=harness_env(XDG_CACHE_HOME=str(cache)), capture_output=True, text=True, timeout=300)
+
+
+def _compile_lines(stderr: str) -> tuple[dict[int, str], dict[int, str]]:
+    """Progress lines by compile number: as each started, and as it ended."""
+    starts, ends = {}, {}
+    for line in stderr.splitlines():
+        if match := re.fullmatch(r"harness-fit: compile (\d+)(?:/\d+| \(of at most \d+\)): (.*)", line):
+            starts[int(match.group(1))] = match.group(2)
+        elif match := re.fullmatch(r"harness-fit: compile (\d+): (.*)", line):
+            ends[int(match.group(1))] = match.group(2)
+    return starts, ends
 
 
 def test_a_fit_exits_0_with_a_table_fit_json_and_a_chart(tmp_path):
-    result = _fit("--config", "v5litepod-16", *SMALL, "--no_search", "--run_dir", str(tmp_path))
+    result = _fit("--config", "v5litepod-16", *SMALL, "--no_search", "--run_dir", str(tmp_path / "run"),
+                  cache=tmp_path / "cache")
 
     assert result.returncode == 0, failure_report(result)
     assert "Traceback" not in result.stderr
@@ -78,34 +94,49 @@ def test_a_fit_exits_0_with_a_table_fit_json_and_a_chart(tmp_path):
     for line in ("Verdict: FITS", "peak (compiler)", "of 15.75 GiB HBM", "Collectives (compiled HLO)",
                  "limited by", "on v5litepod-16 (v5e:4x4, default; 16 chips, 4 host(s))"):
         assert line in result.stdout, line
-    saved = json.loads((tmp_path / "fit.json").read_text())
+    saved = json.loads((tmp_path / "run" / "fit.json").read_text())
     assert saved["verdict"] == "FITS" and saved["target"]["devices"] == 16
     assert saved["mesh"] == {"data": 4, "fsdp": 4} and saved["collectives"]["all-gather"]["ops"] > 0
     assert saved["flops"]["source"] == "analytic" and saved["program_fingerprint"]
-    assert (tmp_path / "fit_memory.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "run" / "fit_memory.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_out_of_memory_exits_1_with_the_compilers_numbers_and_no_traceback(tmp_path):
-    """8b on v4-8 does not fit at any batch: the search halves down to one sample per
-    chip, each refusal in seconds."""
-    result = _fit("--config", "v4-8", *SMALL, "--model_size", "8b", "--batch_size", "16", "--run_dir", str(tmp_path))
+def test_out_of_memory_exits_1_with_the_compilers_numbers_and_asked_again_compiles_nothing(tmp_path):
+    """8b on v4-8 does not fit at any batch: the search (beside the requested batch, in
+    its own worker) goes far up, then down to one sample per chip, each refusal in
+    seconds. Asked again, the disk cache answers every compile."""
+    argv = ["--config", "v4-8", *SMALL, "--model_size", "8b", "--batch_size", "16", "--compile_workers", "2"]
+    result = _fit(*argv, "--run_dir", str(tmp_path / "run"), cache=tmp_path / "cache")
 
     assert result.returncode == 1, failure_report(result)
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    progress = [line for line in result.stderr.splitlines() if line.startswith("harness-fit: compile ")]
+    starts, ends = _compile_lines(result.stderr)
     settings = "transformer 8b, float32 params, float32 compute, remat none, mesh data=1 fsdp=4"
-    expected = []
-    for number, batch in enumerate([16, 8, 4], start=1):
-        expected += [re.escape(f"harness-fit: compile {number} (of at most 9): batch {batch} ({batch // 4} per "
-                               f"device) on v4-8: {settings}"),
-                     rf"harness-fit: compile {number}: batch {batch} on v4-8 out of memory: needs \d+\.\d\d GiB of "
-                     rf"30\.75 GiB HBM {SECONDS}"]
-    assert len(progress) == len(expected) and all(map(re.fullmatch, expected, progress)), progress
+    batches = {1: 16, 2: 256, 3: 20, 4: 4}   # requested; 16x it; the line from 0 through 256; the minimum
+    assert starts == {n: f"batch {b} ({b // 4} per device) on v4-8: {settings}" for n, b in batches.items()}
+    assert set(ends) == set(batches)
+    for number, batch in batches.items():
+        assert re.fullmatch(rf"batch {batch} on v4-8 out of memory: needs \d+\.\d\d GiB of 30\.75 GiB HBM {SECONDS}",
+                            ends[number]), ends
     assert "Verdict: DOES NOT FIT" in result.stdout
     assert "compiler: RESOURCE_EXHAUSTED: Ran out of memory on HBM" in result.stdout
     assert "exceeds available HBM (30.75G)" in result.stdout
     assert "Largest global batch: none fits (batch 4 does not compile into HBM)" in result.stdout
-    saved = json.loads((tmp_path / "fit.json").read_text())
+    assert "4 compile(s) (0 fit) in 2 process(es)" in result.stdout
+    saved = json.loads((tmp_path / "run" / "fit.json").read_text())
     assert saved["verdict"] == "DOES NOT FIT" and saved["headroom_percent"] < 0
     assert saved["out_of_memory"]["available_bytes"] == saved["memory_per_device_bytes"]["hbm"]
-    assert [p["batch_size"] for p in saved["largest_batch"]["probes"]] == [16, 8, 4]
+    assert [p["batch_size"] for p in saved["largest_batch"]["probes"]] == [16, 256, 20, 4]
+    assert saved["compiles"]["compiled"] == 4 and saved["compiles"]["from_cache"] == 0
+
+    again = _fit(*argv, "--run_dir", str(tmp_path / "again"), cache=tmp_path / "cache")
+
+    assert again.returncode == 1, failure_report(again)
+    starts, ends = _compile_lines(again.stderr)
+    assert set(starts) == set(ends) == set(batches)
+    assert all(end.endswith("(from the cache)") for end in ends.values()), ends
+    repeated = json.loads((tmp_path / "again" / "fit.json").read_text())
+    assert repeated["compiles"]["compiled"] == 0 and repeated["compiles"]["from_cache"] == 4
+    for key in ("verdict", "memory_per_device_bytes", "out_of_memory"):
+        assert repeated[key] == saved[key], key
+    assert repeated["largest_batch"]["probes"] == [dict(p, cached=True) for p in saved["largest_batch"]["probes"]]

@@ -13,6 +13,7 @@ stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -30,32 +31,61 @@ def build_parser() -> argparse.ArgumentParser:
     parser.prog, parser.description = PROG, __doc__.splitlines()[0]
     parser.add_argument("--no_search", dest="search", action="store_false", default=True,
                         help="skip the largest-batch search (one compile instead of several)")
-    parser.add_argument("--max_compiles", type=int, default=8, metavar="INT",
-                        help="compiles the largest-batch search may spend (default 8)")
+    parser.add_argument("--max_compiles", type=int, default=16, metavar="INT",
+                        help="compiles the largest-batch search may spend (default 16; most are refusals, "
+                             "seconds each)")
+    parser.add_argument("--compile_workers", type=int, default=0, metavar="INT",
+                        help="processes compiling side by side (default 0: this process's cores, at most 4; "
+                             "1 compiles in this process)")
+    parser.add_argument("--fit_cache_dir", default=None, metavar="DIR",
+                        help="where compile outcomes are kept, so the same question compiles nothing "
+                             "(default $XDG_CACHE_HOME/podharness/fit, ~/.cache/podharness/fit; '' for none)")
+    parser.add_argument("--compile_timeout", type=float, default=3600.0, metavar="S",
+                        help="seconds one compile may take before harness-fit gives up (default 3600)")
     return parser
 
 
-def parse(argv: Sequence[str]) -> tuple[TrainConfig, bool, int]:
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """harness-fit's own flags (the rest are training's config)."""
+
+    search: bool
+    max_compiles: int
+    compile_workers: int        # 0: auto (harness/fit/pool.py:default_workers)
+    fit_cache_dir: str | None   # None: harness/fit/cache.py:default_cache_dir
+    compile_timeout: float
+
+
+def parse(argv: Sequence[str]) -> tuple[TrainConfig, FitOptions]:
     args = vars(build_parser().parse_args(argv))
-    search, max_compiles = args.pop("search"), args.pop("max_compiles")
+    options = FitOptions(**{field.name: args.pop(field.name) for field in dataclasses.fields(FitOptions)})
     config = config_from_args(args)
-    if max_compiles < 0:
-        raise UsageError(f"--max_compiles must be >= 0, got {max_compiles}")
-    return config, search, max_compiles
+    if options.max_compiles < 0:
+        raise UsageError(f"--max_compiles must be >= 0, got {options.max_compiles}")
+    if options.compile_workers < 0:
+        raise UsageError(f"--compile_workers must be >= 0, got {options.compile_workers}")
+    if options.compile_timeout <= 0:
+        raise UsageError(f"--compile_timeout must be positive, got {options.compile_timeout:g}")
+    return config, options
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        config, search, max_compiles = parse(argv)
+        config, options = parse(argv)
         import jax
 
         jax.config.update("jax_platforms", "cpu")  # compile-only TPU devices; never claim an accelerator
+        from harness.fit.cache import default_cache_dir
+        from harness.fit.pool import default_workers
         from harness.fit.progress import CompileProgress
         from harness.fit.runner import run_fit
 
         with CompileProgress(sys.stderr) as progress:
-            report = run_fit(config, search=search, max_compiles=max_compiles, progress=progress)
+            report = run_fit(config, search=options.search, max_compiles=options.max_compiles, progress=progress,
+                             workers=options.compile_workers or default_workers(),
+                             cache_dir=default_cache_dir() if options.fit_cache_dir is None else options.fit_cache_dir,
+                             compile_timeout_s=options.compile_timeout)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -21,6 +21,7 @@ import jax
 from jax.sharding import Mesh
 
 from harness.config import TrainConfig
+from harness.fit.census import KindCount, collective_census
 from harness.fit.libtpu import parse_bytes
 from harness.mock.data import Batch, MockDataset
 from harness.runtime.mesh import batch_sharding
@@ -109,11 +110,27 @@ class CompileOutcome:
     cost: dict[str, float] | None = None        # cost_analysis(), per device
     oom: OutOfMemory | None = None
     fingerprint: str | None = None              # program_fingerprint of the compiled HLO
-    hlo_text: str | None = dataclasses.field(default=None, repr=False)
+    census: dict[str, KindCount] | None = None  # collectives of the compiled HLO, when asked for
+    cached: bool = False                        # answered from harness/fit/cache.py, no compile
 
     @property
     def fits(self) -> bool:
         return self.oom is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (the disk cache and the compile workers' replies)."""
+        out = dataclasses.asdict(self)
+        out["census"] = None if self.census is None else {k: dataclasses.asdict(v) for k, v in self.census.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CompileOutcome":
+        census = data.get("census")
+        return cls(batch_size=int(data["batch_size"]), seconds=float(data["seconds"]), memory=data.get("memory"),
+                   cost=data.get("cost"), oom=OutOfMemory(**data["oom"]) if data.get("oom") else None,
+                   fingerprint=data.get("fingerprint"),
+                   census=None if census is None else {k: KindCount(**v) for k, v in census.items()},
+                   cached=bool(data.get("cached", False)))
 
 
 def _out_of_memory(err: Exception) -> OutOfMemory | None:
@@ -143,19 +160,24 @@ def _cost(compiled: jax.stages.Compiled) -> dict[str, float]:
     return {key: float(analysis[key]) for key in ("flops", "bytes accessed") if key in (analysis or {})}
 
 
-def compile_train_step(config: TrainConfig, mesh: Mesh, *, keep_hlo: bool = False) -> CompileOutcome:
-    """Lower and compile the training step; an out-of-HBM refusal is returned, not
-    raised. Any other compiler error propagates."""
+def compile_lowered(lowered: jax.stages.Lowered, batch_size: int, *, census: bool = False) -> CompileOutcome:
+    """Compile a lowered step; an out-of-HBM refusal is returned, not raised. Any other
+    compiler error propagates. `census`: count the compiled program's collectives."""
     started = time.perf_counter()
-    lowered = lower_train_step(config, mesh)
     try:
         compiled = lowered.compile()
     except Exception as err:
         oom = _out_of_memory(err)
         if oom is None:
             raise
-        return CompileOutcome(config.data.batch_size, time.perf_counter() - started, oom=oom)
+        return CompileOutcome(batch_size, time.perf_counter() - started, oom=oom)
+    seconds = time.perf_counter() - started
     hlo_text = compiled.as_text()
-    return CompileOutcome(config.data.batch_size, time.perf_counter() - started, memory=_memory(compiled),
-                          cost=_cost(compiled), fingerprint=program_fingerprint(hlo_text),
-                          hlo_text=hlo_text if keep_hlo else None)
+    return CompileOutcome(batch_size, seconds, memory=_memory(compiled), cost=_cost(compiled),
+                          fingerprint=program_fingerprint(hlo_text),
+                          census=collective_census(hlo_text) if census else None)
+
+
+def compile_train_step(config: TrainConfig, mesh: Mesh, *, census: bool = False) -> CompileOutcome:
+    """Lower and compile the training step (no cache; harness/fit/cache.py has one)."""
+    return compile_lowered(lower_train_step(config, mesh), config.data.batch_size, census=census)

@@ -86,9 +86,18 @@ def _collectives(report: FitReport) -> list[str]:
     return lines
 
 
+def _compiles(report: FitReport) -> str:
+    count = report.compiles
+    if count is None:
+        return ""
+    cached = f", {count.from_cache} from the cache" if count.from_cache else ""
+    return (f"; {count.compiled} compile(s) ({count.compiled_fits} fit){cached} in "
+            f"{count.workers} process(es)")
+
+
 def render(report: FitReport, outputs: list[str]) -> str:
     lines = _header(report) + _memory(report) + _verdict(report) + _speed(report) + _collectives(report)
-    lines.append(f"Compile {report.compile_seconds:.1f} s; wall {report.wall_seconds:.1f} s; "
+    lines.append(f"Compile {report.compile_seconds:.1f} s; wall {report.wall_seconds:.1f} s{_compiles(report)}; "
                  f"wrote {', '.join(outputs)}")
     lines.append(RULE)
     return "\n".join(lines)

@@ -55,6 +55,7 @@ class CompileProgress:
         self._bar: tqdm | None = None
         self._target, self._settings, self._hbm, self._total = "", "", 0, 1
         self._count = 0
+        self._running: dict[int, str] = {}   # compile number -> its target, while it runs
         self._batch, self._started = 0, 0.0
         self._ticking = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -76,21 +77,30 @@ class CompileProgress:
             self._bar = tqdm(total=total, file=self._stream, unit="compile", dynamic_ncols=True, leave=False,
                              bar_format="{desc} {n_fmt}/{total_fmt} compiles [{elapsed}]")
 
-    def started(self, batch_size: int, devices: int) -> None:
+    def started(self, batch_size: int, devices: int, *, target: str | None = None) -> int:
+        """Says a compile began (on `target`, default the run's); returns its number,
+        which `finished` takes when compiles overlap (harness/fit/pool.py)."""
         self._count += 1
+        where = target or self._target
+        self._running[self._count] = where
         self._batch, self._started = batch_size, time.perf_counter()
         of = f"{self._count}/{self._total}" if self._total == 1 else f"{self._count} (of at most {self._total})"
-        self._say(f"compile {of}: batch {batch_size} ({batch_size // devices} per device) on {self._target}: "
+        self._say(f"compile {of}: batch {batch_size} ({batch_size // devices} per device) on {where}: "
                   f"{self._settings}")
-        if self._bar is not None:
+        if self._bar is not None and self._ticker is None:
             self._ticking.clear()
             self._ticker = threading.Thread(target=self._tick, name="fit progress", daemon=True)
             self._ticker.start()
+        return self._count
 
-    def finished(self, outcome: CompileOutcome) -> None:
-        self._stop_ticking()
-        self._say(f"compile {self._count}: batch {outcome.batch_size} on {self._target} "
-                  f"{outcome_text(outcome, self._hbm)} ({outcome.seconds:.1f} s)")
+    def finished(self, outcome: CompileOutcome, number: int | None = None) -> None:
+        number = self._count if number is None else number
+        where = self._running.pop(number, self._target)
+        if not self._running:
+            self._stop_ticking()
+        took = "from the cache" if outcome.cached else f"{outcome.seconds:.1f} s"
+        self._say(f"compile {number}: batch {outcome.batch_size} on {where} "
+                  f"{outcome_text(outcome, self._hbm)} ({took})")
         if self._bar is not None:
             self._bar.set_description_str(f"{PROG}: batch {outcome.batch_size} "
                                           f"{'fits' if outcome.fits else 'out of memory'}", refresh=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.fit.census import KindCount
-from harness.fit.compile import ArgumentBytes, OutOfMemory
+from harness.fit.compile import ArgumentBytes, CompileOutcome, OutOfMemory
 from harness.fit.roofline import StepTimeBound
 from harness.fit.search import SearchResult
 from harness.fit.topology import Target
@@ -42,6 +42,24 @@ class MemoryByKind:
 
 
 @dataclasses.dataclass(frozen=True)
+class CompileCount:
+    """What answering cost: compiles run (and how many fit: those are the slow ones),
+    outcomes the disk cache gave, and the worker processes' peak RSS."""
+
+    compiled: int
+    compiled_fits: int
+    from_cache: int
+    workers: int
+    worker_peak_rss_mb: dict[int, float]
+
+    @classmethod
+    def of(cls, outcomes: list[CompileOutcome], *, workers: int, worker_peak_rss_mb: dict[int, float]) -> "CompileCount":
+        run = [o for o in outcomes if not o.cached]
+        return cls(compiled=len(run), compiled_fits=sum(o.fits for o in run), from_cache=len(outcomes) - len(run),
+                   workers=workers, worker_peak_rss_mb=worker_peak_rss_mb)
+
+
+@dataclasses.dataclass(frozen=True)
 class FitReport:
     target: Target
     model: dict[str, Any]            # name, size, parameter count, dtypes, remat
@@ -56,6 +74,7 @@ class FitReport:
     bound: StepTimeBound | None
     compiler_cost: dict[str, float] | None
     search: SearchResult | None
+    compiles: CompileCount | None = None
     wall_seconds: float = 0.0
 
     @property
@@ -102,6 +121,7 @@ class FitReport:
             "compiler_bytes_accessed_per_device": (self.compiler_cost or {}).get("bytes accessed"),
             "program_fingerprint": self.program_fingerprint,
             "compile_seconds": self.compile_seconds,
+            "compiles": None if self.compiles is None else dataclasses.asdict(self.compiles),
             "wall_seconds": self.wall_seconds,
         }
 

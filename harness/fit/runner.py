@@ -1,5 +1,7 @@
 """One harness-fit run: resolve the target, build training's mesh on its compile-only
-devices, compile the training step, and (optionally) search for the largest batch.
+devices, compile the training step, and (optionally) search for the largest batch, the
+compiles spread over worker processes (harness/fit/pool.py) and answered from the disk
+cache where asked before (harness/fit/cache.py).
 
     report = run_fit(load_preset("v5litepod-16").replace(model="transformer", model_size="1b"))
 """
@@ -14,13 +16,13 @@ import jax
 
 from harness.config import TrainConfig
 from harness.errors import UsageError
-from harness.fit.census import collective_census
-from harness.fit.compile import CompileOutcome, argument_bytes, compile_train_step
+from harness.fit.compile import argument_bytes
 from harness.fit.libtpu import compiler_hbm_bytes, topology_devices
+from harness.fit.pool import CompilePool
 from harness.fit.progress import CompileProgress, describe_settings
-from harness.fit.report import FitReport, MemoryByKind
+from harness.fit.report import CompileCount, FitReport, MemoryByKind
 from harness.fit.roofline import step_time_bound
-from harness.fit.search import largest_batch
+from harness.fit.sweep import Unit, new_search, run_units
 from harness.fit.topology import Target, resolve
 from harness.models.interface import Model
 from harness.runtime.mesh import make_mesh
@@ -49,10 +51,12 @@ def describe_model(config: TrainConfig, model: Model, abstract_params: Any) -> d
     }
 
 
-def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 8,
-            progress: CompileProgress | None = None) -> FitReport:
+def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 16,
+            progress: CompileProgress | None = None, workers: int = 1, cache_dir: str = "",
+            compile_timeout_s: float = 3600.0) -> FitReport:
     """Compiles `config`'s training step for its TPU target, telling `progress` of each
-    compile. UsageError for bad input; running out of HBM is a report with `fits=False`."""
+    compile. UsageError for bad input; running out of HBM is a report with `fits=False`.
+    `workers` > 1 compiles in that many processes; `cache_dir` ("" = none) keeps outcomes."""
     started = time.perf_counter()
     target = resolve(config.tpu.topology, config.tpu.chip_config, config.mesh.num_slices)
     check_divisibility(config, target)
@@ -61,19 +65,18 @@ def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 8,
     mesh = make_mesh(config.mesh.fsdp_devices, devices)
     hbm = compiler_hbm_bytes(devices[0]) or target.chip.hbm_bytes
     state = abstract_state(config, mesh)
-
-    def compile_reported(run_config: TrainConfig, keep_hlo: bool = False) -> CompileOutcome:
-        if progress is not None:
-            progress.started(run_config.data.batch_size, target.num_devices)
-        compiled = compile_train_step(run_config, mesh, keep_hlo=keep_hlo)
-        if progress is not None:
-            progress.finished(compiled)
-        return compiled
+    arguments = argument_bytes(config, mesh)
 
     if progress is not None:
         progress.begin(target, describe_settings(config, dict(mesh.shape)), hbm, 1 + max_compiles if search else 1)
-    outcome = compile_reported(config, keep_hlo=True)
-    arguments = argument_bytes(config, mesh)
+    workers = workers if search else 1  # one compile: no process to start
+    with CompilePool(workers, cache_dir, timeout_s=compile_timeout_s, progress=progress) as pool:
+        base = arguments.params + arguments.optimizer + arguments.other
+        unit = Unit(config, new_search(config, step=target.num_devices, hbm_bytes=hbm, max_compiles=max_compiles,
+                                       base_bytes=base) if search else None)
+        run_units(pool, [unit])
+        peak_rss = dict(pool.peak_rss_mb)
+    outcome = unit.outcome
     memory = MemoryByKind(
         arguments=arguments, hbm=hbm,
         compiler_arguments=outcome.memory["argument_size"] if outcome.fits else None,
@@ -86,17 +89,12 @@ def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 8,
     bound = step_time_bound(analytic_flops=analytic,
                             compiler_flops_per_device=(outcome.cost or {}).get("flops"),
                             num_devices=target.num_devices, arguments=arguments, chip=target.chip)
-
-    def compile_at(batch_size: int) -> CompileOutcome:
-        return compile_reported(config.replace(batch_size=batch_size))
-
-    result = largest_batch(compile_at, outcome, step=target.num_devices, hbm_bytes=hbm,
-                           max_compiles=max_compiles) if search else None
     return FitReport(
         target=target, model=describe_model(config, model, state.params), mesh=dict(mesh.shape),
         batch_size=config.data.batch_size, fits=outcome.fits, memory=memory, oom=outcome.oom,
         compile_seconds=outcome.seconds, program_fingerprint=outcome.fingerprint,
-        census=collective_census(outcome.hlo_text) if outcome.hlo_text else None,
-        bound=bound, compiler_cost=outcome.cost, search=result,
+        census=outcome.census, bound=bound, compiler_cost=outcome.cost,
+        search=unit.search.result() if unit.search is not None else None,
+        compiles=CompileCount.of(unit.outcomes, workers=pool.workers, worker_peak_rss_mb=peak_rss),
         wall_seconds=time.perf_counter() - started,
     )

@@ -1,0 +1,54 @@
+"""Many compiles over one pool: each unit (one setting on one target) compiles its
+requested batch and, optionally, searches for its largest batch; units interleave, so a
+worker that would wait on one unit's search compiles another's.
+
+A search is a chain (each probe depends on the last), and its probes are mostly
+refusals that take seconds, so they go ahead of the requested batches, which take
+minutes when they fit: the chains finish while the long compiles run beside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from harness.config import TrainConfig
+from harness.fit.compile import CompileOutcome
+from harness.fit.pool import CompilePool
+from harness.fit.search import BatchSearch, probe_of
+
+
+@dataclasses.dataclass
+class Unit:
+    config: TrainConfig
+    search: BatchSearch | None = None
+    outcome: CompileOutcome | None = None      # the requested batch's
+    outcomes: list[CompileOutcome] = dataclasses.field(default_factory=list)  # every compile, in order
+
+
+def new_search(config: TrainConfig, *, step: int, hbm_bytes: int, max_compiles: int, base_bytes: int) -> BatchSearch:
+    return BatchSearch(step=step, hbm_bytes=hbm_bytes, max_compiles=max_compiles,
+                       requested=config.data.batch_size, base_bytes=base_bytes)
+
+
+def run_units(pool: CompilePool, units: list[Unit]) -> None:
+    """Fills each unit's `outcome`, `outcomes` and search; returns when all are done."""
+    jobs: dict[int, tuple[Unit, bool]] = {}
+
+    def feed(unit: Unit) -> None:
+        batch = unit.search.next_batch() if unit.search is not None else None
+        if batch is not None:
+            jobs[pool.submit(unit.config.replace(batch_size=batch), priority=0)] = (unit, False)
+
+    for unit in units:
+        jobs[pool.submit(unit.config, census=True, priority=1)] = (unit, True)
+        if pool.parallel:
+            feed(unit)
+    while jobs:
+        job, outcome = pool.next_finished()
+        unit, requested = jobs.pop(job)
+        unit.outcomes.append(outcome)
+        if requested:
+            unit.outcome = outcome
+        if unit.search is not None:
+            unit.search.record(probe_of(outcome))
+            feed(unit)
