@@ -242,16 +242,17 @@ def test_a_16_8_mb_value_gets_a_short_message():
 
 
 def test_running_out_of_memory_while_reading_is_a_message_error():
-    """A 96 MB image in a process whose address space is capped (as a container's
-    memory limit would) at 48 MB more than it holds once it has read the bytes."""
+    """A 63 MB image (under the 64 MB limit) in a process whose address space is capped
+    (as a container's memory limit would) at 32 MB more than it holds once it has read
+    the bytes."""
     script = (
         "import os, resource, sys\n"
         "from harness.hard_examples.codec import ExamplePayload, decode_payload\n"
         "data = sys.stdin.buffer.read()\n"
         "held = int(open('/proc/self/statm').read().split()[0]) * os.sysconf('SC_PAGE_SIZE')\n"
-        "resource.setrlimit(resource.RLIMIT_AS, (held + (48 << 20), resource.RLIM_INFINITY))\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (held + (32 << 20), resource.RLIM_INFINITY))\n"
         "decode_payload(data, ExamplePayload, source='payload from host 1', max_bytes=1 << 30)\n")
-    image = {"bytes": bytes(96 << 20), "shape": [96, 1 << 20, 1], "dtype": "uint8"}
+    image = {"bytes": bytes(4096 * 5120 * 3), "shape": [4096, 5120, 3], "dtype": "uint8"}
     example = {**body_of(small_examples())["examples"][0], "image": image}
     data = framed(small_examples(), {**body_of(small_examples()), "examples": [example]})
     result = subprocess.run([sys.executable, "-c", script], input=data, cwd=REPO_ROOT, capture_output=True,

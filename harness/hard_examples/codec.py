@@ -29,7 +29,7 @@ import numpy as np
 
 from harness.hard_examples.entry import Candidate, HardExample, IntervalStats
 from harness.runtime import messages
-from harness.runtime.messages import Finite, Message, MessageError, Natural, Record, array, natural, text
+from harness.runtime.messages import Finite, Message, MessageError, Natural, Record, array, binary, natural, text
 
 DEFAULT_MAX_BYTES = 64 << 20
 DEFAULT_MAX_ENTRIES = 1024
@@ -96,7 +96,7 @@ class CandidateMessage(Message):
 
 
 class Image(Record):
-    bytes: bytes
+    bytes: binary(DEFAULT_MAX_BYTES)
     shape: tuple[Side, Side, Literal[3]]
     dtype: Literal["uint8"]
 

@@ -2,6 +2,8 @@
 
 Stable for tools: `schema` names the version; a change that breaks readers bumps it.
 tests/test_preflight.py validates real reports against it with the jsonschema package.
+It describes a document this harness writes for others to read; what hosts send each
+other is checked by wire.py's schemas (harness/runtime/messages.py).
 """
 
 from __future__ import annotations

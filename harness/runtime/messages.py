@@ -3,7 +3,8 @@ and one way to read them. Never pickle.
 
 A message is a frozen msgspec Struct. Its annotations are the schema and the limits,
 built from the types here: `Natural` (an int in [0, 2**63)), `Finite` (a float that is
-neither inf nor NaN), `text(n)`, `array(item, n)`, `mapping(value, n, key_chars)`;
+neither inf nor NaN), `natural(limit)`, `text(n)`, `binary(n)`, `array(item, n)`,
+`mapping(value, n, key_chars)`;
 every string, bin, array and map has a maximum length, and no field is `Any`
 (tests/test_messages.py walks every schema to hold both). What must hang together
 across fields goes in the Struct's `__post_init__`, which raises ValueError with the
@@ -61,6 +62,11 @@ def natural(limit: int, *, least: int = 0) -> Any:
 def text(limit: int) -> Any:
     """A string of at most `limit` characters."""
     return Annotated[str, msgspec.Meta(max_length=limit)]
+
+
+def binary(limit: int) -> Any:
+    """A bin of at most `limit` bytes."""
+    return Annotated[bytes, msgspec.Meta(max_length=limit)]
 
 
 def array(item: Any, limit: int) -> Any:
