@@ -125,6 +125,24 @@ def test_a_read_that_fails_past_the_retries_stops_the_resume_and_changes_nothing
     assert gcs_emulator.object_names(PREFIX + "/") == bucket_run["objects"]  # no marker, rename, copy or delete
 
 
+def test_a_listing_refused_at_start_up_stops_the_run_and_changes_nothing(bucket_run, gcs_emulator, cache):
+    """Before anything else, every host lists the checkpoint directory (is there a run
+    to refuse or resume?): a refused listing is no usage error (exit 2) either."""
+    directory = bucket_run["directory"]
+    with FaultProxy(gcs_emulator.url, timeout_s=30) as proxy:
+        rule = proxy.add_rule(Fault.FORBIDDEN, method="GET", path=f"prefix={PREFIX}/&", count=None)
+        result = run_harness(_args(directory, bucket_run["root"] / "run", cache, "--resume", "--num_train_steps", "18"),
+                             timeout=RUN_TIMEOUT_S, env=harness_env(HARNESS_GCS_EMULATOR=proxy.url))
+
+    assert result.returncode == 42, failure_report(result)
+    assert rule.injected > 0
+    lines = _error_lines(result.stderr)
+    assert len(lines) == 1, failure_report(result)
+    assert re.fullmatch(re.escape(f"harness-train: error: cannot list the checkpoints in {directory} (") + GCSFS_403
+                        + re.escape(")" + NOTHING_CHANGED), lines[0]), lines[0]
+    assert gcs_emulator.object_names(PREFIX + "/") == bucket_run["objects"]
+
+
 def test_a_pod_whose_host_1_cannot_read_stops_on_every_host_with_the_same_line(bucket_run, gcs_emulator, cache):
     """A 2x4 pod resumes the one-process checkpoint (resharded); only host 1's tensorstore
     goes through the proxy, which fails its array reads. Host 0 reads everything: every

@@ -80,9 +80,6 @@ class CheckpointStore:
         self._closed = False
         self._failed_saves = FailedSaveListener(directory).attach()
 
-    def steps(self) -> list[int]:
-        return sorted(self._manager.all_steps())
-
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Starts a save (async by default: returns once the arrays are copied off the
         devices; the next save waits for this one). The metadata gets each array's
