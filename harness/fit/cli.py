@@ -21,6 +21,8 @@ from typing import Sequence
 from harness.config import TrainConfig
 from harness.config.flags import config_from_args
 from harness.errors import UsageError
+from harness.fit.economics import DEFAULT_MFU, DEFAULT_MTBF_HOURS, Assumptions
+from harness.fit.plan import StorageThroughput, throughput_from_preflight
 from harness.train.cli import build_parser as build_train_parser
 
 PROG = "harness-fit"
@@ -42,6 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default $XDG_CACHE_HOME/podharness/fit, ~/.cache/podharness/fit; '' for none)")
     parser.add_argument("--compile_timeout", type=float, default=3600.0, metavar="S",
                         help="seconds one compile may take before harness-fit gives up (default 3600)")
+    parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, metavar="F",
+                        help=f"model FLOPs utilization that turns the step-time bound into an estimate "
+                             f"(default {DEFAULT_MFU}: harness/fit/economics.py says why)")
+    parser.add_argument("--price_per_chip_hour", type=float, default=None, metavar="USD",
+                        help="price per chip-hour instead of the dated list-price table (harness/fit/economics.py)")
+    parser.add_argument("--mtbf_hours", type=float, default=DEFAULT_MTBF_HOURS, metavar="H",
+                        help=f"the slice's mean time between failures, for the checkpoint interval "
+                             f"(default {DEFAULT_MTBF_HOURS:g}, a placeholder for your own record)")
+    parser.add_argument("--storage_mbps", type=float, default=None, metavar="MB/S",
+                        help="checkpoint write throughput per host (1 MB = 10^6 B), for the save time")
+    parser.add_argument("--preflight_json", default=None, metavar="PATH",
+                        help="take the write throughput from harness-preflight's report instead (its slowest host)")
     return parser
 
 
@@ -54,11 +68,27 @@ class FitOptions:
     compile_workers: int        # 0: auto (harness/fit/pool.py:default_workers)
     fit_cache_dir: str | None   # None: harness/fit/cache.py:default_cache_dir
     compile_timeout: float
+    assumptions: Assumptions
+
+
+def _assumptions(mfu: float, price: float | None, mtbf_hours: float, storage_mbps: float | None,
+                 preflight_json: str | None) -> Assumptions:
+    if storage_mbps is not None and preflight_json is not None:
+        raise UsageError("give the write throughput once: --storage_mbps or --preflight_json, not both")
+    if storage_mbps is not None and storage_mbps <= 0:
+        raise UsageError(f"--storage_mbps must be positive, got {storage_mbps:g}")
+    throughput = (StorageThroughput(storage_mbps, "--storage_mbps") if storage_mbps is not None
+                  else throughput_from_preflight(preflight_json) if preflight_json is not None else None)
+    return Assumptions(mfu=mfu, price_per_chip_hour=price, mtbf_hours=mtbf_hours, throughput=throughput)
 
 
 def parse(argv: Sequence[str]) -> tuple[TrainConfig, FitOptions]:
     args = vars(build_parser().parse_args(argv))
-    options = FitOptions(**{field.name: args.pop(field.name) for field in dataclasses.fields(FitOptions)})
+    assumptions = _assumptions(args.pop("mfu"), args.pop("price_per_chip_hour"), args.pop("mtbf_hours"),
+                               args.pop("storage_mbps"), args.pop("preflight_json"))
+    options = FitOptions(assumptions=assumptions, **{field.name: args.pop(field.name)
+                                                     for field in dataclasses.fields(FitOptions)
+                                                     if field.name != "assumptions"})
     config = config_from_args(args)
     if options.max_compiles < 0:
         raise UsageError(f"--max_compiles must be >= 0, got {options.max_compiles}")
@@ -85,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = run_fit(config, search=options.search, max_compiles=options.max_compiles, progress=progress,
                              workers=options.compile_workers or default_workers(),
                              cache_dir=default_cache_dir() if options.fit_cache_dir is None else options.fit_cache_dir,
-                             compile_timeout_s=options.compile_timeout)
+                             compile_timeout_s=options.compile_timeout, assumptions=options.assumptions)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -73,6 +73,36 @@ def _speed(report: FitReport) -> list[str]:
     return lines
 
 
+def _cost(report: FitReport) -> list[str]:
+    cost = report.cost
+    if cost is None:
+        return []
+    return [f"  estimate at MFU {cost.mfu:.2f}: {format_duration(cost.estimate_s)} per step; "
+            f"${cost.usd_per_1000_steps:,.2f} per 1,000 steps ({cost.chips} chips x "
+            f"${cost.price.usd_per_chip_hour:.2f}/chip-hour, {cost.price.region})"]
+
+
+def _plan(report: FitReport) -> list[str]:
+    plan = report.plan
+    if plan is None:
+        return []
+    hosts = len(plan.bytes.per_host)
+    lines = ["Checkpoint plan",
+             f"  per save: {format_bytes(plan.bytes.total)} (params, optimizer state, step); "
+             f"{format_bytes(plan.bytes.largest_host)} from the busiest of {hosts} host(s)"]
+    if plan.save_s is None:
+        return lines + ["  save time: no write throughput (pass --storage_mbps, or --preflight_json from "
+                        "harness-preflight)"]
+    steps = "" if plan.interval_steps is None else f" (~{plan.interval_steps:,} steps)"
+    return lines + [
+        f"  save time {format_duration(plan.save_s)} at {plan.throughput.write_mb_per_s:,.0f} MB/s per host "
+        f"({plan.throughput.source})",
+        f"  save every {format_duration(plan.interval_s)}{steps} for an MTBF of {format_duration(plan.mtbf_s)} "
+        f"(Young): {100 * plan.lost_to_saves:.2f}% of the time lost to saves, {100 * plan.lost_to_rework:.2f}% "
+        f"to rework",
+    ]
+
+
 def _collectives(report: FitReport) -> list[str]:
     if report.census is None:
         return []
@@ -96,7 +126,8 @@ def _compiles(report: FitReport) -> str:
 
 
 def render(report: FitReport, outputs: list[str]) -> str:
-    lines = _header(report) + _memory(report) + _verdict(report) + _speed(report) + _collectives(report)
+    lines = (_header(report) + _memory(report) + _verdict(report) + _speed(report) + _cost(report) + _plan(report)
+             + _collectives(report))
     lines.append(f"Compile {report.compile_seconds:.1f} s; wall {report.wall_seconds:.1f} s{_compiles(report)}; "
                  f"wrote {', '.join(outputs)}")
     lines.append(RULE)

@@ -10,6 +10,8 @@ from typing import Any
 
 from harness.fit.census import KindCount
 from harness.fit.compile import ArgumentBytes, CompileOutcome, OutOfMemory
+from harness.fit.economics import StepCost
+from harness.fit.plan import SavePlan
 from harness.fit.roofline import StepTimeBound
 from harness.fit.search import SearchResult
 from harness.fit.topology import Target
@@ -74,6 +76,8 @@ class FitReport:
     bound: StepTimeBound | None
     compiler_cost: dict[str, float] | None
     search: SearchResult | None
+    cost: StepCost | None = None         # the estimate and the bill, at the assumed MFU and price
+    plan: SavePlan | None = None         # the checkpoint plan
     compiles: CompileCount | None = None
     wall_seconds: float = 0.0
 
@@ -117,6 +121,8 @@ class FitReport:
                 "peak_bf16_flops": self.target.chip.peak_bf16_flops,
                 "hbm_bytes_per_s": self.target.chip.hbm_bytes_per_s, "source": self.target.chip.source,
             },
+            "step_cost": None if self.cost is None else self.cost.to_dict(),
+            "checkpoint_plan": None if self.plan is None else self.plan.to_dict(),
             "collectives": None if self.census is None else {k: dataclasses.asdict(v) for k, v in self.census.items()},
             "compiler_bytes_accessed_per_device": (self.compiler_cost or {}).get("bytes accessed"),
             "program_fingerprint": self.program_fingerprint,

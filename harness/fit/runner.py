@@ -17,7 +17,9 @@ import jax
 from harness.config import TrainConfig
 from harness.errors import UsageError
 from harness.fit.compile import argument_bytes
+from harness.fit.economics import Assumptions, step_cost
 from harness.fit.libtpu import compiler_hbm_bytes, topology_devices
+from harness.fit.plan import SavePlan, checkpoint_bytes
 from harness.fit.pool import CompilePool
 from harness.fit.progress import CompileProgress, describe_settings
 from harness.fit.report import CompileCount, FitReport, MemoryByKind
@@ -53,7 +55,7 @@ def describe_model(config: TrainConfig, model: Model, abstract_params: Any) -> d
 
 def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 16,
             progress: CompileProgress | None = None, workers: int = 1, cache_dir: str = "",
-            compile_timeout_s: float = 3600.0) -> FitReport:
+            compile_timeout_s: float = 3600.0, assumptions: Assumptions = Assumptions()) -> FitReport:
     """Compiles `config`'s training step for its TPU target, telling `progress` of each
     compile. UsageError for bad input; running out of HBM is a report with `fits=False`.
     `workers` > 1 compiles in that many processes; `cache_dir` ("" = none) keeps outcomes."""
@@ -89,12 +91,16 @@ def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 16,
     bound = step_time_bound(analytic_flops=analytic,
                             compiler_flops_per_device=(outcome.cost or {}).get("flops"),
                             num_devices=target.num_devices, arguments=arguments, chip=target.chip)
+    cost = step_cost(bound, target, assumptions)
+    plan = SavePlan(checkpoint_bytes(state), assumptions.throughput, assumptions.mtbf_hours * 3600,
+                    step_s=cost.estimate_s)
     return FitReport(
         target=target, model=describe_model(config, model, state.params), mesh=dict(mesh.shape),
         batch_size=config.data.batch_size, fits=outcome.fits, memory=memory, oom=outcome.oom,
         compile_seconds=outcome.seconds, program_fingerprint=outcome.fingerprint,
         census=outcome.census, bound=bound, compiler_cost=outcome.cost,
         search=unit.search.result() if unit.search is not None else None,
+        cost=cost, plan=plan,
         compiles=CompileCount.of(unit.outcomes, workers=pool.workers, worker_peak_rss_mb=peak_rss),
         wall_seconds=time.perf_counter() - started,
     )
