@@ -3,7 +3,7 @@
 #   make test    the test suite (what CI runs)
 #   make pod     2 simulated hosts x 4 fake devices on 127.0.0.1
 #   make preflight  is that 2x4 pod ready? every check on every host, one table, preflight.json
-#   make bench   benchmarks (ratios measured side by side)
+#   make bench   every bench/ script at full size, ratios measured side by side (tiny sizes: python -m bench.run_all --tiny)
 #   make soak    long kill/resume soak tests
 #   make fit     will a 1B transformer fit on a TPU v5e-16? (compiles for TPU on this CPU; no TPU needed)
 
