@@ -6,17 +6,23 @@ that grows, the frame, and the roll call's messages against hostile bytes.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgpack
 import msgspec
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
-from harness.preflight.wire import MAX_KEY_CHARS, Hello, Reply, decode_hello, decode_reply, encode_hello, encode_reply
+from harness.hard_examples.codec import decode_payload, encode_payload
+from harness.preflight.wire import (MAX_KEY_CHARS, Hello, Reply, decode_hello, decode_reply, decode_report,
+                                    encode_hello, encode_reply, encode_report)
 from harness.runtime import messages
 from harness.runtime.messages import MAX_MESSAGE_CHARS, VERSION, Message, MessageError, Record
 from tests.support.hostile import TAMPERS, Tamper, hostile
@@ -137,3 +143,29 @@ def test_a_tampered_hello_or_reply_is_what_it_says_or_a_short_message_error(tamp
             assert str(err).startswith("a connection from 10.0.0.9:4242: ") and len(str(err)) <= MAX_MESSAGE_CHARS
             continue
         assert decode(encode(message), source="again") == message
+
+
+@functools.cache
+def every_honest_message() -> list[tuple[bytes, Callable[[bytes], object], Callable[[object], bytes]]]:
+    """One real message of every kind, with its decoder and encoder."""
+    from tests.test_codec import BASE_PAYLOADS
+    from tests.test_preflight_units import _REPORT
+
+    found = [(encode_payload(p), partial(decode_payload, kind=type(p)), encode_payload) for p in BASE_PAYLOADS]
+    found.append((_REPORT, decode_report, encode_report))
+    found.extend(zip(HONEST, (decode_hello, decode_reply), (encode_hello, encode_reply)))
+    return found
+
+
+@pytest.mark.soak
+@hostile(20_000)
+@given(tamper=TAMPERS, which=st.integers(0, 2**16))
+def test_soak_any_tampered_message_is_what_it_says_or_a_short_message_error(tamper: Tamper, which: int):
+    """20,000 more tampers over every kind of message (287 s here, 59 s of CPU: `pytest -m soak`)."""
+    honest, decode, encode = every_honest_message()[which % len(every_honest_message())]
+    try:
+        message = decode(tamper(honest), source="from host 5")
+    except MessageError as err:
+        assert str(err).startswith("from host 5: ") and len(str(err)) <= MAX_MESSAGE_CHARS
+        return
+    assert decode(encode(message), source="again") == message
