@@ -17,7 +17,7 @@ import pytest
 from harness.runtime import distributed
 from harness.runtime.checkpoint import existing_steps
 from harness.config import available_presets
-from tests.support.runs import compile_cache_flags, harness_env, run_harness, tree_snapshot
+from tests.support.runs import harness_env, run_harness, tree_snapshot
 
 TIMEOUT_S = 120
 PREFIX = "harness-train: error: "
@@ -29,11 +29,6 @@ def env(tmp_path_factory) -> dict[str, str]:
     for name in (distributed.ENV_ADDRESS, distributed.ENV_NUM_PROCESSES, distributed.ENV_PROCESS_ID):
         env.pop(name, None)
     return env
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,7 @@ from harness.runtime.checkpoint import existing_steps
 from harness.runtime.damage import MARKER
 from harness.outputs.sinks import read_metrics
 from tests.support.runs import (
-    compile_cache_flags, failure_report, run_harness, start_harness, tree_snapshot,
-    uninterrupted_rows, wait_for_output,
+    failure_report, run_harness, start_harness, tree_snapshot, uninterrupted_rows, wait_for_output,
 )
 
 COMMON = ["--config", "smoke", "--log_interval", "1", "--no_wandb"]
@@ -61,12 +60,6 @@ def _marked(ckpt: Path) -> dict[int, str]:
 
 def _without_marker(snapshot: dict[str, str]) -> dict[str, str]:
     return {path: digest for path, digest in snapshot.items() if path != MARKER}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    """One compilation cache for the session's runs: same config, same compiled step."""
-    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from hypothesis import given, settings, strategies as st
 from harness.config import DataConfig
 from harness.mock.data import ACTION_DIM, CAMERA_NAMES, STATE_DIM, Batch, MockDataset
 from harness.mock.tokenizer import BOS, EOS, PAD, SEP, SPECIAL_TOKENS, MockTokenizer
+from tests.support.oracles import hard_by_label_noise
 from tests.support.runs import REPO_ROOT
 
 TEXTS = (
@@ -236,17 +237,13 @@ def test_language_actions_decode_to_readable_moves():
     assert len(set(actions)) > 8  # not one caption repeated
 
 
-def _hard_by_label_noise(actions: np.ndarray) -> np.ndarray:
-    """Hard samples carry label-noise variance 3-9, easy ones 0.3-1.2 (plus a small signal)."""
-    return actions.reshape(len(actions), -1).var(axis=1) > 2.2
-
 
 @pytest.mark.parametrize("hard_fraction", [0.12, 0.3])
 def test_fraction_of_hard_samples_follows_hard_fraction(hard_fraction):
     spec = DataConfig(batch_size=250, image_size=16, seq_len=64, hard_fraction=hard_fraction)
     dataset = MockDataset(spec, seed=3)
 
-    hard = np.concatenate([_hard_by_label_noise(dataset.batch_at(step).actions) for step in range(8)])
+    hard = np.concatenate([hard_by_label_noise(dataset.batch_at(step).actions) for step in range(8)])
 
     # 2000 samples: binomial sd of the rate < 0.011; label-variance misreads are ~0.4%.
     assert abs(hard.mean() - hard_fraction) < 0.035
@@ -255,7 +252,7 @@ def test_fraction_of_hard_samples_follows_hard_fraction(hard_fraction):
 def test_no_hard_samples_when_hard_fraction_is_zero_and_all_when_one():
     def rate(fraction):
         spec = DataConfig(batch_size=200, image_size=16, seq_len=64, hard_fraction=fraction)
-        return _hard_by_label_noise(MockDataset(spec, seed=0).batch_at(0).actions).mean()
+        return hard_by_label_noise(MockDataset(spec, seed=0).batch_at(0).actions).mean()
 
     assert rate(0.0) < 0.02
     assert rate(1.0) > 0.95

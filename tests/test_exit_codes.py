@@ -34,9 +34,7 @@ from launch.local import free_port
 from launch.failures import parse_lost_hosts_line
 from tests.support.coordination import ExitRecorder
 from tests.support.process_states import PROCESS_STATES, TPU_VM, libtpu_loaded, state_env
-from tests.support.runs import (
-    REPO_ROOT, compile_cache_flags, harness_env, run_harness, start_harness, wait_for_output,
-)
+from tests.support.runs import REPO_ROOT, harness_env, run_harness, start_harness, wait_for_output
 
 RUN_TIMEOUT_S = 240
 WAIT_S = 30  # bound on any wait for a verdict in the in-process tests
@@ -53,10 +51,6 @@ def test_the_documented_codes_and_the_gke_restart_list_agree() -> None:
 
 
 # --- Real runs, one per way a run ends ---------------------------------------------------
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
 
 
 def _args(root: Path, cache: list[str], *extra: str) -> list[str]:
@@ -81,7 +75,7 @@ def test_a_non_finite_loss_exits_1(tmp_path: Path, cache: list[str], state: str)
 @pytest.mark.parametrize("state", PROCESS_STATES)
 def test_a_preemption_saves_then_exits_42(tmp_path: Path, cache: list[str], state: str) -> None:
     log = tmp_path / "run.log"
-    process = start_harness(_args(tmp_path, cache, "--num_train_steps", "400", "--save_interval", "1000"),
+    process = start_harness(_args(tmp_path, cache, "--num_train_steps", "4000", "--save_interval", "10000"),
                             log_path=log, env=harness_env(**state_env(state)))
     try:
         wait_for_output(log, r"^Step +\d+:", process, timeout=RUN_TIMEOUT_S)

@@ -22,9 +22,7 @@ import pytest
 from harness.outputs.sinks import read_metrics
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.deny_storage import deny_server
-from tests.support.runs import (
-    compile_cache_flags, failure_report, harness_env, launch_local, run_harness, uninterrupted_rows,
-)
+from tests.support.runs import failure_report, harness_env, launch_local, run_harness, uninterrupted_rows
 
 if TYPE_CHECKING:
     from tests.support.gcs_emulator import GcsEmulator
@@ -77,12 +75,6 @@ def copy_object(emulator: GcsEmulator, source: str, target: str) -> None:
     )
     with urllib.request.urlopen(upload, timeout=30):
         pass
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    """One compilation cache for the session's runs: same config, same compiled step."""
-    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
 
 
 @pytest.fixture(scope="module")

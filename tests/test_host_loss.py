@@ -30,8 +30,7 @@ from harness.runtime.watchdog import (
 from launch.failures import parse_lost_hosts_line
 from tests.support.coordination import ExitRecorder, FakeKeyValueStore
 from tests.support.runs import (
-    REPO_ROOT, compile_cache_flags, harness_env, local_pod_hosts, processes_in_groups, start_local_pod,
-    stop_local_pod, wait_for_output,
+    REPO_ROOT, harness_env, local_pod_hosts, processes_in_groups, start_local_pod, stop_local_pod, wait_for_output,
 )
 
 RUN_TIMEOUT_S = 240
@@ -162,11 +161,6 @@ def test_only_the_watchdog_reaches_into_jax_private_distributed():
 
 
 # --- Real pods: 2 local processes x 4 devices, one of them lost.
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    """One compilation cache for the module's runs: same config, same compiled step."""
-    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
 
 
 def _pod_command(root: Path, cache: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ from harness.mock.data import MockDataset
 from harness.runtime.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, host_local_rows, make_global_batch, make_mesh
 from harness.models.mlp import per_sample_outputs
 from harness.models.interface import ModelSpec
+from tests.support.oracles import hard_by_label_noise
 from harness.train.step import TrainState, init_state, make_train_step, state_shardings
 
 CONFIG = TrainConfig().replace(batch_size=16, image_size=32, hidden_dim=32, seq_len=64, warmup_steps=5,
@@ -28,17 +29,13 @@ CONFIG = TrainConfig().replace(batch_size=16, image_size=32, hidden_dim=32, seq_
 EVAL_SIZE = 512
 
 
-def _hard_by_label_noise(actions: np.ndarray) -> np.ndarray:
-    """Hard samples carry label-noise variance 3-9, easy ones 0.3-1.2 (see test_data.py)."""
-    return actions.reshape(len(actions), -1).var(axis=1) > 2.2
-
 
 @pytest.fixture(scope="module")
 def eval_batch():
     """A large held-out batch (a seed no training run uses) and its hard-sample mask."""
     spec = dataclasses.replace(CONFIG.data, batch_size=EVAL_SIZE)
     batch = MockDataset(spec, seed=99).batch_at(0)
-    return batch, _hard_by_label_noise(batch.actions)
+    return batch, hard_by_label_noise(batch.actions)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from harness.outputs.sinks import read_metrics
 from harness.runtime.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, make_global_batch, make_mesh
 from harness.models.interface import ModelSpec
 from harness.train.step import build_model, init_state, make_train_step, state_shardings
+from tests.support.oracles import hard_by_label_noise
 from tests.support.runs import compile_cache_flags, failure_report, run_harness
 
 # A custom size (hidden 64 -> one 64-wide head, 2 layers) on small images: seconds on CPU.
@@ -35,15 +36,12 @@ STEPS = 30
 INVARIANCE_STEPS = 8
 
 
-def _hard_by_label_noise(actions: np.ndarray) -> np.ndarray:
-    return actions.reshape(len(actions), -1).var(axis=1) > 2.2
-
 
 @pytest.fixture(scope="module")
 def eval_batch():
     spec = dataclasses.replace(CONFIG.data, batch_size=EVAL_SIZE)
     batch = MockDataset(spec, seed=99).batch_at(0)
-    return batch, _hard_by_label_noise(batch.actions)
+    return batch, hard_by_label_noise(batch.actions)
 
 
 @pytest.fixture(scope="module")

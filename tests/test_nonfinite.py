@@ -17,14 +17,9 @@ import pytest
 from harness.errors import NonFiniteStateError
 from harness.outputs.sinks import read_metrics
 from harness.runtime.checkpoint import CheckpointStore, existing_steps
-from tests.support.runs import compile_cache_flags, failure_report, run_harness, tree_snapshot
+from tests.support.runs import failure_report, run_harness, tree_snapshot
 
 RUN_TIMEOUT_S = 240
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
 
 
 def _args(root: Path, cache: list[str], *extra: str) -> list[str]:

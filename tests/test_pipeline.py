@@ -17,7 +17,7 @@ from harness.mock.data import MockDataset
 from harness.outputs.sinks import read_metrics
 from harness.runtime.checkpoint import existing_steps
 from harness.train.pipeline import InputPipeline, PipelineStateError
-from tests.support.runs import compile_cache_flags, failure_report, run_harness, sigkill_when, start_harness
+from tests.support.runs import failure_report, run_harness, sigkill_when, start_harness
 
 SPEC = DataConfig(batch_size=12, image_size=8, seq_len=32)
 RUN_TIMEOUT_S = 240
@@ -78,10 +78,6 @@ def test_a_damaged_state_is_refused(state, problem):
 
 
 # --- Through the real CLI.
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
 
 
 def _args(root: Path, cache: list[str], *extra: str) -> list[str]:

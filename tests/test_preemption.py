@@ -5,7 +5,7 @@ continues bit for bit. The launcher counts 42 after its own stop request as a cl
     .venv/bin/python -m pytest -q tests/test_preemption.py
     .venv/bin/python -m pytest -q -m soak tests/test_preemption.py   # SIGTERM to one host only
 
-Each run trains far longer (400 steps, no periodic checkpoint) than it gets to, so the
+Each run trains far longer (4000 steps, no periodic checkpoint) than it gets to, so the
 only checkpoint is the preemption one. Every wait is bounded: a run that ignores the
 signal fails a test instead of stalling the suite.
 """
@@ -26,14 +26,13 @@ from harness.runtime.checkpoint import existing_steps
 from harness.outputs.sinks import read_metrics
 from tests.support.process_states import PROCESS_STATES, TPU_VM, libtpu_loaded, state_env
 from tests.support.runs import (
-    compile_cache_flags, failure_report, harness_env, launch_local, local_pod_hosts, run_harness,
-    start_harness, start_local_pod, stop_local_pod, uninterrupted_rows, wait_for_output,
+    failure_report, harness_env, launch_local, local_pod_hosts, run_harness, start_harness, start_local_pod, stop_local_pod, uninterrupted_rows, wait_for_output,
 )
 
 RUN_TIMEOUT_S = 240
 # A preempted host gets this long to save and exit (TPU VMs get ~30 s; 2 busy cores are slower).
 STOP_WITHIN_S = 90
-LONG_RUN = ["--num_train_steps", "400", "--save_interval", "1000"]
+LONG_RUN = ["--num_train_steps", "4000", "--save_interval", "10000"]
 PREEMPTED = r"Preempted \(SIGTERM\): all hosts stopped at step (\d+) and saved a checkpoint there"
 
 
@@ -45,12 +44,6 @@ def _single_args(root: Path, cache: list[str], *extra: str) -> list[str]:
 def _pod_command(root: Path, cache: list[str], *extra: str) -> list[str]:
     return [sys.executable, "-m", "harness.train", "--config", "local-2x4", "--log_interval", "1", "--no_wandb",
             *cache, "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    """One compilation cache for the session's runs: same config, same compiled step."""
-    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
 
 
 # ---------------------------------------------------------------------------------------

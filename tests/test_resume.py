@@ -20,18 +20,11 @@ import pytest
 
 from harness.runtime.checkpoint import existing_steps
 from harness.outputs.sinks import read_metrics
-from tests.support.runs import (REPO_ROOT, compile_cache_flags, harness_env, run_harness, sigkill_when, start_harness,
-                                tree_snapshot)
+from tests.support.runs import REPO_ROOT, harness_env, run_harness, sigkill_when, start_harness, tree_snapshot
 
 STEPS = 60
 COMMON = ["--config", "smoke", "--log_interval", "1", "--no_wandb", "--no_hard_examples"]
 RUN_TIMEOUT_S = 180
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    """All runs share one compilation cache: same config, same compiled step."""
-    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
 
 
 def _args(cache: list[str], root: Path, *extra: str) -> list[str]:

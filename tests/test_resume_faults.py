@@ -28,8 +28,7 @@ import pytest
 
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.runs import (
-    compile_cache_flags, failure_report, harness_env, host_lines, launch_local, run_harness, start_harness,
-    tree_snapshot, wait_for_output,
+    failure_report, harness_env, host_lines, launch_local, run_harness, start_harness, tree_snapshot, wait_for_output,
 )
 
 if TYPE_CHECKING:
@@ -59,11 +58,6 @@ def _args(directory: str, run_dir: Path, cache: list[str], *extra: str, preset: 
 def _error_lines(stderr: str) -> list[str]:
     """stderr without tensorstore's own log lines."""
     return [line for line in stderr.splitlines() if line and not GLOG_LINE.match(line)]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> list[str]:
-    return compile_cache_flags(tmp_path_factory.getbasetemp() / "jax_compile_cache")
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+
 from harness.hard_examples.entry import Candidate, IntervalStats
 
 
@@ -89,3 +91,9 @@ def merge_stats_oracle(per_host_stats: Sequence[IntervalStats], merged: Sequence
         "loss_min": min(minima) if minima else None,
         "threshold": min(c.loss for c in merged) if merged else None,
     }
+
+
+def hard_by_label_noise(actions: np.ndarray) -> np.ndarray:
+    """Which samples the mock data made hard, judged from outside: hard samples carry
+    label-noise variance 3-9 in their target actions, easy ones 0.3-1.2 (plus a small signal)."""
+    return actions.reshape(len(actions), -1).var(axis=1) > 2.2
