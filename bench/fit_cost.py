@@ -1,6 +1,6 @@
 """What harness-fit costs, and what it finds: wall time, CPU time, peak RSS and compiles
 of one `harness-fit` process per model size and TPU target, with its verdict (the
-README's "Will it fit?" tables come from this).
+tables in docs/fit.md come from this).
 
     python -m bench.fit_cost                                   # tiny, 1b, 8b x 5 targets
     python -m bench.fit_cost --models 1b --targets v5litepod-16 --search

@@ -1,7 +1,7 @@
 """Errors that end a run with a clear one-line message instead of a traceback.
 
-The exit codes are a restart contract (README "When things go wrong"): a scheduler may
-restart on `EXIT_RESTARTABLE`, and must not on 1 or 2, which would fail the same way again.
+The exit codes are a restart contract (docs/failures.md): a scheduler may
+restart on `EXIT_RESTARTABLE`, and must not on 1, 2 or 3, which would fail the same way again.
 xpk's JobSets restart on 42 and on 127-255 (signals), and launch/gke generates that policy.
 """
 

@@ -1,5 +1,5 @@
-"""The restart contract: each way a run ends exits with its documented code (README "When
-things go wrong", harness/errors.py), and a stop reaches a host blocked in a collective.
+"""The restart contract: each way a run ends exits with its documented code (docs/failures.md,
+harness/errors.py), and a stop reaches a host blocked in a collective.
 
     .venv/bin/python -m pytest -q tests/test_exit_codes.py               # default cases
     .venv/bin/python -m pytest -q -m soak tests/test_exit_codes.py       # lost host, blocked stop, real pods
@@ -46,8 +46,8 @@ def test_the_documented_codes_and_the_gke_restart_list_agree() -> None:
     assert HostLostError.exit_code == EXIT_HOST_LOST == EXIT_RESTARTABLE == 42
     assert EXIT_RESTARTABLE in RESTARTABLE_EXIT_CODES
     assert not {0, 1, 2} & set(RESTARTABLE_EXIT_CODES)
-    readme = (REPO_ROOT / "README.md").read_text()
-    assert "restartable" in readme and "exit 42" in readme
+    contract = (REPO_ROOT / "docs" / "failures.md").read_text()
+    assert "restartable" in contract and "exit 42" in contract and "3 this host's TPU is" in contract
 
 
 # --- Real runs, one per way a run ends ---------------------------------------------------

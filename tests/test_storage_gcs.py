@@ -499,13 +499,13 @@ def test_gs_checkpoint_dir_without_credentials_fails_at_once_in_one_line(tmp_pat
     assert list(home.iterdir()) == []
 
 
-# --- The README's recipe (run as written by tests/support/gcs_recipe_loop.py) ------------
+# --- The documented recipe, docs/gcs.md (run as written by tests/support/gcs_recipe_loop.py) --
 
 
-def test_readme_gcs_recipe_is_what_the_recipe_loop_expects(tmp_path: pathlib.Path) -> None:
+def test_documented_gcs_recipe_is_what_the_recipe_loop_expects(tmp_path: pathlib.Path) -> None:
     from tests.support.gcs_recipe_loop import harness_commands, recipe_block, reference_args
 
-    block = recipe_block(REPO_ROOT / "README.md")
+    block = recipe_block(REPO_ROOT / "docs" / "gcs.md")
     first, resume = harness_commands(block)
     assert "gcs_emulator start --port 9023 --bucket my-bucket" in block
     assert block.rstrip().endswith("gcs_emulator stop --port 9023")
@@ -529,8 +529,8 @@ def test_recipe_loop_compares_every_row_with_the_uninterrupted_run() -> None:
 
 
 @pytest.mark.soak
-def test_readme_gcs_recipe_runs_as_written() -> None:
-    """One run of the loop (port 9023 and /tmp/podharness_gcs_run, as the README says)."""
+def test_documented_gcs_recipe_runs_as_written() -> None:
+    """One run of the loop (port 9023 and /tmp/podharness_gcs_run, as docs/gcs.md says)."""
     result = subprocess.run([sys.executable, "-m", "tests.support.gcs_recipe_loop", "--runs", "1"], cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, failure_report(result)

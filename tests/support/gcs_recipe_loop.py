@@ -1,15 +1,15 @@
-"""Runs the README's GCS recipe, exactly as written, N times, and prints `N passed, M failed`.
+"""Runs the documented GCS recipe, exactly as written, N times, and prints `N passed, M failed`.
 
     .venv/bin/python -m tests.support.gcs_recipe_loop --runs 20
 
-The recipe is the first ```bash block under "## Checkpoints on GCS" in README.md: start
+The recipe is the first ```bash block of docs/gcs.md: start
 the emulator, train and save, resume with more steps, stop the emulator. A run passes
 when the block exits 0, the last run says it resumed, and every row of its metrics.jsonl
 equals, bit for bit, the row of the same step of one uninterrupted local run made with
 the same flags (the last harness-train command's, with a local checkpoint dir, without
 --resume, logging every step). Every
 command has a timeout; a run that leaves the emulator behind has it stopped.
-Exits 0 only if every run passed. From the repository root (the README's commands are
+Exits 0 only if every run passed. From the repository root (the page's commands are
 relative to it).
 """
 
@@ -29,17 +29,15 @@ from harness.outputs.sinks import read_metrics
 from tests.support.gcs_emulator import pid_path, stop_command
 from tests.support.runs import REPO_ROOT, harness_env
 
-SECTION = "## Checkpoints on GCS"
 RUN_TIMEOUT_S = 300
 RESUMED = "Resumed from checkpoint at step "
 
 
-def recipe_block(readme: Path) -> str:
-    """The first ```bash block of the README's GCS section."""
-    section = readme.read_text().split(SECTION, 1)[1].split("\n## ", 1)[0]
-    match = re.search(r"```bash\n(.*?)```", section, re.DOTALL)
+def recipe_block(page: Path) -> str:
+    """The first ```bash block of the GCS page."""
+    match = re.search(r"```bash\n(.*?)```", page.read_text(), re.DOTALL)
     if not match:
-        raise ValueError(f"no ```bash block under {SECTION!r} in {readme}")
+        raise ValueError(f"no ```bash block in {page}")
     return match.group(1)
 
 
@@ -87,10 +85,10 @@ def run_recipe(block: str, log_path: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.support.gcs_recipe_loop", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
+    parser.add_argument("--page", type=Path, default=REPO_ROOT / "docs" / "gcs.md")
     args = parser.parse_args(argv)
 
-    block = recipe_block(args.readme)
+    block = recipe_block(args.page)
     resume = harness_commands(block)[-1]
     run_dir = Path(flag_value(resume, "--run_dir"))
     port = emulator_port(block)
