@@ -3,12 +3,12 @@ and one way to read them. Never pickle.
 
 A message is a frozen msgspec Struct. Its annotations are the schema and the limits,
 built from the types here: `Natural` (an int in [0, 2**63)), `Finite` (a float that is
-neither inf nor NaN), `natural(limit)`, `text(n)`, `binary(n)`, `array(item, n)`,
-`mapping(value, n, key_chars)`;
-every string, bin, array and map has a maximum length, and no field is `Any`
-(tests/test_messages.py walks every schema to hold both). What must hang together
-across fields goes in the Struct's `__post_init__`, which raises ValueError with the
-place; msgspec adds where it is (`- at $.stats`).
+neither inf nor NaN), `natural(limit)`, `text(n)`, `binary(n)`, `array(item, n)` and
+`mapping(value, n, key_chars)`. Every string, bin, array and map has a maximum length,
+every int both bounds, and no field is `Any` (tests/test_messages.py reads every schema
+in the tree to hold that). What must hang together across fields goes in the Struct's
+`__post_init__`, which raises ValueError saying what is wrong; msgspec adds where, for a
+part of a message (`- at $.stats`).
 
 On the wire a message is the msgpack array `[VERSION, tag, body]`, the body a map of
 the Struct's fields. One version for every message: the hosts of one launch run one
@@ -35,7 +35,7 @@ Tests: `.venv/bin/python -m pytest -q tests/test_messages.py tests/test_codec.py
 """
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgspec
@@ -136,7 +136,7 @@ def convert(value: Any, kind: type[R], *, source: str) -> R:
     return _read(msgspec.convert, value, kind, source)
 
 
-def _read(read: Any, data: Any, kind: Any, source: str, invalid: str = "") -> Any:
+def _read(read: Callable[..., Any], data: Any, kind: Any, source: str, invalid: str = "") -> Any:
     """`read(data, type=kind, strict=True)` with every failure made a MessageError;
     `invalid` starts what is said of a value that does not fit `kind`."""
     try:
