@@ -4,14 +4,16 @@ the hard-example JSON they match, the summary; and a broken wandb never stops tr
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from harness.outputs.pictures import read_contact_sheet_layout
 from harness.outputs.wandb_sink import TABLE_COLUMNS
+from tests.support.picture_reading import framed_boxes, nearest_upscale, pixels_of
 from tests.support.runs import harness_env, run_harness
 from tests.support.wandb_offline import read_offline_run
 
@@ -72,20 +74,29 @@ def test_wandb_offline_run_has_history_table_and_stats(offline_run):
                 assert image.size == (THUMB * 2, THUMB)  # two cameras side by side
 
 
-def test_contact_sheets_match_their_json_and_the_loss_curve_exists(offline_run):
+def test_contact_sheets_show_their_json_entries_in_order_and_the_loss_curve_exists(offline_run):
+    """Each sheet's tiles, read row by row, are the images of the wandb table whose rows
+    are the JSON's entries, in the JSON's order, enlarged 4x (32 pixels tall -> 128)."""
     run_dir, _ = offline_run
+    (run_path,) = (run_dir / "wandb").glob("offline-run-*")
+    tables = []
+    for artifact in read_offline_run(run_path).artifacts:
+        if artifact["type"] == "run_table":
+            staged = {path: Path(local) for path, local in artifact["files"].items()}
+            (table_path,) = [p for p in staged if p.endswith(".table.json")]
+            tables.append((json.loads(staged[table_path].read_text())["data"], staged))
+    factor = math.ceil(128 / THUMB)
     for interval in (HARD_EVERY, 2 * HARD_EVERY):
         saved = json.loads((run_dir / "hard_examples" / f"step_{interval}.json").read_text())
-        sheet = run_dir / "hard_examples" / f"step_{interval}.png"
-        cells = read_contact_sheet_layout(sheet)
-        assert [(c.rank, c.sample_id, c.host, c.step, c.loss) for c in cells] == [
-            (e["rank"], e["sample_id"], e["host"], e["step"], e["loss"]) for e in saved["entries"]
-        ]
-        with Image.open(sheet) as image:
-            width, height = image.size
-            assert all(0 <= c.box[0] < c.box[2] <= width and 0 <= c.box[1] < c.box[3] <= height for c in cells)
-            # Thumbnails keep the 2:1 aspect of two square cameras side by side.
-            assert all((c.box[2] - c.box[0]) == 2 * (c.box[3] - c.box[1]) for c in cells)
+        listed = [[e["loss"], e["step"], e["host"], e["sample_id"]] for e in saved["entries"]]
+        (rows, staged), = [(rows, staged) for rows, staged in tables if [row[1:5] for row in rows] == listed]
+        with Image.open(run_dir / "hard_examples" / f"step_{interval}.png") as sheet:
+            pixels = pixels_of(sheet)
+        boxes = framed_boxes(pixels)
+        assert len(boxes) == len(rows) == K
+        for (left, top, right, bottom), row in zip(boxes, rows):
+            with Image.open(staged[row[0]["path"]]) as image:
+                np.testing.assert_array_equal(pixels[top:bottom, left:right], nearest_upscale(np.asarray(image), factor))
     with Image.open(run_dir / "loss_curve.png") as curve:
         assert curve.size == (1000, 500)
 

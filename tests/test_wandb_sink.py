@@ -106,7 +106,7 @@ def test_offline_run_records_metrics_hard_examples_and_summary(wandb_env, monkey
             np.testing.assert_array_equal(np.asarray(picture), entry.image)
 
     (sheet_file,) = (files / "images").rglob("*.png")
-    expected = render_contact_sheet(entries, step=20, threshold=7.5).image
+    expected = render_contact_sheet(entries, step=20, threshold=7.5)
     with Image.open(sheet_file) as picture:
         assert picture.size == expected.size
     assert rows[20]["hard_examples/contact_sheet"]["path"].endswith(sheet_file.name)

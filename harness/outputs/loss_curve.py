@@ -2,24 +2,21 @@
 step, with the hard-example intervals marked. 1000x500 pixels.
 
 Drawn without matplotlib, whose import alone costs about 0.4 s of the main job's end.
-The axes' mapping (steps and losses to pixels) is stored in the PNG's text metadata,
-so a test can check that a point is drawn where it belongs:
+Both axes are linear; the step axis spans the logged steps and the marked ones:
 
     save_loss_curve(rows, run_dir / "loss_curve.png", hard_example_steps=[50, 100])
-    read_curve_axes(run_dir / "loss_curve.png")  # CurveAxes(steps=(0, 100), losses=..., box=...)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image, ImageDraw
 
 from harness.outputs.pictures import font
 
@@ -30,7 +27,6 @@ MARK_COLOR = (127, 127, 127)
 _GRID = (228, 228, 228)
 _INK = (20, 20, 20)
 _PAPER = (255, 255, 255)
-_AXES_KEY = "podharness.curve_axes"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +72,7 @@ def _dashed_vertical(draw: ImageDraw.ImageDraw, x: float, top: int, bottom: int)
         draw.line([(x, y), (x, min(y + 5, bottom))], fill=MARK_COLOR, width=1)
 
 
-def render_loss_curve(rows: Sequence[Mapping[str, Any]], *, hard_example_steps: Sequence[int]) -> tuple[Image.Image, CurveAxes]:
+def render_loss_curve(rows: Sequence[Mapping[str, Any]], *, hard_example_steps: Sequence[int]) -> Image.Image:
     series = {key: sorted((row["step"], float(row[key])) for row in rows
                           if key in row and math.isfinite(float(row[key])))
               for key, _, _ in LINES}
@@ -120,23 +116,13 @@ def render_loss_curve(rows: Sequence[Mapping[str, Any]], *, hard_example_steps: 
     if not any(series.values()):
         draw.text(((left + right) / 2, (top + bottom) / 2), "no metrics logged", font=small,
                   fill=MARK_COLOR, anchor="mm")
-    return image, axes
+    return image
 
 
 def save_loss_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, *,
-                    hard_example_steps: Sequence[int]) -> CurveAxes:
+                    hard_example_steps: Sequence[int]) -> None:
     """`rows` are logged metrics with a "step" key; a row without "loss" or
     "max_per_sample_loss" (or with a non-finite one) is left out of that line."""
-    image, axes = render_loss_curve(rows, hard_example_steps=hard_example_steps)
-    info = PngImagePlugin.PngInfo()
-    info.add_text(_AXES_KEY, json.dumps(dataclasses.asdict(axes)))
+    image = render_loss_curve(rows, hard_example_steps=hard_example_steps)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG", pnginfo=info)
-    return axes
-
-
-def read_curve_axes(path: str | os.PathLike) -> CurveAxes:
-    with Image.open(path) as image:
-        raw = image.text[_AXES_KEY]
-    fields = json.loads(raw)
-    return CurveAxes(**{name: tuple(value) for name, value in fields.items()})
+    image.save(path, format="PNG")

@@ -1,33 +1,28 @@
 """Pictures of hard examples for people: a contact sheet (the loss curve is loss_curve.py).
 
 Pure functions of their inputs (no wandb, no JAX); the run's writer renders a sheet
-once and hands the same image to the PNG file and to wandb. A contact sheet puts the hard examples in the order given
-(highest loss first), one thumbnail per cell, captioned with rank, loss, host, step
-and the language action. Its layout (which entry is in which cell) is returned and
-also stored in the PNG's text metadata, so a test can match a sheet on disk against
-the hard-example JSON written beside it:
+once and hands the same image to the PNG file and to wandb. A contact sheet puts the
+hard examples in the order given (highest loss first), row by row, one framed
+thumbnail per cell, captioned with rank, loss, host, step, the language action and the
+prompt:
 
-    sheet = save_contact_sheet(entries, run_dir / "hard_examples_000100.png", step=100)
-    read_contact_sheet_layout(run_dir / "hard_examples_000100.png") == sheet.cells
+    image = save_contact_sheet(entries, run_dir / "hard_examples" / "step_100.png", step=100)
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import importlib.util
-import json
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont
 
 from harness.hard_examples.entry import HardExample
 
-_LAYOUT_KEY = "podharness.layout"
 _MIN_THUMB_HEIGHT = 128     # small images are upscaled by an integer factor to at least this
 _MAX_THUMB_WIDTH = 512      # wide, large images are downscaled to at most this
 _MAX_SHEET_WIDTH = 2000     # wide thumbnails get fewer columns
@@ -41,24 +36,6 @@ _INK = (20, 20, 20)
 _MUTED = (105, 105, 105)
 _BORDER = (170, 170, 170)
 _PAPER = (255, 255, 255)
-
-
-@dataclasses.dataclass(frozen=True)
-class SheetCell:
-    """One entry's place on a sheet: `box` is its thumbnail, (left, top, right, bottom)."""
-
-    rank: int
-    sample_id: int
-    host: int
-    step: int
-    loss: float
-    box: tuple[int, int, int, int]
-
-
-@dataclasses.dataclass(frozen=True)
-class ContactSheet:
-    image: Image.Image
-    cells: list[SheetCell]  # in the entries' order: cells[i] shows entries[i]
 
 
 @functools.cache
@@ -130,7 +107,7 @@ def render_contact_sheet(
     threshold: float | None = None,
     columns: int = 5,
     thumb_scale: float | None = None,
-) -> ContactSheet:
+) -> Image.Image:
     """A grid of `entries` in the given order (rank 1 first), read row by row, with at
     most `columns` columns (fewer if the sheet would be wider than 2000 pixels).
 
@@ -153,7 +130,7 @@ def render_contact_sheet(
         draw.text((_PAD, _PAD), title, font=title_font, fill=_INK)
         draw.text((width // 2, _PAD + title_height + 2 * _line_height(regular)), message,
                   font=regular, fill=_MUTED, anchor="ms")
-        return ContactSheet(sheet, [])
+        return sheet
 
     thumbs = []
     for entry in entries:
@@ -188,14 +165,12 @@ def render_contact_sheet(
     draw = ImageDraw.Draw(sheet)
     draw.text((_PAD, _PAD), title, font=title_font, fill=_INK)
 
-    cells = []
-    for index, (entry, thumb, caption) in enumerate(zip(entries, thumbs, captions)):
+    for index, (thumb, caption) in enumerate(zip(thumbs, captions)):
         row, column = divmod(index, columns)
         left = _PAD + column * (cell_width + _PAD)
         top = grid_top + row * (cell_height + _PAD)
         sheet.paste(thumb, (left, top))
-        box = (left, top, left + thumb.width, top + thumb.height)
-        draw.rectangle((box[0] - 1, box[1] - 1, box[2], box[3]), outline=_BORDER)
+        draw.rectangle((left - 1, top - 1, left + thumb.width, top + thumb.height), outline=_BORDER)  # a 1-pixel frame
         headline, details, action, prompt = caption
         y = top + thumb_height + _GAP
         draw.text((left, y), headline, font=bold, fill=_INK)
@@ -208,9 +183,7 @@ def render_contact_sheet(
         for text in prompt:
             draw.text((left, y), text, font=regular, fill=_MUTED)
             y += line
-        cells.append(SheetCell(rank=index + 1, sample_id=int(entry.sample_id), host=int(entry.host),
-                               step=int(entry.step), loss=float(entry.loss), box=box))
-    return ContactSheet(sheet, cells)
+    return sheet
 
 
 def save_contact_sheet(
@@ -220,17 +193,9 @@ def save_contact_sheet(
     step: int,
     threshold: float | None = None,
     columns: int = 5,
-) -> ContactSheet:
-    """Render and write a PNG whose text metadata holds the layout (`read_contact_sheet_layout`)."""
+) -> Image.Image:
+    """Render and write a PNG; returns the image, for wandb."""
     sheet = render_contact_sheet(entries, step=step, threshold=threshold, columns=columns)
-    info = PngImagePlugin.PngInfo()
-    info.add_text(_LAYOUT_KEY, json.dumps([dataclasses.asdict(cell) for cell in sheet.cells]))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sheet.image.save(path, format="PNG", pnginfo=info, compress_level=1)  # fast; sheets are mostly photos
+    sheet.save(path, format="PNG", compress_level=1)  # fast; sheets are mostly photos
     return sheet
-
-
-def read_contact_sheet_layout(path: str | os.PathLike) -> list[SheetCell]:
-    with Image.open(path) as picture:
-        raw = picture.text[_LAYOUT_KEY]
-    return [SheetCell(**{**cell, "box": tuple(cell["box"])}) for cell in json.loads(raw)]

@@ -115,7 +115,7 @@ class RunOutputs:
     def _write_pictures(self, result: GatherResult, path: Path) -> None:
         """On the writer thread: one contact sheet, to its PNG and to wandb."""
         sheet = save_contact_sheet(result.examples, path, step=result.step, threshold=result.stats.threshold)
-        self._to_wandb("log_hard_examples", result.step, result.examples, result.stats, sheet.image)
+        self._to_wandb("log_hard_examples", result.step, result.examples, result.stats, sheet)
 
     def hard_example_steps(self) -> list[int]:
         """Every interval logged in this run dir (before a resume too)."""

@@ -181,7 +181,7 @@ class WandbSink:
             table.add_data(wandb.Image(np.asarray(entry.image)), float(entry.loss), int(entry.step),
                            int(entry.host), int(entry.sample_id), entry.lang_action, entry.prompt)
         if sheet is None:
-            sheet = render_contact_sheet(entries, step=step, threshold=stats.threshold).image
+            sheet = render_contact_sheet(entries, step=step, threshold=stats.threshold)
         data = {
             "hard_examples/table": table,
             "hard_examples/contact_sheet": wandb.Image(sheet, caption=f"step {step}"),
