@@ -11,7 +11,6 @@ Every wait is bounded; whatever a failing test leaves is SIGKILLed by process gr
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import signal
@@ -19,10 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import pytest
 
-from harness.runtime import distributed, watchdog
+from harness.runtime import distributed
 from harness.runtime.watchdog import (
     DONE, EXIT_HOST_LOST, FAILED, KEY_PREFIX, REACTION_MARGIN_S, SILENCE_FRACTION, HostWatchdog, jax_heartbeat_timeout,
     lost_hosts_line,
@@ -30,7 +28,7 @@ from harness.runtime.watchdog import (
 from launch.failures import parse_lost_hosts_line
 from tests.support.coordination import ExitRecorder, FakeKeyValueStore
 from tests.support.runs import (
-    REPO_ROOT, harness_env, local_pod_hosts, processes_in_groups, start_local_pod, stop_local_pod, wait_for_output,
+    harness_env, local_pod_hosts, processes_in_groups, start_local_pod, stop_local_pod, wait_for_output,
 )
 
 RUN_TIMEOUT_S = 240
@@ -116,7 +114,7 @@ def test_parse_lost_hosts_line_takes_only_the_watchdogs_line():
                                  "still answers: Gloo AllGather failed") is None
 
 
-# --- JAX's heartbeat timeout, and the private API the watchdog uses.
+# --- JAX's heartbeat timeout (the private API the watchdog uses: tests/test_private_apis.py).
 
 @pytest.mark.parametrize("heartbeat_timeout", [1, 10, 60, 300])
 def test_jax_aborts_no_earlier_than_the_watchdogs_threshold_plus_the_margin(monkeypatch, heartbeat_timeout):
@@ -130,34 +128,6 @@ def test_jax_aborts_no_earlier_than_the_watchdogs_threshold_plus_the_margin(monk
     silence_s = SILENCE_FRACTION * heartbeat_timeout
     assert given["heartbeat_timeout_seconds"] == jax_heartbeat_timeout(silence_s)
     assert given["heartbeat_timeout_seconds"] / 2 >= silence_s + REACTION_MARGIN_S
-
-
-def test_the_pinned_jax_still_has_the_private_key_value_api_the_watchdog_uses():
-    from jax._src import distributed as jax_distributed
-    from jaxlib import _jax
-
-    public = [name for name in dir(jax.distributed) if "key" in name.lower() or "client" in name.lower()]
-    assert not public, f"jax.distributed now has {public}: use it in harness/runtime/watchdog.py instead"
-    assert hasattr(jax_distributed.global_state, "client"), (
-        "jax._src.distributed.global_state.client is gone: update watchdog.coordination_client")
-    client = _jax.DistributedRuntimeClient
-    expected = {
-        "key_value_set": "key_value_set(self, key: str, value: str, allow_overwrite: bool = False) -> None",
-        "key_value_dir_get": "key_value_dir_get(self, key: str) -> list[tuple[str, str]]",
-    }
-    for method, signature in expected.items():
-        doc = getattr(getattr(client, method, None), "__doc__", None) or ""
-        assert doc.splitlines()[:1] == [signature], (
-            f"DistributedRuntimeClient.{method} changed: {doc.splitlines()[:1]}, expected {signature!r};"
-            " update harness/runtime/watchdog.py")
-
-
-def test_only_the_watchdog_reaches_into_jax_private_distributed():
-    private = re.compile(r"jax\._src\.distributed|from jax\._src import [^\n]*\bdistributed\b")
-    users = sorted(str(path.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "harness").rglob("*.py")
-                   if private.search(path.read_text()))
-    assert users == ["harness/runtime/watchdog.py"]
-    assert private.search(inspect.getsource(watchdog.coordination_client))
 
 
 # --- Real pods: 2 local processes x 4 devices, one of them lost.

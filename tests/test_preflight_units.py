@@ -9,7 +9,6 @@ device check on this process's 8 CPU devices, the accelerator-holder scan on a f
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import socket
 import threading
@@ -367,16 +366,6 @@ class BeatingStore:
 
 def test_the_silent_hosts_are_those_whose_heartbeat_stands_still() -> None:
     assert silent_hosts(BeatingStore(), 0, 5, watch_s=0) == [2, 4]  # host 4 never beat at all
-
-
-def test_the_private_jax_apis_used_are_still_there() -> None:
-    """rendezvous.detected_pod reads jax's cluster detection (no public API in 0.10.2)."""
-    from jax._src.clusters import ClusterEnv
-
-    parameters = list(inspect.signature(ClusterEnv.auto_detect_unset_distributed_params).parameters)
-    assert parameters == ["coordinator_address", "num_processes", "process_id", "local_device_ids",
-                          "cluster_detection_method", "initialization_timeout"]
-    assert ClusterEnv._cluster_types and all(hasattr(e, "opt_in_only_method") for e in ClusterEnv._cluster_types)
 
 
 # --- judge.py and report.py

@@ -166,25 +166,6 @@ def test_a_pod_whose_host_1_cannot_read_stops_on_every_host_with_the_same_line(b
     assert gcs_emulator.object_names(PREFIX + "/") == bucket_run["objects"]
 
 
-@pytest.mark.parametrize("async_save", [True, False])
-def test_the_pinned_orbax_closes_every_restore_with_the_barrier_a_failed_host_joins(async_save, tmp_path):
-    """checkpoint.py joins this barrier on a host whose restore raised, so that the pod
-    test above does not abort on a collective mismatch; if orbax renames or moves it,
-    look here first."""
-    import inspect
-
-    from orbax.checkpoint._src.checkpointers import checkpointer
-
-    from harness.runtime.checkpoint import CheckpointStore
-
-    store = CheckpointStore(str(tmp_path / "ckpt"), keep=1, async_save=async_save)
-    source = inspect.getsource(checkpointer.Checkpointer.restore)
-    store.close()
-
-    assert "'Checkpointer:restore'" in source and "multihost.sync_global_processes(" in source, source
-    assert store._restore_barrier == ("_Checkpointer:restore" if async_save else "Checkpointer:restore")
-
-
 # ---------------------------------------------------------------------------------------
 # Out of memory during the restore.
 

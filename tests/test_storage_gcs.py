@@ -1,5 +1,5 @@
-"""Checkpoints on gs:// against fake-gcs-server, the start-up check of a gs:// path, and
-the orbax internals the retry policy relies on.
+"""Checkpoints on gs:// against fake-gcs-server and the start-up check of a gs:// path
+(the orbax internals the retry policy relies on: tests/test_private_apis.py).
 
     .venv/bin/python -m pytest -q tests/test_storage_gcs.py
 
@@ -11,7 +11,6 @@ fault-injection ones, which put a FaultProxy (threads of the test process) in be
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import pathlib
@@ -366,39 +365,6 @@ def test_failed_save_is_never_resumed_and_can_be_redone(
     assert resumed["all_steps_after_save"] == [0, 1]
     assert resumed["bitwise_resaved"]
     assert committed_steps(gcs_emulator, prefix) == [0, 1]
-
-
-# --- The orbax internals behind --gcs_max_retries -----------------------------------
-
-
-def test_orbax_still_builds_its_tensorstore_context_from_the_dicts_we_edit(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """`configure_orbax_gcs_retries` edits two private dicts of orbax (0.12.8). If this
-    fails after an orbax upgrade, re-read orbax's `tensorstore_utils.get_ts_context` and
-    change harness/runtime/storage.py to match, or --gcs_max_retries does nothing."""
-    from orbax.checkpoint._src.serialization import tensorstore_utils
-
-    for name in ("_BASE_TS_CONTEXT", "_DEFAULT_OCDBT_TS_CONTEXT"):
-        spec = getattr(tensorstore_utils, name, None)
-        assert isinstance(spec, dict), f"orbax's tensorstore_utils.{name} is gone (see the docstring)"
-        monkeypatch.setattr(tensorstore_utils, name, copy.deepcopy(spec))  # Restored after the test.
-
-    storage.configure_orbax_gcs_retries(storage.GcsRetryPolicy(max_retries=3, initial_delay_s=0.25, max_delay_s=4))
-
-    for use_ocdbt in (True, False):
-        retries = tensorstore_utils.get_ts_context(use_ocdbt=use_ocdbt)["gcs_request_retries"].to_json()
-        assert retries == {"max_retries": 3, "initial_delay": "250ms", "max_delay": "4s"}, (
-            f"orbax's get_ts_context(use_ocdbt={use_ocdbt}) no longer uses the dicts storage.py edits "
-            "(see the docstring)")
-
-
-def test_configure_orbax_gcs_retries_refuses_an_orbax_without_the_dicts(monkeypatch: pytest.MonkeyPatch) -> None:
-    from orbax.checkpoint._src.serialization import tensorstore_utils
-
-    monkeypatch.delattr(tensorstore_utils, "_BASE_TS_CONTEXT")
-    with pytest.raises(RuntimeError, match="_BASE_TS_CONTEXT is gone"):
-        storage.configure_orbax_gcs_retries(storage.GcsRetryPolicy())
 
 
 # --- harness.runtime.storage helpers ---------------------------------------------------

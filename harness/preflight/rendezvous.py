@@ -35,6 +35,7 @@ from harness.preflight.results import FAIL, PASS, RENDEZVOUS, Observation
 from harness.preflight.rollcall import Probe, RollCall, RollCallServer, call_roll, split_address
 from harness.preflight.wire import Hello
 from harness.runtime import distributed
+from harness.runtime.jax_internals import detect_cluster
 
 RUN_ID_VARIABLE = "HARNESS_RUN_ID"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -87,19 +88,13 @@ def pod_coordinates(config: TrainConfig) -> Coordinates | None:
 
 
 def detected_pod(timeout_s: int) -> Coordinates:
-    """JAX's cluster detection (`jax._src.clusters`, private: jax 0.10.2 has no public
-    way to ask for the coordinates without initializing)."""
-    from jax._src.clusters import ClusterEnv
-
-    address, num, pid, _ = ClusterEnv.auto_detect_unset_distributed_params(None, None, None, None, None, timeout_s)
-    if address is None or num is None or pid is None:
+    """JAX's own cluster detection (harness/runtime/jax_internals.py: jax 0.10.2 has no
+    public way to ask for the coordinates without initializing)."""
+    found = detect_cluster(timeout_s)
+    if found is None:
         raise UsageError("--distributed pod: no TPU pod (or other cluster JAX knows) was detected here")
-    env = next((e for e in ClusterEnv._cluster_types if not e.opt_in_only_method and e.is_env_present()), None)
-    try:
-        names = tuple(env._get_worker_list_in_slice()) if env is not None else ()
-    except (AttributeError, NotImplementedError, ValueError, OSError):
-        names = ()
-    return Coordinates(address, num, pid, names if len(names) == num else ())
+    names = found.worker_names if len(found.worker_names) == found.num_processes else ()
+    return Coordinates(found.coordinator_address, found.num_processes, found.process_id, names)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -152,7 +152,8 @@ class Preflight:
         import jax
 
         from harness.runtime.mesh import make_mesh
-        from harness.runtime.watchdog import SILENCE_FRACTION, HostWatchdog, coordination_client
+        from harness.runtime.jax_internals import coordination_client
+        from harness.runtime.watchdog import SILENCE_FRACTION, HostWatchdog
 
         self.config, self.options, self.fault = config, options, fault
         self.run_id = joined.run_id

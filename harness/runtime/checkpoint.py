@@ -32,8 +32,8 @@ from harness.runtime.damage import (
 )
 from harness.runtime.failed_saves import FailedSaveListener
 from harness.runtime.integrity import CHECKSUM_FORMAT, inspect_state, mismatched_leaves, saved_checksums
+from harness.runtime.orbax_internals import restore_barrier_name
 from harness.runtime.quiet import quiet_reads_of_failed_restores, quiet_storage_clients
-from harness.runtime.storage import orbax_restore_barrier
 
 STATE_ITEM, META_ITEM = "state", "meta"
 COMMIT_MARKER = "commit_success.txt"
@@ -73,7 +73,7 @@ class CheckpointStore:
             ),
             item_names=(STATE_ITEM, META_ITEM),
         )
-        self._restore_barrier = orbax_restore_barrier(self._manager)
+        self._restore_barrier = restore_barrier_name(self._manager)
         self.saved_steps: list[int] = []
         self.damaged_steps: dict[int, str] = {}  # found by restore_latest, not marked yet
         self.skipped_steps: list[int] = []       # passed over by restore_latest, newest first

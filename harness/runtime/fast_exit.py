@@ -5,6 +5,9 @@ writer thread joined, wandb finished. What is left is CPython freeing every modu
 which takes about 0.5 s with jax, orbax and wandb loaded. So the console entry points
 flush, run the atexit handlers (jax's `distributed.shutdown` barrier among them, which
 the other hosts wait on), and leave with `os._exit`.
+
+`atexit._run_exitfuncs` is private to CPython (3.11 here); this is the only module that
+uses it, and tests/test_private_apis.py checks that it still runs the handlers once.
 """
 
 from __future__ import annotations

@@ -22,9 +22,10 @@ import threading
 import jax
 from jax.experimental import multihost_utils
 
+from harness.runtime.jax_internals import coordination_client
 from harness.runtime.sigterm import SigtermListener, jax_preemption_notifier
 from harness.runtime.stop_deadline import StopDeadline
-from harness.runtime.watchdog import KEY_PREFIX, coordination_client
+from harness.runtime.watchdog import KEY_PREFIX
 
 
 def _read_beats() -> dict[str, str]:

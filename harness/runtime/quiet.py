@@ -48,7 +48,7 @@ def quiet_reads_of_failed_restores() -> None:
     logged by asyncio at exit: dozens of traceback lines that bury the one-line
     explanation. Drop exactly those; pass everything else on. Installed once."""
     previous = sys.unraisablehook
-    if getattr(previous, "_harness_quiet", False):
+    if getattr(previous, "harness_quiet", False):
         return
 
     def hook(unraisable: "sys.UnraisableHookArgs") -> None:
@@ -57,7 +57,7 @@ def quiet_reads_of_failed_restores() -> None:
             return
         previous(unraisable)
 
-    hook._harness_quiet = True  # type: ignore[attr-defined]
+    hook.harness_quiet = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(drop_orphaned_restore_reads)
 

@@ -20,8 +20,10 @@ So the one C handler ever chained to is JAX's notifier, recorded right after
 harness/runtime/distributed.py), and called exactly as the kernel calls a handler
 without `SA_SIGINFO`: with the signal number alone. Any other foreign handler (libtpu's
 on a single-host TPU VM) is replaced while the listener runs and put back by `close()`.
-Linux only (glibc's `struct sigaction` layout, the same on x86_64 and aarch64). The
-wakeup fd is process-wide: nothing else in the harness may set one while a listener runs.
+Linux only (glibc's `struct sigaction` layout, the same on x86_64 and aarch64). This is
+the only module that calls C through ctypes; tests/test_private_apis.py checks the layout
+against what Python itself installs. The wakeup fd is process-wide: nothing else in the
+harness may set one while a listener runs.
 """
 
 from __future__ import annotations

@@ -8,11 +8,9 @@ libraries touch GCS on that path and each retries on its own:
   429 and dropped connections with exponential backoff, configured by the
   `gcs_request_retries` resource of its Context (defaults: 32 retries, 1 s
   doubling to 32 s). orbax 0.12.8 builds that Context itself with no hook to
-  pass one in, so `configure_orbax_gcs_retries` edits the base Context spec
-  orbax copies for every save and restore. That and `orbax_restore_barrier`
-  (the barrier that closes an orbax restore) are the harness's only uses of
-  orbax internals, kept in this module (tests/test_storage_gcs.py and
-  tests/test_resume_faults.py fail loudly if a new orbax moves them).
+  pass one in, so `configure_orbax_gcs_retries` adds the resource to the base
+  Context spec orbax copies for every save and restore, through
+  harness/runtime/orbax_internals.py (which owns every use of orbax internals).
 - gcsfs (behind etils.epath) does directory listings, metadata files and the
   commit_success.txt marker. It retries 5xx, 408, 429 and connection errors
   6 times (sleeping 1-2 s, 2-3 s, ... 16-17 s); that is fixed in gcsfs and
@@ -36,6 +34,7 @@ import urllib.parse
 import uuid
 from collections.abc import Mapping
 
+from harness.runtime.orbax_internals import add_tensorstore_context_resource
 from harness.runtime.quiet import restore_levels, silence_storage_clients
 
 EMULATOR_ENV_VAR = "HARNESS_GCS_EMULATOR"
@@ -118,38 +117,10 @@ class GcsRetryPolicy:
 
 
 def configure_orbax_gcs_retries(policy: GcsRetryPolicy) -> None:
-    """Makes every orbax save and restore use `policy` for tensorstore's GCS requests.
-
-    orbax-checkpoint 0.12.8 creates its tensorstore Context in
-    `tensorstore_utils.get_ts_context` from two module-level dicts and accepts
-    none from callers, so the resource is added to those dicts. Raises if a
-    different orbax no longer has them, rather than silently not retrying.
-    """
-    from orbax.checkpoint._src.serialization import tensorstore_utils
-
-    for name in ("_BASE_TS_CONTEXT", "_DEFAULT_OCDBT_TS_CONTEXT"):
-        spec = getattr(tensorstore_utils, name, None)
-        if not isinstance(spec, dict):
-            raise RuntimeError(
-                f"orbax tensorstore_utils.{name} is gone; re-check how this orbax "
-                "version builds its tensorstore Context before relying on GCS retries"
-            )
-        spec["gcs_request_retries"] = policy.tensorstore_resource()
-
-
-def orbax_restore_barrier(manager: object) -> str:
-    """The name of the barrier that closes every restore of the orbax CheckpointManager
-    `manager`: orbax 0.12.8's `Checkpointer.restore` ends with `sync_global_processes`,
-    which hands this name to jax's `sync_global_devices`. A host whose restore raised
-    joins it (checkpoint.py), so every host makes the same collective calls. Raises if a
-    different orbax no longer builds it this way."""
-    from orbax.checkpoint._src.multihost import multihost
-
-    checkpointer = getattr(manager, "_checkpointer", None)
-    if not hasattr(checkpointer, "_barrier_sync_key_prefix") or not hasattr(multihost, "unique_barrier_key"):
-        raise RuntimeError("orbax's Checkpointer no longer names its restore barrier as 0.12.8 did; re-check "
-                           "Checkpointer.restore before relying on a failed host joining it")
-    return multihost.unique_barrier_key("Checkpointer:restore", prefix=checkpointer._barrier_sync_key_prefix)
+    """Makes every orbax save and restore use `policy` for tensorstore's GCS requests
+    (orbax 0.12.8 takes no Context from callers). Raises if this orbax no longer builds
+    its Context the way orbax_internals.py edits, rather than silently not retrying."""
+    add_tensorstore_context_resource("gcs_request_retries", policy.tensorstore_resource())
 
 
 def checkpoint_path_writable(path: str, *, gcs_timeout_s: float = GCS_CHECK_TIMEOUT_S) -> str | None:

@@ -33,10 +33,8 @@ The rule, therefore: JAX gets `heartbeat_timeout_seconds = jax_heartbeat_timeout
 so JAX's earliest abort comes `REACTION_MARGIN_S` after the watchdog's threshold, which
 covers its own reaction time (up to two beats plus a key-value round trip).
 
-jax 0.10.2 has no public API for the key-value store (`jax.distributed` exports only
-initialize/is_initialized/shutdown), so `coordination_client` reaches into
-`jax._src.distributed`; this is the only module that does, and tests/test_host_loss.py
-checks that the pinned jax still has what is used here.
+jax 0.10.2 has no public API for the key-value store, so the client comes from
+harness/runtime/jax_internals.py, which owns every use of JAX's private modules.
 """
 
 from __future__ import annotations
@@ -52,6 +50,7 @@ from typing import Any, Callable
 import jax
 
 from harness.errors import EXIT_RESTARTABLE
+from harness.runtime.jax_internals import coordination_client
 
 EXIT_HOST_LOST = EXIT_RESTARTABLE
 KEY_PREFIX = "podharness/alive/"
@@ -77,17 +76,6 @@ def lost_hosts_line(reporter: int, lost: Sequence[int], why: str) -> str:
     """The one line a host prints before exiting `EXIT_HOST_LOST`; launchers parse it."""
     return (f"harness-train: error: host {reporter}: host(s) {', '.join(map(str, lost))} "
             f"stopped responding: {why}; exiting")
-
-
-def coordination_client() -> Any:
-    """JAX's client of the coordination service (`jaxlib._jax.DistributedRuntimeClient`).
-
-    Used: `key_value_set(key, value, allow_overwrite=True)` and `key_value_dir_get(prefix)`.
-    Private API (no public one in jax 0.10.2); None before `jax.distributed.initialize`.
-    """
-    from jax._src import distributed
-
-    return distributed.global_state.client
 
 
 def _first_line(err: Exception) -> str:
