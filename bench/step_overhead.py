@@ -32,7 +32,7 @@ TINY = {"steps": 6, "repeats": 1, "warmup": 2}
 
 def _timed_bare_loop(config, batches, warmup: int) -> float:
     """Seconds per step of a plain jitted loop over `(step, global batch)` pairs, with the
-    same bound on steps in flight as the harness (ENVIRONMENT.md's CPU hang)."""
+    same bound on steps in flight as the harness (harness/train/loop.py says why)."""
     from harness.runtime.mesh import make_mesh
     from harness.train.step import init_state, make_train_step
 

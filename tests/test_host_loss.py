@@ -1,7 +1,7 @@
 """A host lost mid-run: killed (SIGKILL) or frozen (SIGSTOP). The survivor names the
 missing host before JAX's own heartbeat abort, the launcher names the same host, and
-nothing is left running. Also the watchdog itself (fake key-value stores), its rule for
-JAX's heartbeat timeout, and the private JAX API it depends on.
+nothing is left running. Also the watchdog itself (fake key-value stores) and its rule
+for JAX's heartbeat timeout (the private JAX API it uses: tests/test_private_apis.py).
 
     .venv/bin/python -m pytest -q tests/test_host_loss.py            # default cases
     .venv/bin/python -m pytest -q -m soak tests/test_host_loss.py    # 10 frozen pods, frozen coordinator

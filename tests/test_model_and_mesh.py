@@ -87,7 +87,7 @@ def trained() -> Trained:
     losses, first = [], {}
     for i in range(40):
         state, metrics = step(state, make_global_batch(dataset.batch_at(i), mesh))
-        losses.append(float(metrics["loss"]))  # blocks: bounded steps in flight (ENVIRONMENT.md)
+        losses.append(float(metrics["loss"]))  # blocks: many queued steps can abort XLA's CPU all-gather
         if i == 0:
             first = {"per_sample_loss_spec": metrics["per_sample_loss"].sharding.spec,
                      "sample_id": host_local_rows(metrics["sample_id"])}

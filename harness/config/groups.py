@@ -62,7 +62,8 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW with warmup-cosine and global-norm clipping (optax)."""
+    """AdamW whose learning rate rises linearly from 0 over `warmup_steps`, then stays at
+    `learning_rate` (no decay), behind global-norm clipping at `grad_clip_norm` (0: none)."""
 
     learning_rate: float = 3e-3
     warmup_steps: int = 10
