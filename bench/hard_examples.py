@@ -7,9 +7,10 @@
    cameras on 8 fake CPU devices, blocks alternating on/off; a gather every 10 steps.
 2. Process 0's phase-1 work for 1024 simulated hosts x K=50: decode every host's
    candidate payload (real msgpack bytes) + round-robin merge + global stats.
-3. Bytes each host sends per interval (both phases, padded as the allgather moves them):
-   measured in real multi-process runs (H = 2, 4 via launch.local) and computed with
-   the real codec for simulated H up to 1024.
+3. Bytes each host sends per interval (both phases, padded as the allgather moves them:
+   harness/runtime/collectives.py's fixed first round, then the rest in a power-of-two
+   rung): measured in real multi-process runs (H = 2, 4 via launch.local) and computed
+   with the real codec for simulated H up to 1024, beside the longest payloads unpadded.
 
 --tiny: batch 16 of 64x64 images for 4 steps (a gather every 2), 64 simulated hosts, one
 real run of 2 hosts.
@@ -29,6 +30,7 @@ from bench.common import REPO_ROOT, child_env, median, trainer_seconds_per_step
 from harness.hard_examples.codec import CandidatePayload, ExamplePayload, decode_payload, encode_payload
 from harness.hard_examples.entry import Candidate, HardExample, IntervalStats
 from harness.hard_examples.merge import merge_round_robin, merge_stats
+from harness.runtime.collectives import FIRST_PAYLOAD_BYTES, FIRST_ROUND_BYTES, padded_width
 
 K = 50
 THUMB_SHAPE = (64, 128, 3)  # two 64x64 camera thumbnails side by side (the default)
@@ -97,13 +99,20 @@ def merge_time(hosts: int = 1024, repeats: int = 5) -> dict:
             "candidate_payload_bytes": len(blobs[0])}
 
 
+def sent_per_host(lengths: list[int]) -> int:
+    """Bytes each host sends to gather payloads of these lengths: the first round, and
+    a second one in the rung that holds the longest rest (collectives.allgather_bytes)."""
+    rest = max(lengths) - FIRST_PAYLOAD_BYTES
+    return FIRST_ROUND_BYTES + (padded_width(rest) if rest > 0 else 0)
+
+
 def simulated_bytes_per_host(host_counts: list[int]) -> dict:
-    """Padded bytes each host sends (phase 1 + phase 2) with the real codec; winners
-    drawn by the real merge from random per-host losses."""
+    """Bytes each host sends (phase 1 + phase 2) with the real codec, and the longest
+    payloads unpadded; winners drawn by the real merge from random per-host losses."""
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, THUMB_SHAPE, dtype=np.uint8)
     text = "move right 10cm and move forward 5cm"
-    out = {}
+    sent, longest = {}, {}
     for hosts in host_counts:
         blobs = _candidate_payloads(hosts, rng)
         payloads = [decode_payload(b, CandidatePayload, max_entries=K) for b in blobs]
@@ -113,10 +122,11 @@ def simulated_bytes_per_host(host_counts: list[int]) -> dict:
             per_host[w.host].append(HardExample(w.sample_id, w.loss, w.step, w.host, text,
                                                 "pick up the red block", 9, image))
         examples = [len(encode_payload(ExamplePayload(host=h, step=50, examples=e))) for h, e in per_host.items()]
-        out[hosts] = max(len(b) for b in blobs) + max(examples)
+        sent[hosts] = sent_per_host([len(b) for b in blobs]) + sent_per_host(examples)
+        longest[hosts] = max(len(b) for b in blobs) + max(examples)
     return {"entry_image_bytes": int(np.prod(THUMB_SHAPE)),
             "k_entries_of_pixels": K * int(np.prod(THUMB_SHAPE)),
-            "bytes_per_host_by_H": out}
+            "bytes_sent_per_host_by_H": sent, "longest_payloads_by_H": longest}
 
 
 def real_bytes_per_host(hosts: int) -> dict:
