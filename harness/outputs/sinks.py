@@ -33,6 +33,14 @@ class Console:
         self._stream = stream
         self._progress = None
 
+    @classmethod
+    def for_this_process(cls) -> Console:
+        """Process 0 speaks for the pod: the outputs' one host-0 decision, which the run's
+        writer (run_outputs.py) and every sink take from here."""
+        import jax
+
+        return cls(jax.process_index() == 0)
+
     def attach(self, progress) -> None:
         self._progress = progress
 

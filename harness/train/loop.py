@@ -75,7 +75,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig):
         self.config = config
-        self.console = Console(jax.process_index() == 0)
+        self.console = Console.for_this_process()
         self.mesh = make_mesh(config.mesh.fsdp_devices)
         self.dataset = MockDataset(
             config.data, config.run.seed, jax.process_index(), jax.process_count()
