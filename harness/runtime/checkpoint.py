@@ -26,7 +26,7 @@ from harness.config import TrainConfig
 from harness.config.fields import field_named
 from harness.errors import CheckpointSaveError, CheckpointUnreadableError, NonFiniteStateError, UsageError, first_line
 from harness.runtime.agree import agreed_problem, gather_json
-from harness.runtime.collectives import all_hosts_true
+from harness.runtime.collectives import all_hosts_true, join_barrier
 from harness.runtime.damage import (
     MARKER, KeepMarkedAndNewest, describe, is_proven_damage, read_marker, write_marker,
 )
@@ -160,10 +160,10 @@ class CheckpointStore:
             try:
                 present = (path / name).exists()
             except Exception as err:  # storage clients raise many types
-                _join_restore_barrier(self._restore_barrier)
+                join_barrier(self._restore_barrier)
                 return {}, (UNREADABLE, f"checking for {name}: {describe(err)}")
             if not present:
-                _join_restore_barrier(self._restore_barrier)  # the hosts that found every part restore
+                join_barrier(self._restore_barrier)  # the hosts that found every part restore
                 return {}, (DAMAGED, f"incomplete: no {name}")
         try:
             meta = self._restore(step, META_ITEM, ocp.args.JsonRestore())
@@ -201,7 +201,7 @@ class CheckpointStore:
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
         except Exception:
-            _join_restore_barrier(self._restore_barrier)
+            join_barrier(self._restore_barrier)
             raise
 
     def _agreed_damage(self, step: int, verdict: tuple[str, str] | None) -> str | None:
@@ -302,14 +302,6 @@ def _list_steps(path: epath.Path) -> tuple[list[int], dict[int, str]]:
     steps = sorted(found.step for found in ocp.step.standard_name_format().find_all(path))
     reasons = {step: read_marker(path / str(step)) for step in steps}
     return steps, {step: reason for step, reason in reasons.items() if reason is not None}
-
-
-def _join_restore_barrier(name: str) -> None:
-    """The barrier that closes an orbax restore, for a host that did not get there."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
 
 
 def _verdict(err: Exception, item: str) -> tuple[str, str]:

@@ -42,7 +42,7 @@ def add_tensorstore_context_resource(name: str, spec: Mapping[str, object]) -> N
 def restore_barrier_name(manager: object) -> str:
     """The name of the barrier that closes every restore of the orbax CheckpointManager
     `manager`: orbax 0.12.8's `Checkpointer.restore` ends with `sync_global_processes`,
-    which hands this name to jax's `sync_global_devices`. Raises if this orbax no longer
+    which hands this name to JAX's global device barrier. Raises if this orbax no longer
     builds it this way."""
     from orbax.checkpoint._src.multihost import multihost
 
