@@ -131,7 +131,7 @@ def test_search_asks_the_same_compiles_in_whatever_order_they_finish():
     for arrives_after in (0, 2, None):
         calls: list[int] = []
         compile_at = _recorded_compiler(calls)
-        search = BatchSearch(step=16, hbm_bytes=RECORDED_HBM, max_compiles=8, requested=256,
+        search = BatchSearch(step=16, hbm_bytes=RECORDED_HBM, max_compiles=8, start=4096, requested=256,
                              base_bytes=RECORDED_BASE)
         asked = []
         while (batch := search.next_batch()) is not None:
@@ -147,7 +147,7 @@ def test_search_asks_the_same_compiles_in_whatever_order_they_finish():
 
 
 def test_search_waits_for_the_requested_batch_rather_than_compile_it_twice():
-    search = BatchSearch(step=8, hbm_bytes=10_000, max_compiles=10, requested=16, base_bytes=9_000)
+    search = BatchSearch(step=8, hbm_bytes=10_000, max_compiles=10, start=256, requested=16, base_bytes=9_000)
     compile_at = _linear_compiler(base=9_000, per_sample=50, hbm=10_000, calls=[])  # 16 fits, 24 does not
 
     while (batch := search.next_batch()) is not None:

@@ -53,7 +53,7 @@ class ModelConfig:
     size: str = flag("", "model_size")  # transformer: tiny|10m|100m|1b|3b|8b; "" = from hidden_dim/num_layers
     param_dtype: str = "float32"  # float32 | bfloat16 (optimizer moments follow)
     compute_dtype: str = "float32"  # float32 | bfloat16: activations and matmuls
-    remat: str = "none"  # none | full | dots: recompute transformer blocks in the backward pass
+    remat: str = "none"  # none | full | dots | offload: recompute (or offload) transformer blocks in the backward pass
     hidden_dim: int = 128
     num_layers: int = 2
     dropout_rate: float = 0.1

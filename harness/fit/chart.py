@@ -1,12 +1,18 @@
-"""A PNG bar chart of per-device memory by kind against HBM (matplotlib, imported here
-only, so the rest of harness-fit starts without it)."""
+"""harness-fit's PNGs: per-device memory by kind against HBM, and the targets' cost
+against their step time (matplotlib, imported here only, so the rest of harness-fit
+starts without it)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from harness.fit.economics import PRICES_AS_OF
 from harness.fit.report import FitReport
 from harness.fit.units import GIB, format_bytes
+
+if TYPE_CHECKING:
+    from harness.fit.compare import Comparison
 
 COLORS = {"parameters": "#4C72B0", "optimizer state": "#55A868", "batch": "#C44E52", "step and rng": "#8172B2",
           "argument padding": "#CCB974", "temporaries": "#64B5CD", "outputs not aliased": "#DD8452",
@@ -49,6 +55,36 @@ def write_chart(report: FitReport, path: Path) -> None:
     note = ("The peak is what must fit: the compiler's figure for memory live at once, not the sum of the kinds."
             if report.fits else "Out of memory: 'required' is the compiler's figure from its refusal.")
     figure.text(0.01, 0.01, note, fontsize=8, color="#555555")
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def write_cost_chart(comparison: Comparison, path: Path) -> None:
+    """Cost of 1,000 steps against the estimated step time, one point per target that fits."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5), dpi=120)
+    fitting = [row for row in comparison.rows if row.usd_per_1000_steps is not None]
+    for rank, row in enumerate(fitting, start=1):
+        scale = comparison.batch_size / row.report.batch_size
+        seconds = row.report.cost.estimate_s * scale
+        axis.scatter(seconds, row.usd_per_1000_steps, s=60, color="#2A9D8F" if rank == 1 else "#4C72B0", zorder=3)
+        axis.annotate(f"{rank}. {row.product} (fsdp {row.settings['fsdp_devices']}, remat {row.settings['remat']})",
+                      (seconds, row.usd_per_1000_steps), textcoords="offset points", xytext=(6, 6), fontsize=9)
+    axis.set_xlabel(f"estimated seconds per step of {comparison.batch_size} samples (MFU {comparison.assumptions.mfu:.2f})")
+    axis.set_ylabel("USD per 1,000 steps (list price)")
+    axis.grid(True, alpha=0.3)
+    axis.set_title("Which pod? cost against step time", fontsize=11)
+    left_out = [row.product for row in comparison.rows if row.usd_per_1000_steps is None]
+    figure.text(0.01, 0.01, (f"Does not fit: {', '.join(left_out)}. " if left_out else "")
+                + f"Prices per chip-hour as of {PRICES_AS_OF} (harness/fit/economics.py).", fontsize=8,
+                color="#555555")
+    axis.margins(0.25)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

@@ -16,14 +16,21 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from harness.config import TrainConfig
 from harness.config.flags import config_from_args
 from harness.errors import UsageError
 from harness.fit.economics import DEFAULT_MFU, DEFAULT_MTBF_HOURS, Assumptions
 from harness.fit.plan import StorageThroughput, throughput_from_preflight
+from harness.fit.topology import parse_targets
 from harness.train.cli import build_parser as build_train_parser
+
+if TYPE_CHECKING:
+    from harness.fit.compare import Comparison
+    from harness.fit.progress import CompileProgress
+    from harness.fit.report import FitReport
+    from harness.fit.settings import SettingsSearch
 
 PROG = "harness-fit"
 
@@ -31,7 +38,10 @@ PROG = "harness-fit"
 def build_parser() -> argparse.ArgumentParser:
     parser = build_train_parser()
     parser.prog, parser.description = PROG, __doc__.splitlines()[0]
-    parser.add_argument("--no_search", dest="search", action="store_false", default=True,
+    parser.add_argument("--search", choices=("batch", "settings"), default="batch",
+                        help="batch (default): also the largest batch that fits; settings: the fastest setting "
+                             "over FSDP size, remat policy and batch (harness/fit/settings.py)")
+    parser.add_argument("--no_search", dest="search", action="store_const", const="none",
                         help="skip the largest-batch search (one compile instead of several)")
     parser.add_argument("--max_compiles", type=int, default=16, metavar="INT",
                         help="compiles the largest-batch search may spend (default 16; most are refusals, "
@@ -44,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default $XDG_CACHE_HOME/podharness/fit, ~/.cache/podharness/fit; '' for none)")
     parser.add_argument("--compile_timeout", type=float, default=3600.0, metavar="S",
                         help="seconds one compile may take before harness-fit gives up (default 3600)")
+    parser.add_argument("--targets", default="", metavar="A,B,...",
+                        help="compare these TPU products (v5litepod-16,v6e-8,...): one row each, cheapest first")
     parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, metavar="F",
                         help=f"model FLOPs utilization that turns the step-time bound into an estimate "
                              f"(default {DEFAULT_MFU}: harness/fit/economics.py says why)")
@@ -63,11 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
 class FitOptions:
     """harness-fit's own flags (the rest are training's config)."""
 
-    search: bool
+    search: str                 # batch | settings | none
     max_compiles: int
     compile_workers: int        # 0: auto (harness/fit/pool.py:default_workers)
     fit_cache_dir: str | None   # None: harness/fit/cache.py:default_cache_dir
     compile_timeout: float
+    targets: list[str]          # empty: the config's own target only
+    preset: str | None          # --config, for the harness-train command a settings search prints
     assumptions: Assumptions
 
 
@@ -86,10 +100,13 @@ def parse(argv: Sequence[str]) -> tuple[TrainConfig, FitOptions]:
     args = vars(build_parser().parse_args(argv))
     assumptions = _assumptions(args.pop("mfu"), args.pop("price_per_chip_hour"), args.pop("mtbf_hours"),
                                args.pop("storage_mbps"), args.pop("preflight_json"))
-    options = FitOptions(assumptions=assumptions, **{field.name: args.pop(field.name)
-                                                     for field in dataclasses.fields(FitOptions)
-                                                     if field.name != "assumptions"})
+    targets = args.pop("targets")
+    given = {"assumptions": assumptions, "targets": [], "preset": args.get("config")}
+    options = FitOptions(**given, **{field.name: args.pop(field.name) for field in dataclasses.fields(FitOptions)
+                                     if field.name not in given})
     config = config_from_args(args)
+    if targets:
+        options = dataclasses.replace(options, targets=parse_targets(targets, config.mesh.num_slices))
     if options.max_compiles < 0:
         raise UsageError(f"--max_compiles must be >= 0, got {options.max_compiles}")
     if options.compile_workers < 0:
@@ -111,24 +128,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         from harness.fit.progress import CompileProgress
         from harness.fit.runner import run_fit
 
+        workers = options.compile_workers or default_workers()
+        cache_dir = default_cache_dir() if options.fit_cache_dir is None else options.fit_cache_dir
         with CompileProgress(sys.stderr) as progress:
-            report = run_fit(config, search=options.search, max_compiles=options.max_compiles, progress=progress,
-                             workers=options.compile_workers or default_workers(),
-                             cache_dir=default_cache_dir() if options.fit_cache_dir is None else options.fit_cache_dir,
-                             compile_timeout_s=options.compile_timeout, assumptions=options.assumptions)
+            if options.targets:
+                from harness.fit.compare import compare_targets
+
+                result = compare_targets(config, options.targets, search=options.search,
+                                         max_compiles=options.max_compiles, progress=progress, workers=workers,
+                                         cache_dir=cache_dir, compile_timeout_s=options.compile_timeout,
+                                         assumptions=options.assumptions, preset=options.preset)
+            elif options.search == "settings":
+                result = _settings(config, options, progress, workers, cache_dir)
+            else:
+                result = run_fit(config, search=options.search == "batch", max_compiles=options.max_compiles,
+                                 progress=progress, workers=workers, cache_dir=cache_dir,
+                                 compile_timeout_s=options.compile_timeout, assumptions=options.assumptions)
     except UsageError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
+    return write_outputs(result, Path(config.run.run_dir))
 
-    from harness.fit.chart import write_chart
-    from harness.fit.console import render
+
+def _settings(config: TrainConfig, options: FitOptions, progress: CompileProgress, workers: int,
+              cache_dir: str) -> SettingsSearch:
+    """The settings search on the config's own target (harness/fit/settings.py)."""
+    from harness.fit.pool import CompilePool
+    from harness.fit.runner import prepare
+    from harness.fit.settings import divisors, remat_levels, search_settings
+
+    first = prepare(config)  # bad input fails here, before any compile
+    count = len(divisors(first.target.devices_per_slice)) * sum(map(len, remat_levels(first.target)))
+    progress.begin(first.target, "every FSDP size and remat policy", first.hbm, count * options.max_compiles)
+    with CompilePool(workers, cache_dir, timeout_s=options.compile_timeout, progress=progress) as pool:
+        return search_settings(config, pool, max_compiles=options.max_compiles, assumptions=options.assumptions,
+                               preset=options.preset)
+
+
+def write_outputs(result: FitReport | Comparison | SettingsSearch, run_dir: Path) -> int:
+    """fit.json, the chart and the table; exit 0 if it fits (or any target or setting
+    does), else 1."""
+    from harness.fit.chart import write_chart, write_cost_chart
+    from harness.fit.compare import Comparison
+    from harness.fit.console import render, render_comparison, render_settings
     from harness.fit.report import write_json
+    from harness.fit.settings import SettingsSearch
 
-    run_dir = Path(config.run.run_dir)
-    write_json(report, run_dir / "fit.json")
-    write_chart(report, run_dir / "fit_memory.png")
-    print(render(report, [str(run_dir / "fit.json"), str(run_dir / "fit_memory.png")]))
-    return 0 if report.fits else 1
+    write_json(result, run_dir / "fit.json")
+    if isinstance(result, Comparison):
+        write_cost_chart(result, run_dir / "fit_targets.png")
+        print(render_comparison(result, [str(run_dir / "fit.json"), str(run_dir / "fit_targets.png")]))
+        return 0 if result.any_fits else 1
+    if isinstance(result, SettingsSearch):
+        outputs = [str(run_dir / "fit.json")]
+        if result.report is not None:
+            write_chart(result.report, run_dir / "fit_memory.png")
+            outputs.append(str(run_dir / "fit_memory.png"))
+        print(render_settings(result, outputs))
+        return 0 if result.fits else 1
+    write_chart(result, run_dir / "fit_memory.png")
+    print(render(result, [str(run_dir / "fit.json"), str(run_dir / "fit_memory.png")]))
+    return 0 if result.fits else 1
 
 
 def run() -> None:

@@ -3,8 +3,16 @@ is a GiB."""
 
 from __future__ import annotations
 
+import shlex
+from typing import TYPE_CHECKING
+
+from harness.fit.economics import PRICES_AS_OF
 from harness.fit.report import FitReport
-from harness.fit.units import format_bytes, format_duration, format_si
+from harness.fit.units import format_bytes, format_duration, format_si, format_usd
+
+if TYPE_CHECKING:
+    from harness.fit.compare import Comparison
+    from harness.fit.settings import SettingsSearch
 
 RULE = "=" * 80
 
@@ -60,7 +68,7 @@ def _speed(report: FitReport) -> list[str]:
         return []
     chip = report.target.chip
     lines = [f"FLOPs per step: {format_si(bound.flops_per_step, 'FLOP')} ({bound.flops_source}); "
-             f"per device {format_si(bound.flops_per_device, 'FLOP')}"]
+             f"executed per device {format_si(bound.flops_per_device, 'FLOP')}"]
     compiler = (report.compiler_cost or {}).get("flops")
     if compiler is not None and bound.flops_source == "analytic":
         lines.append(f"  compiler's count per device: {format_si(compiler, 'FLOP')} (scan bodies counted once)")
@@ -78,7 +86,7 @@ def _cost(report: FitReport) -> list[str]:
     if cost is None:
         return []
     return [f"  estimate at MFU {cost.mfu:.2f}: {format_duration(cost.estimate_s)} per step; "
-            f"${cost.usd_per_1000_steps:,.2f} per 1,000 steps ({cost.chips} chips x "
+            f"{format_usd(cost.usd_per_1000_steps)} per 1,000 steps ({cost.chips} chips x "
             f"${cost.price.usd_per_chip_hour:.2f}/chip-hour, {cost.price.region})"]
 
 
@@ -131,4 +139,78 @@ def render(report: FitReport, outputs: list[str]) -> str:
     lines.append(f"Compile {report.compile_seconds:.1f} s; wall {report.wall_seconds:.1f} s{_compiles(report)}; "
                  f"wrote {', '.join(outputs)}")
     lines.append(RULE)
+    return "\n".join(lines)
+
+
+def render_comparison(comparison: Comparison, outputs: list[str]) -> str:
+    """One row per target, cheapest first, and each one's checkpoint plan."""
+    first = comparison.rows[0].report
+    m, a = first.model, comparison.assumptions
+    named = f" {m['size']}" if m.get("size") else ""
+    price = (f"${a.price_per_chip_hour:.2f}/chip-hour (given)" if a.price_per_chip_hour is not None
+             else f"list prices per chip-hour as of {PRICES_AS_OF} (harness/fit/economics.py)")
+    lines = [RULE,
+             f"WHICH POD?  {m['name']}{named}: {m['parameters'] / 1e6:,.1f}M parameters, {m['param_dtype']} params, "
+             f"{m['compute_dtype']} compute; global batch {comparison.batch_size}",
+             f"  cost of 1,000 steps at the estimate (MFU {a.mfu:.2f}) and {price}", RULE,
+             f"{'':3}{'target':<14}{'chips':>5}{'hosts':>6}  {'verdict':<13}{'fsdp':>4} {'remat':<6}{'batch':>6}"
+             f"  {'peak / HBM per chip':<24}{'step >=':>10}{'estimate':>10}{'$/1k steps':>12}{'largest':>9}"]
+    for rank, row in enumerate(comparison.rows, start=1):
+        r, t = row.report, row.report.target
+        peak = f"{format_bytes(r.used_bytes)} / {format_bytes(r.memory.hbm)}"
+        largest = "-" if r.search is None else (str(r.search.largest) if r.search.largest else "none") + (
+            "" if r.search.proven else "?")
+        cost = "-" if row.usd_per_1000_steps is None else format_usd(row.usd_per_1000_steps)
+        lines.append(f"{rank:<3}{row.product:<14}{t.chips * t.num_slices:>5}{t.hosts_per_slice * t.num_slices:>6}  "
+                     f"{r.verdict:<13}{row.settings['fsdp_devices']:>4} {row.settings['remat']:<6}{r.batch_size:>6}  "
+                     f"{peak:<24}{format_duration(r.bound.seconds):>10}{format_duration(r.cost.estimate_s):>10}"
+                     f"{cost:>12}{largest:>9}")
+    lines.append("  (largest: the largest global batch that fits, compiled next to one that does not; ? unproven)")
+    notes = [f"  {row.product}: {row.note}" for row in comparison.rows if row.note]
+    lines += (["Settings changed per target:"] + notes) if notes else []
+    lines.append("Checkpoint plan (per save; save time and interval at the write throughput, MTBF "
+                 f"{format_duration(a.mtbf_hours * 3600)})")
+    for row in comparison.rows:
+        plan = row.report.plan
+        text = (f"  {row.product:<14}{format_bytes(plan.bytes.total):>11} in all, {format_bytes(plan.bytes.largest_host)}"
+                f" from the busiest of {len(plan.bytes.per_host)} host(s)")
+        if plan.save_s is not None:
+            steps = "" if plan.interval_steps is None else f" (~{plan.interval_steps:,} steps)"
+            text += (f"; save {format_duration(plan.save_s)}, every {format_duration(plan.interval_s)}{steps}, "
+                     f"{100 * (plan.lost_to_saves + plan.lost_to_rework):.2f}% of the time lost")
+        lines.append(text)
+    if a.throughput is None:
+        lines.append("  save times: no write throughput (pass --storage_mbps, or --preflight_json from harness-preflight)")
+    count = comparison.compiles
+    cached = f", {count.from_cache} from the cache" if count.from_cache else ""
+    lines += [f"Wall {comparison.wall_seconds:.1f} s; {count.compiled} compile(s) ({count.compiled_fits} fit){cached} "
+              f"in {count.workers} process(es); wrote {', '.join(outputs)}", RULE]
+    return "\n".join(lines)
+
+
+def render_settings(found: SettingsSearch, outputs: list[str]) -> str:
+    """The fastest setting as a harness-train command, the runners-up, the rejected."""
+    lines = [RULE, f"FASTEST SETTING on {found.target.product}: by the step-time bound per sample, at each "
+                   f"setting's largest batch", RULE]
+    if found.report is None:
+        lines.append("No setting fits: every FSDP size and remat policy runs out of memory at one sample per device.")
+    else:
+        winner = found.results[0]
+        lines += [f"Winner: fsdp {winner.fsdp}, remat {winner.remat}, global batch {winner.largest} "
+                  f"({format_duration(winner.per_sample_s)} per sample; {winner.bound.limited_by})",
+                  "  " + shlex.join(found.command)]
+    lines.append(f"{'fsdp':>6} {'remat':<8}{'status':<15}{'largest batch':>14}{'step >=':>11}{'per sample':>12}"
+                 f"  {'limited by':<12}{'compiles':>9}")
+    for r in found.results:
+        largest = "-" if r.largest is None else f"{r.largest}{'' if r.proven else '?'}"
+        step = "-" if r.bound is None else format_duration(r.bound.seconds)
+        per = "-" if r.per_sample_s is None else format_duration(r.per_sample_s)
+        limit = "-" if r.bound is None else r.bound.limited_by.split(" ")[0]
+        lines.append(f"{r.fsdp:>6} {r.remat:<8}{r.status:<15}{largest:>14}{step:>11}{per:>12}  {limit:<12}"
+                     f"{r.compiles:>9}")
+    lines.append("  (not compiled: a level with more recompute, which cannot beat a compute-bound winner)")
+    if found.report is not None:
+        lines.append(render(found.report, outputs))
+    else:
+        lines += [f"wrote {', '.join(outputs)}", RULE]
     return "\n".join(lines)

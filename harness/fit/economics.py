@@ -1,7 +1,9 @@
 """What a step costs: the step-time bound turned into an estimate with an assumed model
 FLOPs utilization (MFU), and a list price per chip-hour.
 
-`--mfu` (default 0.4): the estimate is max(compute time / MFU, HBM time). MaxText's tuned
+`--mfu` (default 0.4): the estimate is max(compute time / MFU, HBM time), the compute time
+being the bound's, on the FLOPs the step executes (remat's recompute included, so a remat
+policy's cost shows; without remat it is MFU exactly). MaxText's tuned
 16B-128B LLMs reach 46-67% MFU on v5e-256 (MaxText/configs/v5e/README.md) and 64-71% on
 v5p; 0.4 is below that on purpose: the models here are smaller for their slices (so
 collectives weigh more), untuned, and full remat's recompute is not in model FLOPs.

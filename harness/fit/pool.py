@@ -65,6 +65,7 @@ class CompilePool:
         self.peak_rss_mb: dict[int, float] = {}    # worker index -> its peak RSS
         self._queue: list[tuple[int, int, TrainConfig, bool]] = []   # a heap of (priority, job, ...)
         self._configs: dict[int, TrainConfig] = {}
+        self._notes: dict[int, dict] = {}            # job -> what progress says of it (HBM, settings)
         self._next_id = 0
         self._local = StepCompiler(OutcomeCache(cache_dir)) if workers <= 1 else None
         self._pool: list[_Worker] = []
@@ -74,10 +75,12 @@ class CompilePool:
     def parallel(self) -> bool:
         return self.workers > 1
 
-    def submit(self, config: TrainConfig, *, census: bool = False, priority: int = 0) -> int:
-        """Queues a compile (lower `priority` first, then in the order asked); returns its job id."""
+    def submit(self, config: TrainConfig, *, census: bool = False, priority: int = 0, note: dict | None = None) -> int:
+        """Queues a compile (lower `priority` first, then in the order asked); returns its
+        job id. `note`: the HBM and settings its progress lines give."""
         job = self._next_id
         self._next_id += 1
+        self._notes[job] = note or {}
         heapq.heappush(self._queue, (priority, job, config, census))
         self._configs[job] = config
         self._dispatch()
@@ -147,7 +150,7 @@ class CompilePool:
         if self.progress is not None:
             target = resolve(config.tpu.topology, config.tpu.chip_config, config.mesh.num_slices)
             self._numbers[job] = self.progress.started(config.data.batch_size, target.num_devices,
-                                                       target=target.product)
+                                                       target=target.product, **self._notes.pop(job, {}))
 
     def _finished(self, job: int, outcome: CompileOutcome) -> tuple[int, CompileOutcome]:
         if self.progress is not None:

@@ -55,7 +55,7 @@ class CompileProgress:
         self._bar: tqdm | None = None
         self._target, self._settings, self._hbm, self._total = "", "", 0, 1
         self._count = 0
-        self._running: dict[int, str] = {}   # compile number -> its target, while it runs
+        self._running: dict[int, tuple[str, int]] = {}   # compile number -> its target and HBM, while it runs
         self._batch, self._started = 0, 0.0
         self._ticking = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -77,16 +77,18 @@ class CompileProgress:
             self._bar = tqdm(total=total, file=self._stream, unit="compile", dynamic_ncols=True, leave=False,
                              bar_format="{desc} {n_fmt}/{total_fmt} compiles [{elapsed}]")
 
-    def started(self, batch_size: int, devices: int, *, target: str | None = None) -> int:
-        """Says a compile began (on `target`, default the run's); returns its number,
-        which `finished` takes when compiles overlap (harness/fit/pool.py)."""
+    def started(self, batch_size: int, devices: int, *, target: str | None = None, hbm_bytes: int | None = None,
+                settings: str | None = None) -> int:
+        """Says a compile began (on `target`, against `hbm_bytes`, with `settings`: by
+        default the run's); returns its number, which `finished` takes when compiles
+        overlap or targets differ (harness/fit/pool.py)."""
         self._count += 1
         where = target or self._target
-        self._running[self._count] = where
+        self._running[self._count] = (where, self._hbm if hbm_bytes is None else hbm_bytes)
         self._batch, self._started = batch_size, time.perf_counter()
         of = f"{self._count}/{self._total}" if self._total == 1 else f"{self._count} (of at most {self._total})"
         self._say(f"compile {of}: batch {batch_size} ({batch_size // devices} per device) on {where}: "
-                  f"{self._settings}")
+                  f"{settings or self._settings}")
         if self._bar is not None and self._ticker is None:
             self._ticking.clear()
             self._ticker = threading.Thread(target=self._tick, name="fit progress", daemon=True)
@@ -95,12 +97,11 @@ class CompileProgress:
 
     def finished(self, outcome: CompileOutcome, number: int | None = None) -> None:
         number = self._count if number is None else number
-        where = self._running.pop(number, self._target)
+        where, hbm = self._running.pop(number, (self._target, self._hbm))
         if not self._running:
             self._stop_ticking()
         took = "from the cache" if outcome.cached else f"{outcome.seconds:.1f} s"
-        self._say(f"compile {number}: batch {outcome.batch_size} on {where} "
-                  f"{outcome_text(outcome, self._hbm)} ({took})")
+        self._say(f"compile {number}: batch {outcome.batch_size} on {where} {outcome_text(outcome, hbm)} ({took})")
         if self._bar is not None:
             self._bar.set_description_str(f"{PROG}: batch {outcome.batch_size} "
                                           f"{'fits' if outcome.fits else 'out of memory'}", refresh=False)

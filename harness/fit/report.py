@@ -132,6 +132,7 @@ class FitReport:
         }
 
 
-def write_json(report: FitReport, path: Path) -> None:
+def write_json(result: Any, path: Path) -> None:
+    """fit.json: a FitReport's record, or a comparison's (anything with `to_dict`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

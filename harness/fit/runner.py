@@ -8,27 +8,29 @@ cache where asked before (harness/fit/cache.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
 
 import jax
+from jax.sharding import Mesh
 
 from harness.config import TrainConfig
 from harness.errors import UsageError
-from harness.fit.compile import argument_bytes
+from harness.fit.compile import ArgumentBytes, argument_bytes
 from harness.fit.economics import Assumptions, step_cost
 from harness.fit.libtpu import compiler_hbm_bytes, topology_devices
 from harness.fit.plan import SavePlan, checkpoint_bytes
 from harness.fit.pool import CompilePool
 from harness.fit.progress import CompileProgress, describe_settings
 from harness.fit.report import CompileCount, FitReport, MemoryByKind
-from harness.fit.roofline import step_time_bound
+from harness.fit.roofline import StepTimeBound, step_time_bound
 from harness.fit.sweep import Unit, new_search, run_units
 from harness.fit.topology import Target, resolve
 from harness.models.interface import Model
 from harness.runtime.mesh import make_mesh
-from harness.train.step import abstract_state, build_model
+from harness.train.step import TrainState, abstract_state, build_model
 
 
 def check_divisibility(config: TrainConfig, target: Target) -> None:
@@ -53,6 +55,75 @@ def describe_model(config: TrainConfig, model: Model, abstract_params: Any) -> d
     }
 
 
+@dataclasses.dataclass
+class Prepared:
+    """One setting on one target, ready to compile: what the report needs besides the compiler."""
+
+    config: TrainConfig
+    target: Target
+    model: Model
+    mesh: Mesh
+    hbm: int                   # usable HBM per device, as the compiler states it
+    state: TrainState          # abstract, with the mesh's shardings
+    arguments: ArgumentBytes
+
+    def unit(self, *, search: bool, max_compiles: int, compile_requested: bool = True) -> Unit:
+        """The compiles: the requested batch (unless not `compile_requested`) and its search."""
+        base = self.arguments.params + self.arguments.optimizer + self.arguments.other
+        batch_search = new_search(self.config, step=self.target.num_devices, hbm_bytes=self.hbm,
+                                  max_compiles=max_compiles, base_bytes=base,
+                                  requested=compile_requested) if search else None
+        return Unit(self.config, batch_search, compile_requested=compile_requested,
+                    note={"hbm_bytes": self.hbm, "settings": describe_settings(self.config, dict(self.mesh.shape))})
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Resolves the target and checks the input (UsageError) before any compile."""
+    target = resolve(config.tpu.topology, config.tpu.chip_config, config.mesh.num_slices)
+    check_divisibility(config, target)
+    model = build_model(config)  # a failing import path is bad input, found before any compile
+    devices = topology_devices(target)
+    mesh = make_mesh(config.mesh.fsdp_devices, devices)
+    hbm = compiler_hbm_bytes(devices[0]) or target.chip.hbm_bytes
+    return Prepared(config, target, model, mesh, hbm, abstract_state(config, mesh), argument_bytes(config, mesh))
+
+
+def step_bound(prepared: Prepared, batch_size: int, compiler_flops: float | None) -> StepTimeBound:
+    config = prepared.config.replace(batch_size=batch_size)
+    model = prepared.model
+    analytic = model.train_flops(batch_size) if hasattr(model, "train_flops") else None
+    recompute = model.remat_flops(batch_size) if hasattr(model, "remat_flops") else 0.0
+    return step_time_bound(analytic_flops=analytic, compiler_flops_per_device=compiler_flops,
+                           num_devices=prepared.target.num_devices, arguments=argument_bytes(config, prepared.mesh),
+                           chip=prepared.target.chip, recompute_flops=recompute)
+
+
+def report_of(prepared: Prepared, unit: Unit, assumptions: Assumptions, *, compiles: CompileCount | None,
+              wall_seconds: float) -> FitReport:
+    """The report of `unit`'s requested batch (and its search), once compiled."""
+    outcome, arguments = unit.outcome, prepared.arguments
+    memory = MemoryByKind(
+        arguments=arguments, hbm=prepared.hbm,
+        compiler_arguments=outcome.memory["argument_size"] if outcome.fits else None,
+        temporaries=outcome.memory["temp_size"] if outcome.fits else None,
+        outputs_not_aliased=(outcome.memory["output_size"] - outcome.memory["alias_size"]) if outcome.fits else None,
+        generated_code=outcome.memory["generated_code_size"] if outcome.fits else None,
+        peak=outcome.memory["peak_memory"] if outcome.fits else None,
+    )
+    bound = step_bound(prepared, prepared.config.data.batch_size, (outcome.cost or {}).get("flops"))
+    cost = step_cost(bound, prepared.target, assumptions)
+    plan = SavePlan(checkpoint_bytes(prepared.state), assumptions.throughput, assumptions.mtbf_hours * 3600,
+                    step_s=cost.estimate_s)
+    return FitReport(
+        target=prepared.target, model=describe_model(prepared.config, prepared.model, prepared.state.params),
+        mesh=dict(prepared.mesh.shape), batch_size=prepared.config.data.batch_size, fits=outcome.fits, memory=memory,
+        oom=outcome.oom, compile_seconds=outcome.seconds, program_fingerprint=outcome.fingerprint,
+        census=outcome.census, bound=bound, compiler_cost=outcome.cost,
+        search=unit.search.result() if unit.search is not None else None,
+        cost=cost, plan=plan, compiles=compiles, wall_seconds=wall_seconds,
+    )
+
+
 def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 16,
             progress: CompileProgress | None = None, workers: int = 1, cache_dir: str = "",
             compile_timeout_s: float = 3600.0, assumptions: Assumptions = Assumptions()) -> FitReport:
@@ -60,47 +131,13 @@ def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 16,
     compile. UsageError for bad input; running out of HBM is a report with `fits=False`.
     `workers` > 1 compiles in that many processes; `cache_dir` ("" = none) keeps outcomes."""
     started = time.perf_counter()
-    target = resolve(config.tpu.topology, config.tpu.chip_config, config.mesh.num_slices)
-    check_divisibility(config, target)
-    model = build_model(config)  # a failing import path is bad input, found before any compile
-    devices = topology_devices(target)
-    mesh = make_mesh(config.mesh.fsdp_devices, devices)
-    hbm = compiler_hbm_bytes(devices[0]) or target.chip.hbm_bytes
-    state = abstract_state(config, mesh)
-    arguments = argument_bytes(config, mesh)
-
+    prepared = prepare(config)
     if progress is not None:
-        progress.begin(target, describe_settings(config, dict(mesh.shape)), hbm, 1 + max_compiles if search else 1)
+        progress.begin(prepared.target, describe_settings(config, dict(prepared.mesh.shape)), prepared.hbm,
+                       1 + max_compiles if search else 1)
     workers = workers if search else 1  # one compile: no process to start
     with CompilePool(workers, cache_dir, timeout_s=compile_timeout_s, progress=progress) as pool:
-        base = arguments.params + arguments.optimizer + arguments.other
-        unit = Unit(config, new_search(config, step=target.num_devices, hbm_bytes=hbm, max_compiles=max_compiles,
-                                       base_bytes=base) if search else None)
+        unit = prepared.unit(search=search, max_compiles=max_compiles)
         run_units(pool, [unit])
-        peak_rss = dict(pool.peak_rss_mb)
-    outcome = unit.outcome
-    memory = MemoryByKind(
-        arguments=arguments, hbm=hbm,
-        compiler_arguments=outcome.memory["argument_size"] if outcome.fits else None,
-        temporaries=outcome.memory["temp_size"] if outcome.fits else None,
-        outputs_not_aliased=(outcome.memory["output_size"] - outcome.memory["alias_size"]) if outcome.fits else None,
-        generated_code=outcome.memory["generated_code_size"] if outcome.fits else None,
-        peak=outcome.memory["peak_memory"] if outcome.fits else None,
-    )
-    analytic = model.train_flops(config.data.batch_size) if hasattr(model, "train_flops") else None
-    bound = step_time_bound(analytic_flops=analytic,
-                            compiler_flops_per_device=(outcome.cost or {}).get("flops"),
-                            num_devices=target.num_devices, arguments=arguments, chip=target.chip)
-    cost = step_cost(bound, target, assumptions)
-    plan = SavePlan(checkpoint_bytes(state), assumptions.throughput, assumptions.mtbf_hours * 3600,
-                    step_s=cost.estimate_s)
-    return FitReport(
-        target=target, model=describe_model(config, model, state.params), mesh=dict(mesh.shape),
-        batch_size=config.data.batch_size, fits=outcome.fits, memory=memory, oom=outcome.oom,
-        compile_seconds=outcome.seconds, program_fingerprint=outcome.fingerprint,
-        census=outcome.census, bound=bound, compiler_cost=outcome.cost,
-        search=unit.search.result() if unit.search is not None else None,
-        cost=cost, plan=plan,
-        compiles=CompileCount.of(unit.outcomes, workers=pool.workers, worker_peak_rss_mb=peak_rss),
-        wall_seconds=time.perf_counter() - started,
-    )
+        compiles = CompileCount.of(unit.outcomes, workers=pool.workers, worker_peak_rss_mb=dict(pool.peak_rss_mb))
+    return report_of(prepared, unit, assumptions, compiles=compiles, wall_seconds=time.perf_counter() - started)

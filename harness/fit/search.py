@@ -81,10 +81,13 @@ class BatchSearch:
     fitting batch is proven, `max_compiles` probes are spent, or `max_batch` fits.
     `base_bytes`: per-device bytes a batch of 0 would need (parameters, optimizer state)."""
 
-    def __init__(self, *, step: int, hbm_bytes: int, max_compiles: int, requested: int, base_bytes: int = 0,
-                 max_batch: int = 1 << 20):
+    def __init__(self, *, step: int, hbm_bytes: int, max_compiles: int, start: int, requested: int | None = None,
+                 base_bytes: int = 0, max_batch: int = 1 << 20):
+        """`start`: the first probe. `requested`: a batch compiled beside the search,
+        whose outcome it waits for rather than compile it again (None: there is none)."""
         self.step, self.hbm, self.max_compiles, self.base = step, hbm_bytes, max_compiles, base_bytes
         self.max_batch = _down(max_batch, step)
+        self.start = min(max(_up(start, step), step), self.max_batch)
         self.requested = requested
         self.requested_probe: Probe | None = None
         self.probes: list[Probe] = []    # the search's own, in the order it asked
@@ -97,7 +100,7 @@ class BatchSearch:
         return pick(chosen, key=lambda p: p.batch_size) if chosen else None
 
     def record(self, probe: Probe) -> None:
-        if probe.batch_size == self.requested:
+        if self.requested is not None and probe.batch_size == self.requested:
             self.requested_probe = probe
         if probe.batch_size == self.pending:
             self.pending = None
@@ -117,10 +120,9 @@ class BatchSearch:
         """The next batch to compile; None while one is pending (or the requested batch,
         which it needs, is still compiling), or when done."""
         while self.pending is None and not self.done:
-            candidate = self._candidate() if self.probes else min(max(_up(FAR_FACTOR * self.requested, self.step),
-                                                                     self.step), self.max_batch)
+            candidate = self._candidate() if self.probes else self.start
             self.pending = candidate
-            if candidate != self.requested:
+            if candidate != self.requested or self.requested is None:
                 self.spent += 1
                 return candidate
             if self.requested_probe is None:
@@ -169,7 +171,8 @@ def largest_batch(compile_at, requested: CompileOutcome, *, step: int, hbm_bytes
                   base_bytes: int = 0, max_batch: int = 1 << 20) -> SearchResult:
     """The search run one compile at a time, the requested batch already compiled
     (`compile_at(batch) -> CompileOutcome`)."""
-    search = BatchSearch(step=step, hbm_bytes=hbm_bytes, max_compiles=max_compiles, requested=requested.batch_size,
+    search = BatchSearch(step=step, hbm_bytes=hbm_bytes, max_compiles=max_compiles,
+                         start=FAR_FACTOR * requested.batch_size, requested=requested.batch_size,
                          base_bytes=base_bytes, max_batch=max_batch)
     search.record(probe_of(requested))
     while (batch := search.next_batch()) is not None:

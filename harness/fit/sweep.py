@@ -14,20 +14,25 @@ import dataclasses
 from harness.config import TrainConfig
 from harness.fit.compile import CompileOutcome
 from harness.fit.pool import CompilePool
-from harness.fit.search import BatchSearch, probe_of
+from harness.fit.search import FAR_FACTOR, BatchSearch, probe_of
 
 
 @dataclasses.dataclass
 class Unit:
     config: TrainConfig
     search: BatchSearch | None = None
+    note: dict = dataclasses.field(default_factory=dict)   # for progress: hbm_bytes, settings
+    compile_requested: bool = True   # False: only the search compiles (harness/fit/settings.py)
     outcome: CompileOutcome | None = None      # the requested batch's
     outcomes: list[CompileOutcome] = dataclasses.field(default_factory=list)  # every compile, in order
 
 
-def new_search(config: TrainConfig, *, step: int, hbm_bytes: int, max_compiles: int, base_bytes: int) -> BatchSearch:
-    return BatchSearch(step=step, hbm_bytes=hbm_bytes, max_compiles=max_compiles,
-                       requested=config.data.batch_size, base_bytes=base_bytes)
+def new_search(config: TrainConfig, *, step: int, hbm_bytes: int, max_compiles: int, base_bytes: int,
+               requested: bool = True) -> BatchSearch:
+    """A search from 16x the config's batch; `requested`: that batch compiles beside it."""
+    batch = config.data.batch_size
+    return BatchSearch(step=step, hbm_bytes=hbm_bytes, max_compiles=max_compiles, start=FAR_FACTOR * batch,
+                       requested=batch if requested else None, base_bytes=base_bytes)
 
 
 def run_units(pool: CompilePool, units: list[Unit]) -> None:
@@ -37,11 +42,13 @@ def run_units(pool: CompilePool, units: list[Unit]) -> None:
     def feed(unit: Unit) -> None:
         batch = unit.search.next_batch() if unit.search is not None else None
         if batch is not None:
-            jobs[pool.submit(unit.config.replace(batch_size=batch), priority=0)] = (unit, False)
+            jobs[pool.submit(unit.config.replace(batch_size=batch), census=not unit.compile_requested, priority=0,
+                             note=unit.note)] = (unit, False)
 
     for unit in units:
-        jobs[pool.submit(unit.config, census=True, priority=1)] = (unit, True)
-        if pool.parallel:
+        if unit.compile_requested:
+            jobs[pool.submit(unit.config, census=True, priority=1, note=unit.note)] = (unit, True)
+        if pool.parallel or not unit.compile_requested:
             feed(unit)
     while jobs:
         job, outcome = pool.next_finished()

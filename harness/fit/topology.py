@@ -143,3 +143,14 @@ def resolve(topology: str, chip_config: str = "", num_slices: int = 1) -> Target
     chips = _chip_count(shape)
     return Target(product=f"{family}-{chips * per_chip}", topology=f"{libtpu_prefix}:{shape}", chip_config=config,
                   chips_per_host_bounds=_host_bounds(family, shape), num_slices=num_slices, chips=chips, chip=chip)
+
+
+def parse_targets(text: str, num_slices: int) -> list[str]:
+    """`--targets a,b,c` as product names; UsageError for an unknown or repeated one."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    products = [resolve(name, "", num_slices).product for name in names]
+    repeated = sorted({p for p in products if products.count(p) > 1})
+    if not products or repeated:
+        raise UsageError(f"--targets needs distinct TPU products, got {text!r}"
+                         + (f" ({', '.join(repeated)} twice)" if repeated else ""))
+    return products

@@ -27,3 +27,8 @@ def format_duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.3g} s"
     return f"{seconds / 60:.3g} min" if seconds < 7200 else f"{seconds / 3600:.3g} h"
+
+
+def format_usd(value: float) -> str:
+    """Dollars to the cent, or to 3 significant digits below a dollar."""
+    return f"${value:,.2f}" if value >= 1 else f"${value:.3g}"

@@ -13,7 +13,7 @@ import dataclasses
 
 BUILTIN_MODELS = ("mlp", "transformer")
 PARAM_DTYPES = ("float32", "bfloat16")
-REMAT_POLICIES = ("none", "full", "dots")
+REMAT_POLICIES = ("none", "full", "dots", "offload")
 
 
 def is_import_path(name: str) -> bool:

@@ -15,7 +15,8 @@ scored tokens: built like the MLP's, so hard samples (label noise) stay hard.
 
 `remat`: "full" recomputes each block in the backward pass (only the residual stream
 between blocks is kept); "dots" keeps the projections' outputs and recomputes the
-rest (attention scores, norms, activations).
+rest (attention scores, norms, activations); "offload" is "dots" with the kept outputs
+moved to the host's pinned memory until the backward pass needs them.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def _remat_policy(name: str):
         return jax.checkpoint_policies.nothing_saveable
     if name == "dots":
         return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    if name == "offload":
+        return jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host")
     return None
 
 
@@ -205,6 +208,19 @@ class VlaTransformer:
     def param_count(self) -> int:
         return sum(math.prod(shape) for shape in
                    jax.tree.leaves(self.param_shapes(), is_leaf=lambda x: isinstance(x, tuple)))
+
+    def remat_flops(self, batch_size: int) -> float:
+        """Matmul FLOPs the backward pass recomputes under the remat policy: the blocks'
+        whole forward ("full"), or the attention einsums, whose batch dimensions keep
+        them out of the saved dots ("dots", "offload"); none without remat."""
+        t, d = self.seq_len, self.size.width
+        if self.spec.remat == "full":
+            per_layer = 2 * t * (4 * d * d + 2 * d * self.size.mlp_width) + 4 * t * t * d
+        elif self.spec.remat in ("dots", "offload"):
+            per_layer = 4 * t * t * d
+        else:
+            return 0.0
+        return float(batch_size * self.size.depth * per_layer)
 
     def train_flops(self, batch_size: int) -> float:
         """Matmul FLOPs of forward + backward (3x forward), excluding remat's recompute:
