@@ -165,7 +165,7 @@ def test_attention_is_prefix_lm(eval_batch):
     assert not mask[:, [start + i for i in np.flatnonzero(~real)]].any()
 
 
-@pytest.mark.parametrize("remat", ["full", "dots"])
+@pytest.mark.parametrize("remat", ["full", "dots", "offload"])
 def test_remat_recomputes_the_same_loss_and_gradients(trained, eval_batch, remat):
     batch, _ = eval_batch
     params = trained[0].params
