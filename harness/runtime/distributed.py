@@ -121,3 +121,20 @@ def _initialize_hearing_sigterm(**kwargs) -> None:
         raise UsageError("jax.distributed installed no SIGTERM handler for its preemption service "
                          f"(SIGTERM's handler is at {current_action(signal.SIGTERM).handler}); "
                          "a SIGTERM could not stop every host at the same step")
+
+
+AGREED_EXIT_WAIT_S = 10
+
+
+def wait_for_every_host(name: str, timeout_s: float = AGREED_EXIT_WAIT_S) -> None:
+    """A bounded barrier in the coordination service (no device work), for hosts that
+    agreed to stop: past `timeout_s`, or without `jax.distributed`, it returns anyway."""
+    from harness.runtime.jax_internals import coordination_client
+
+    client = coordination_client()
+    if client is None or jax.process_count() == 1:
+        return
+    try:
+        client.wait_at_barrier(f"podharness/{name}", int(timeout_s * 1000))
+    except Exception:  # a host that never comes: the exit goes ahead, the verdict was agreed
+        return

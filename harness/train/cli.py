@@ -43,9 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from harness.train.startup import prepare_runtime
 
         prepare_runtime(config)
-    except (UsageError, TpuUnavailableError, CheckpointUnreadableError) as err:
+    except (UsageError, TpuUnavailableError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except CheckpointUnreadableError as err:
+        _exit_together(err)
 
     from harness.runtime.checkpoint import delete_all
     from harness.train.loop import train
@@ -57,12 +59,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, NonFiniteStateError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
-    except (HostLostError, CheckpointSaveError, CheckpointUnreadableError) as err:
+    except CheckpointUnreadableError as err:
+        _exit_together(err)
+    except (HostLostError, CheckpointSaveError) as err:
         # At once: after an out-of-memory error, even a normal shutdown may not get far.
         print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(err.exit_code)
     return EXIT_RESTARTABLE if summary.preempted else 0
+
+
+def _exit_together(err: CheckpointUnreadableError) -> None:
+    """An agreed verdict: every host prints it, waits (bounded) until all have, then
+    exits at once. Without the wait the coordinator's exit kills the others' JAX
+    clients (a fatal error) before they have said the line."""
+    from harness.runtime.distributed import wait_for_every_host
+
+    print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    wait_for_every_host("agreed-exit")
+    os._exit(err.exit_code)
 
 
 def run() -> None:
