@@ -70,12 +70,14 @@ def write_cost_chart(comparison: Comparison, path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(8, 5), dpi=120)
     fitting = [row for row in comparison.rows if row.usd_per_1000_steps is not None]
-    for rank, row in enumerate(fitting, start=1):
-        scale = comparison.batch_size / row.report.batch_size
-        seconds = row.report.cost.estimate_s * scale
+    points = [row.report.cost.estimate_s * comparison.batch_size / row.report.batch_size for row in fitting]
+    middle = (min(points, default=0) + max(points, default=0)) / 2
+    for rank, (row, seconds) in enumerate(zip(fitting, points, strict=True), start=1):
         axis.scatter(seconds, row.usd_per_1000_steps, s=60, color="#2A9D8F" if rank == 1 else "#4C72B0", zorder=3)
+        right = seconds > middle  # labels point inward, so none runs off the plot
         axis.annotate(f"{rank}. {row.product} (fsdp {row.settings['fsdp_devices']}, remat {row.settings['remat']})",
-                      (seconds, row.usd_per_1000_steps), textcoords="offset points", xytext=(6, 6), fontsize=9)
+                      (seconds, row.usd_per_1000_steps), textcoords="offset points", xytext=(-6 if right else 6, 6),
+                      ha="right" if right else "left", fontsize=9)
     axis.set_xlabel(f"estimated seconds per step of {comparison.batch_size} samples (MFU {comparison.assumptions.mfu:.2f})")
     axis.set_ylabel("USD per 1,000 steps (list price)")
     axis.grid(True, alpha=0.3)

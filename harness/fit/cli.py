@@ -1,13 +1,17 @@
-"""`harness-fit`: will this training step fit on that TPU pod? No TPU needed.
+"""`harness-fit`: will this training step fit on that TPU pod, with which settings, and
+what will it cost? No TPU needed.
 
     harness-fit --config v5litepod-256 --model transformer --model_size 3b --batch_size 1024 --num_slices 2
+    harness-fit --config v5litepod-16 --model transformer --model_size 1b --targets v5litepod-16,v6e-8,v4-32
+    harness-fit --config v5litepod-16 --model transformer --model_size 1b --search settings
 
 Takes every harness-train flag (same presets, same precedence); the target is the
-preset's `topology` (or `--topology v5litepod-16`, `--topology v5e:4x4`). Says on stderr
-each compile as it starts and ends (a live bar on a terminal), then prints a table and
-writes `fit.json` and `fit_memory.png` to `--run_dir`. Exit 0: it fits;
-1: it does not (the compiler's numbers are in the report); 2: bad input, one line on
-stderr.
+preset's `topology` (or `--topology v5litepod-16`, `--topology v5e:4x4`), or each of
+`--targets`. Says on stderr each compile as it starts and ends (a live bar on a
+terminal), then prints a table and writes `fit.json` and a chart to `--run_dir`.
+Compiles run in worker processes and their outcomes are kept on disk, so asking again
+costs no compile. Exit 0: it fits (a target, a setting does); 1: it does not (the
+compiler's numbers are in the report); 2: bad input, one line on stderr, nothing written.
 """
 
 from __future__ import annotations
