@@ -18,6 +18,13 @@ def first_line(err: BaseException, limit: int = 300) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
 
 
+def error_line(err: BaseException, limit: int = 300) -> str:
+    """What failed, in one line: `Type: first line`, or the type alone when the message
+    is empty (storage, auth and runtime errors raise many types; the type says which)."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {first_line(err, limit)}" if text else type(err).__name__
+
+
 class UsageError(Exception):
     """Bad input from the user (flags, presets, paths): the CLI prints it and exits 2.
 

@@ -29,13 +29,12 @@ import os
 import socket
 import sys
 import threading
-import time
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
 from launch.failures import PodResult
+from launch.run_id import new_run_id
 from launch.supervisor import Supervisor, stop_on_signals
 
 PROGRAM = "launch.local"
@@ -103,7 +102,7 @@ def run_local_pod(
         raise ValueError("num_processes and devices_per_process must be at least 1")
     base = os.environ if env is None else env
     coordinator_address = f"127.0.0.1:{free_port()}"
-    run_id = f"local-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_id = new_run_id("local-")
     with Supervisor(PROGRAM, stdout or sys.stdout, stderr or sys.stderr) as supervisor:
         for process_id in range(num_processes):
             host_env = host_environment(

@@ -34,8 +34,6 @@ import argparse
 import os
 import sys
 import threading
-import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +41,7 @@ from launch.gcloud import LaunchError, TpuVm
 from launch.pod_run import PROGRAM, PodPlan, dry_run_lines, run_plan
 from launch.provision import Shipment, Snapshot, take_snapshot
 from launch.remote_script import DEFAULT_KEEP_RELEASES, RemoteRun
+from launch.run_id import new_run_id
 from launch.supervisor import stop_on_signals
 
 EXIT_FAILED = 1
@@ -140,11 +139,6 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, argv[split + 1 :]
 
 
-def new_run_id() -> str:
-    """Sortable and unique: names the log directory and this launch's remote stop marker."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
 def make_plan(args: argparse.Namespace, harness_flags: Sequence[str], snapshot: Snapshot,
               wandb_key: str | None) -> PodPlan:
     """The launch the flags ask for, with a new run id."""
@@ -152,7 +146,7 @@ def make_plan(args: argparse.Namespace, harness_flags: Sequence[str], snapshot: 
     config = ["--config", args.preset] if args.preset else []
     run = RemoteRun(
         deploy_id=snapshot.deploy_id,
-        run_id=new_run_id(),
+        run_id=new_run_id(),  # also names the log directory and this launch's remote stop marker
         harness_args=(*config, *harness_flags),
         python=args.python,
         wandb_key_on_stdin=wandb_key is not None,

@@ -14,7 +14,7 @@ import importlib.util
 import os
 import re
 
-from harness.errors import UsageError
+from harness.errors import UsageError, first_line
 from harness.fit.topology import Target
 from harness.fit.units import GIB
 
@@ -45,7 +45,7 @@ def topology_devices(target: Target) -> list:
             chips_per_host_bounds=target.chips_per_host_bounds, num_slices=target.num_slices)
     except Exception as err:  # libtpu's refusals come as assorted runtime errors
         raise UsageError(f"libtpu refused topology {target.topology} ({target.chip_config}, "
-                         f"{target.num_slices} slice(s)): {str(err).strip().splitlines()[0]}") from None
+                         f"{target.num_slices} slice(s)): {first_line(err)}") from None
     devices = list(description.devices)
     if len(devices) != target.num_devices:
         raise UsageError(f"libtpu gave {len(devices)} devices for {target.product} x{target.num_slices}, "

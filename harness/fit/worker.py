@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from harness.config import TrainConfig
 from harness.config.fields import apply_overrides, flat_values
-from harness.errors import UsageError, first_line
+from harness.errors import UsageError, error_line
 from harness.fit.cache import OutcomeCache, cache_key
 from harness.fit.compile import CompileOutcome, compile_lowered, lower_train_step
 from harness.fit.topology import Target, resolve
@@ -62,7 +62,7 @@ def _answer(compiler: StepCompiler, request: dict[str, Any]) -> dict[str, Any]:
     except UsageError as err:
         return {"id": request["id"], "error": str(err), "usage": True}
     except Exception as err:  # a compiler error other than out of memory: the caller says which compile
-        return {"id": request["id"], "error": f"{type(err).__name__}: {first_line(err, 2000)}", "usage": False}
+        return {"id": request["id"], "error": error_line(err, 2000), "usage": False}
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"id": request["id"], "outcome": outcome.to_dict(), "peak_rss_mb": peak_rss_mb}
 

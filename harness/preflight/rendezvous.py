@@ -26,7 +26,6 @@ import re
 import socket
 import sys
 import time
-import uuid
 
 from harness.config import TrainConfig
 from harness.errors import UsageError
@@ -36,6 +35,7 @@ from harness.preflight.rollcall import Probe, RollCall, RollCallServer, call_rol
 from harness.preflight.wire import Hello
 from harness.runtime import distributed
 from harness.runtime.jax_internals import detect_cluster
+from launch.run_id import new_run_id
 
 RUN_ID_VARIABLE = "HARNESS_RUN_ID"
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -47,10 +47,6 @@ class Coordinates:
     num_processes: int
     process_id: int
     host_names: tuple[str, ...] = ()  # by process index, where the pod's metadata lists them
-
-
-def new_run_id() -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 def launcher_run_id() -> str | None:

@@ -12,7 +12,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Mapping
 
-from harness.errors import first_line
+from harness.errors import error_line
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 STATUSES = (PASS, WARN, FAIL, SKIP)
@@ -91,7 +91,7 @@ def timed(row: str, measure: Callable[[], Observation]) -> Observation:
     try:
         observation = measure()
     except Exception as err:  # a check's own failure is a result, whatever raised
-        observation = Observation(row, FAIL, "error", f"{type(err).__name__}: {first_line(err)}")
+        observation = Observation(row, FAIL, "error", error_line(err))
     return dataclasses.replace(observation, seconds=round(time.perf_counter() - started, 6))
 
 

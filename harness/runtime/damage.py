@@ -34,7 +34,7 @@ from typing import Sequence
 
 from etils import epath
 
-from harness.errors import first_line
+from harness.errors import error_line
 
 MARKER = "DAMAGED"
 DAMAGE_STATUS_CODES = ("DATA_LOSS", "OUT_OF_RANGE", "NOT_FOUND")
@@ -57,8 +57,7 @@ def is_proven_damage(err: BaseException) -> bool:
 
 def describe(err: BaseException) -> str:
     """What failed, in one line: the root cause's type and first line."""
-    cause = root_cause(err)
-    return f"{type(cause).__name__}: {first_line(cause)}"
+    return error_line(root_cause(err))
 
 
 def read_marker(step_dir: epath.Path) -> str | None:

@@ -34,6 +34,7 @@ import urllib.parse
 import uuid
 from collections.abc import Mapping
 
+from harness.errors import error_line
 from harness.runtime.orbax_internals import add_tensorstore_context_resource
 from harness.runtime.quiet import restore_levels, silence_storage_clients
 
@@ -188,8 +189,7 @@ class _GcsCheck:
         try:
             self.problem = self._first_problem()
         except Exception as error:
-            first_line = (str(error).strip().splitlines() or [""])[0]
-            self.problem = f"failed while {self.stage}: {type(error).__name__}: {first_line}"
+            self.problem = f"failed while {self.stage}: {error_line(error)}"
 
     def _first_problem(self) -> str | None:
         if not os.environ.get("STORAGE_EMULATOR_HOST"):  # An emulator takes any token.

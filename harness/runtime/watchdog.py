@@ -49,7 +49,7 @@ from typing import Any, Callable
 
 import jax
 
-from harness.errors import EXIT_RESTARTABLE
+from harness.errors import EXIT_RESTARTABLE, error_line
 from harness.runtime.jax_internals import coordination_client
 
 EXIT_HOST_LOST = EXIT_RESTARTABLE
@@ -76,11 +76,6 @@ def lost_hosts_line(reporter: int, lost: Sequence[int], why: str) -> str:
     """The one line a host prints before exiting `EXIT_HOST_LOST`; launchers parse it."""
     return (f"harness-train: error: host {reporter}: host(s) {', '.join(map(str, lost))} "
             f"stopped responding: {why}; exiting")
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
 
 
 class HostWatchdog:
@@ -149,7 +144,7 @@ class HostWatchdog:
                 seen = dict(self._client.key_value_dir_get(KEY_PREFIX))
             except Exception as err:  # the coordination service is unreachable; _judge decides
                 with self._lock:
-                    self._error = _first_line(err)
+                    self._error = error_line(err, 200)
             else:
                 with self._lock:
                     self._seen, self._answered_at, self._error = seen, time.monotonic(), ""
