@@ -16,6 +16,7 @@ import random
 import shutil
 import signal
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,17 +24,16 @@ import pytest
 from harness.runtime.checkpoint import existing_steps
 from harness.runtime.damage import MARKER
 from harness.outputs.sinks import read_metrics
+from tests.support.argv import train_args
 from tests.support.runs import (
     failure_report, run_harness, start_harness, tree_snapshot, uninterrupted_rows, wait_for_output,
 )
 
-COMMON = ["--config", "smoke", "--log_interval", "1", "--no_wandb"]
 RUN_TIMEOUT_S = 240
 ORBAX_TMP = ".orbax-checkpoint-tmp"
 
 
-def _args(root: Path, cache: list[str], *extra: str) -> list[str]:
-    return [*COMMON, *cache, "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+_args = partial(train_args, log_interval=1)
 
 
 def _copy_run(source: Path, target: Path) -> Path:

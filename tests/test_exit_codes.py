@@ -21,6 +21,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ from launch.gke.manifest import RESTARTABLE_EXIT_CODES
 from launch.local import free_port
 from launch.failures import parse_lost_hosts_line
 from tests.support.coordination import ExitRecorder
+from tests.support.argv import train_args
 from tests.support.process_states import PROCESS_STATES, TPU_VM, libtpu_loaded, state_env
 from tests.support.runs import REPO_ROOT, harness_env, run_harness, start_harness, wait_for_output
 
@@ -53,9 +55,7 @@ def test_the_documented_codes_and_the_gke_restart_list_agree() -> None:
 # --- Real runs, one per way a run ends ---------------------------------------------------
 
 
-def _args(root: Path, cache: list[str], *extra: str) -> list[str]:
-    return ["--config", "smoke", "--no_wandb", "--log_interval", "1", *cache,
-            "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+_args = partial(train_args, log_interval=1)
 
 
 def test_bad_input_exits_2(tmp_path: Path) -> None:

@@ -11,17 +11,17 @@ directly; only the transient-fault runs go through a FaultProxy (threads of pyte
 
 from __future__ import annotations
 
-import sys
 import urllib.parse
 import urllib.request
-from pathlib import Path
+from functools import partial
 from typing import TYPE_CHECKING
 
 import pytest
 
 from harness.outputs.sinks import read_metrics
-from tests.support.fault_proxy import Fault, FaultProxy
+from tests.support.argv import pod_command, train_args
 from tests.support.deny_storage import deny_server
+from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.runs import failure_report, harness_env, launch_local, run_harness, uninterrupted_rows
 
 if TYPE_CHECKING:
@@ -36,14 +36,9 @@ PREFIX = "gcs_checkpoints"  # this module's corner of the session's bucket
 MARKER = "commit_success.txt"
 
 
-def _args(directory: str, run_dir: Path, cache: list[str], *extra: str) -> list[str]:
-    return ["--config", "smoke", "--log_interval", "1", "--no_wandb", "--no_hard_examples", *cache,
-            "--checkpoint_dir", directory, "--run_dir", str(run_dir), *extra]
-
-
-def _pod_command(directory: str, run_dir: Path, cache: list[str], *extra: str) -> list[str]:
-    return [sys.executable, "-m", "harness.train", "--config", "local-2x4", "--log_interval", "1", "--no_wandb",
-            "--no_hard_examples", *cache, "--checkpoint_dir", directory, "--run_dir", str(run_dir), *extra]
+# A run's checkpoints go to `checkpoint_dir=` in the bucket, its outputs to ROOT/run.
+run_args = partial(train_args, log_interval=1, no_hard_examples=True)
+pod_run = partial(pod_command, log_interval=1, no_hard_examples=True)
 
 
 def committed_steps(names: list[str], prefix: str) -> list[int]:
@@ -93,8 +88,8 @@ def bucket_run(gcs, cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("bucket_run")
     prefix = f"{PREFIX}/run1"
     directory = f"gs://{emulator.bucket}/{prefix}"
-    first = run_harness(_args(directory, root / "run", cache, "--num_train_steps", "12", "--save_interval", "4",
-                              "--keep", "2"), timeout=RUN_TIMEOUT_S, env=env)
+    first = run_harness(run_args(root, cache, "--num_train_steps", "12", "--save_interval", "4", "--keep", "2",
+                                 checkpoint_dir=directory), timeout=RUN_TIMEOUT_S, env=env)
     assert first.returncode == 0, failure_report(first)
     after_first = emulator.object_names(prefix + "/")
 
@@ -105,10 +100,10 @@ def bucket_run(gcs, cache, tmp_path_factory):
             copy_object(emulator, name, name.replace(f"{prefix}/8/", f"{prefix}/99/", 1))
     planted = emulator.object_names(f"{prefix}/99/")
 
-    refused = run_harness(_args(directory, root / "run", cache, "--num_train_steps", "16"),
+    refused = run_harness(run_args(root, cache, "--num_train_steps", "16", checkpoint_dir=directory),
                           timeout=RUN_TIMEOUT_S, env=env)
-    resumed = run_harness(_args(directory, root / "run", cache, "--num_train_steps", "16", "--save_interval", "4",
-                                "--keep", "2", "--resume"), timeout=RUN_TIMEOUT_S, env=env)
+    resumed = run_harness(run_args(root, cache, "--num_train_steps", "16", "--save_interval", "4", "--keep", "2",
+                                   "--resume", checkpoint_dir=directory), timeout=RUN_TIMEOUT_S, env=env)
     return {"prefix": prefix, "directory": directory, "root": root, "after_first": after_first,
             "planted": planted, "refused": refused, "resumed": resumed,
             "after_resume": emulator.object_names(prefix + "/")}
@@ -162,13 +157,13 @@ def pod_bucket_run(gcs, cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("pod_bucket_run")
     prefix = f"{PREFIX}/pod"
     directory = f"gs://{emulator.bucket}/{prefix}"
-    first = launch_local(2, 4, _pod_command(directory, root / "run", cache, "--num_train_steps", "4",
-                                            "--save_interval", "4"), timeout=POD_TIMEOUT_S, env=env)
+    first = launch_local(2, 4, pod_run(root, cache, "--num_train_steps", "4", "--save_interval", "4",
+                                       checkpoint_dir=directory), timeout=POD_TIMEOUT_S, env=env)
     after_first = emulator.object_names(prefix + "/")
     resumed = None
     if first.returncode == 0:
-        resumed = launch_local(2, 4, _pod_command(directory, root / "run", cache, "--num_train_steps", "8",
-                                                  "--save_interval", "4", "--resume"), timeout=POD_TIMEOUT_S, env=env)
+        resumed = launch_local(2, 4, pod_run(root, cache, "--num_train_steps", "8", "--save_interval", "4", "--resume",
+                                             checkpoint_dir=directory), timeout=POD_TIMEOUT_S, env=env)
     return {"prefix": prefix, "root": root, "first": first, "after_first": after_first, "resumed": resumed,
             "after_resume": emulator.object_names(prefix + "/")}
 
@@ -212,8 +207,8 @@ def test_pod_whose_save_fails_on_one_host_ends_promptly(gcs_emulator, cache, tmp
         for attempt in range(3):
             directory = f"gs://{gcs_emulator.bucket}/{PREFIX}/one_host_fails_{attempt}"
             command = ["sh", "-c", deny_host_1, "sh",
-                       *_pod_command(directory, tmp_path / f"run{attempt}", cache, "--num_train_steps", "8",
-                                     "--save_interval", "4", "--heartbeat_timeout", "10")]
+                       *pod_run(None, cache, "--num_train_steps", "8", "--save_interval", "4", "--heartbeat_timeout",
+                                "10", checkpoint_dir=directory, run_dir=tmp_path / f"run{attempt}")]
             # The launcher stops the pod and exits 124 after SAVE_FAILURE_ENDS_WITHIN_S.
             result = launch_local(2, 4, command, timeout=SAVE_FAILURE_ENDS_WITHIN_S, env=env)
 
@@ -246,12 +241,12 @@ def faulty_run(gcs_emulator: GcsEmulator, cache, tmp_path_factory):
             proxy.add_rule(Fault.UNAVAILABLE, method="POST", path=f"name={prefix}/4/{MARKER}&uploadType=resumable"),
             proxy.add_rule(Fault.DROP, method="POST", path=f"name={prefix}/4/meta/metadata&uploadType=resumable"),
         ]
-        first = run_harness(_args(directory, root / "run", cache, "--num_train_steps", "4", "--save_interval", "4"),
-                            timeout=RUN_TIMEOUT_S, env=env)
+        first = run_harness(run_args(root, cache, "--num_train_steps", "4", "--save_interval", "4",
+                                     checkpoint_dir=directory), timeout=RUN_TIMEOUT_S, env=env)
         injected = {"per_rule": [rule.injected for rule in rules], "counts": proxy.fault_counts()}
         after_first = gcs_emulator.object_names(prefix + "/")
-        resumed = run_harness(_args(directory, root / "run", cache, "--num_train_steps", "8", "--save_interval", "4",
-                                    "--resume"), timeout=RUN_TIMEOUT_S, env=env)
+        resumed = run_harness(run_args(root, cache, "--num_train_steps", "8", "--save_interval", "4", "--resume",
+                                       checkpoint_dir=directory), timeout=RUN_TIMEOUT_S, env=env)
     return {"prefix": prefix, "root": root, "first": first, "injected": injected,
             "expected": [rule.count for rule in rules], "after_first": after_first, "resumed": resumed}
 

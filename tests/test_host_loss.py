@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from harness.runtime.watchdog import (
     lost_hosts_line,
 )
 from launch.failures import parse_lost_hosts_line
+from tests.support.argv import pod_command
 from tests.support.coordination import ExitRecorder, FakeKeyValueStore
 from tests.support.runs import (
     harness_env, local_pod_hosts, processes_in_groups, start_local_pod, stop_local_pod, wait_for_output,
@@ -135,10 +135,8 @@ def test_jax_aborts_no_earlier_than_the_watchdogs_threshold_plus_the_margin(monk
 
 def _pod_command(root: Path, cache: list[str]) -> list[str]:
     """A run far longer than the test, without periodic checkpoints."""
-    return [sys.executable, "-m", "harness.train", "--config", "local-2x4", "--num_train_steps", "3000",
-            "--save_interval", "100000", "--log_interval", "1", "--heartbeat_timeout", str(HEARTBEAT_S),
-            "--no_wandb", "--no_hard_examples", *cache,
-            "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run")]
+    return pod_command(root, cache, num_train_steps=3000, save_interval=100000, log_interval=1,
+                       heartbeat_timeout=HEARTBEAT_S, no_hard_examples=True)
 
 
 def _lose_host(root: Path, cache: list[str], victim: int, how: signal.Signals, *, kill_grace: float):

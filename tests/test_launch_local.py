@@ -20,8 +20,8 @@ import pytest
 
 from harness.runtime.watchdog import EXIT_HOST_LOST, lost_hosts_line
 from launch.local import run_local_pod, with_device_count
+from tests.support.runs import REPO_ROOT, pid_alive
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT_S = 120  # a hang guard: every launch here ends in about a second
 
 
@@ -39,15 +39,6 @@ def launch(flags: str, command: list[str]) -> subprocess.CompletedProcess:
 def python_child(source: str) -> list[str]:
     """A child command: python running `source`."""
     return [sys.executable, "-c", textwrap.dedent(source)]
-
-
-def pid_running(pid: int) -> bool:
-    """True while the process exists and is not a zombie waiting to be reaped."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status
 
 
 def wait_for_files(paths: list[Path], timeout: float = 10.0) -> None:
@@ -68,7 +59,7 @@ def reap_pids(tmp_path: Path):
     """Kill any child whose pid file is left in tmp_path, so a failing test leaks nothing."""
     yield tmp_path
     for pid in read_pids(tmp_path):
-        if pid_running(pid):
+        if pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -152,7 +143,7 @@ def test_a_failing_host_makes_the_launcher_stop_the_others(reap_pids: Path) -> N
     assert result.returncode == 3, result.stderr
     assert result.stderr.splitlines() == ["launch.local: host 1 failed (exit code 3)"]
     assert sorted(result.stdout.splitlines()) == ["[host 0] host 0 got SIGTERM", "[host 2] host 2 got SIGTERM"]
-    assert not [pid for pid in read_pids(reap_pids) if pid_running(pid)]
+    assert not [pid for pid in read_pids(reap_pids) if pid_alive(pid)]
 
 
 def test_the_host_a_survivor_names_is_reported_and_killed_at_once(reap_pids: Path) -> None:
@@ -181,7 +172,7 @@ def test_the_host_a_survivor_names_is_reported_and_killed_at_once(reap_pids: Pat
         f"[host 0] {report}",
         f"launch.local: host 1 stopped responding (named by host 0); host 0 failed (exit code {EXIT_HOST_LOST})",
     ]
-    assert not [pid for pid in read_pids(reap_pids) if pid_running(pid)]
+    assert not [pid for pid in read_pids(reap_pids) if pid_alive(pid)]
 
 
 def test_named_hosts_are_in_the_result_of_the_in_process_api(reap_pids: Path) -> None:
@@ -277,7 +268,7 @@ def test_a_host_ignoring_sigterm_is_killed_after_the_grace_period(reap_pids: Pat
         "launch.local: host 0 failed (exit code 4)",
         "launch.local: host 1 still running after 1s; sending SIGKILL",
     ]
-    assert not [pid for pid in read_pids(reap_pids) if pid_running(pid)]
+    assert not [pid for pid in read_pids(reap_pids) if pid_alive(pid)]
 
 
 def test_timeout_kills_everything_and_names_the_hosts_still_running() -> None:

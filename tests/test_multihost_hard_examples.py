@@ -19,15 +19,18 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from harness.config import load_preset
 from harness.hard_examples.entry import Candidate, IntervalStats
 from tests.support import gather_script
+from tests.support.argv import pod_command
 from tests.support.oracles import interval_stats_oracle, merge_oracle, merge_stats_oracle, top_k_oracle
-from tests.support.runs import REPO_ROOT, failure_report, harness_env, host_lines, launch_local
+from tests.support.runs import (
+    failure_report, host_lines, launch_local, local_pod_hosts, processes_in_groups,
+    start_local_pod, stop_local_pod, wait_for_output,
+)
 
 TRAIN_TIMEOUT_S = 240
 GATHER_TIMEOUT_S = 120
@@ -51,8 +54,7 @@ def training_run(request, tmp_path_factory):
     run_dir = root / "run"
     result = launch_local(
         num_processes, devices,
-        [sys.executable, "-m", "harness.train", "--config", preset, "--record_per_sample_losses",
-         "--no_wandb", "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(run_dir), "--overwrite"],
+        pod_command(root, (), "--overwrite", preset=preset, record_per_sample_losses=True),
         timeout=TRAIN_TIMEOUT_S,
     )
     record = run_dir / "per_sample_losses.jsonl"
@@ -367,53 +369,6 @@ def test_examples_over_the_size_limit_are_reported_and_left_out(gather_rounds):
 # A host killed with SIGKILL mid-training: the launcher must notice, name it, stop the
 # rest and leave nothing behind.
 
-def process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, process group) of every process visible in /proc."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces and parens
-        table[int(entry.name)] = (int(fields[1]), int(fields[2]))
-    return table
-
-
-def alive(pid: int) -> bool:
-    """Exists and is not a zombie waiting to be reaped."""
-    try:
-        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-
-
-def host_process_ids(launcher_pid: int) -> dict[int, int]:
-    """HARNESS_PROCESS_ID -> pid of each host the launcher started (its direct children)."""
-    hosts = {}
-    for pid, (ppid, _) in process_table().items():
-        if ppid != launcher_pid:
-            continue
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for variable in environ:
-            if variable.startswith(b"HARNESS_PROCESS_ID="):
-                hosts[int(variable.split(b"=", 1)[1])] = pid
-    return hosts
-
-
-def wait_for_line(path: Path, needle: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while needle not in path.read_text(errors="replace"):
-        assert process.poll() is None, f"launcher exited {process.returncode} before {needle!r}"
-        assert time.monotonic() < deadline, f"no {needle!r} within {timeout}s"
-        time.sleep(0.2)
-
-
 KILL_CASES = [
     pytest.param(2, 4, "local-2x4", 1, id="2x4-kill-host-1"),
     pytest.param(4, 2, "local-4x2", 1, id="4x2-kill-host-1", marks=pytest.mark.soak),
@@ -423,24 +378,17 @@ KILL_CASES = [
 
 @pytest.mark.parametrize("num_processes, devices, preset, victim", KILL_CASES)
 def test_a_host_killed_mid_training_stops_the_pod(tmp_path, num_processes, devices, preset, victim):
-    out, err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    command = [
-        sys.executable, "-m", "launch.local", "--num_processes", str(num_processes),
-        "--devices_per_process", str(devices), "--timeout", str(TRAIN_TIMEOUT_S), "--",
-        sys.executable, "-m", "harness.train", "--config", preset, "--num_train_steps", "400",
-        "--heartbeat_timeout", "10", "--no_wandb", "--overwrite",
-        "--checkpoint_dir", str(tmp_path / "ckpt"), "--run_dir", str(tmp_path / "run"),
-    ]
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        launcher = subprocess.Popen(command, cwd=REPO_ROOT, env=harness_env(), stdout=stdout, stderr=stderr)
-    hosts: dict[int, int] = {}
+    log = tmp_path / "launcher.log"
+    command = pod_command(tmp_path, (), "--overwrite", preset=preset, num_train_steps=400, heartbeat_timeout=10)
+    launcher = start_local_pod(num_processes, devices, command, log_path=log, timeout=TRAIN_TIMEOUT_S)
+    hosts = {}
     try:
-        wait_for_line(out, "[host 0] Step", launcher, timeout=TRAIN_TIMEOUT_S - 30)
-        hosts = host_process_ids(launcher.pid)
+        wait_for_output(log, r"^\[host 0\] Step", launcher, timeout=TRAIN_TIMEOUT_S - 30)
+        hosts = local_pod_hosts(launcher.pid)
         assert sorted(hosts) == list(range(num_processes)), hosts
-        groups = set(hosts.values())  # each host leads its own session and process group
+        groups = {host.pid for host in hosts.values()}  # each host leads its own session and process group
 
-        os.kill(hosts[victim], signal.SIGKILL)
+        os.kill(hosts[victim].pid, signal.SIGKILL)
         killed_at = time.monotonic()
         try:
             returncode = launcher.wait(timeout=KILL_DETECTED_WITHIN_S)
@@ -448,18 +396,13 @@ def test_a_host_killed_mid_training_stops_the_pod(tmp_path, num_processes, devic
             pytest.fail(f"launcher still running {KILL_DETECTED_WITHIN_S}s after host {victim} was killed")
         detected_in = time.monotonic() - killed_at
 
-        stderr_text = err.read_text(errors="replace")
-        assert returncode == 128 + signal.SIGKILL, (returncode, stderr_text[-3000:])
-        failures = re.findall(r"^launch\.local: (host \d+) failed \((.*)\)$", stderr_text, re.MULTILINE)
-        assert failures[:1] == [(f"host {victim}", "killed by SIGKILL")], stderr_text[-3000:]
+        output = log.read_text(errors="replace")
+        assert returncode == 128 + signal.SIGKILL, (returncode, output[-3000:])
+        failures = re.findall(r"^launch\.local: (host \d+) failed \((.*)\)$", output, re.MULTILINE)
+        assert failures[:1] == [(f"host {victim}", "killed by SIGKILL")], output[-3000:]
         assert detected_in < KILL_DETECTED_WITHIN_S
-        left = [pid for pid, (_, group) in process_table().items() if group in groups and alive(pid)]
+        left = processes_in_groups(groups)
         assert left == [], f"processes of the run still alive: {left}"
-        assert not [pid for pid in hosts.values() if alive(pid)]
+        assert not [host for host in hosts.values() if host.same_process()]
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.wait(timeout=10)
-        for pid in hosts.values():
-            if alive(pid):
-                os.killpg(pid, signal.SIGKILL)
+        stop_local_pod(launcher, hosts)

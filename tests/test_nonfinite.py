@@ -8,7 +8,7 @@ Faults come from the documented testing option `--testing_nonfinite_step`.
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import partial
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,15 +17,13 @@ import pytest
 from harness.errors import NonFiniteStateError
 from harness.outputs.sinks import read_metrics
 from harness.runtime.checkpoint import CheckpointStore, existing_steps
+from tests.support.argv import train_args
 from tests.support.runs import failure_report, run_harness, tree_snapshot
 
 RUN_TIMEOUT_S = 240
 
 
-def _args(root: Path, cache: list[str], *extra: str) -> list[str]:
-    return ["--config", "smoke", "--no_wandb", "--log_interval", "1", "--num_train_steps", "12",
-            "--save_interval", "3", "--keep", "2", *cache,
-            "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+_args = partial(train_args, log_interval=1, num_train_steps=12, save_interval=3, keep=2)
 
 
 @pytest.fixture(scope="module")

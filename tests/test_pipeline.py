@@ -7,6 +7,7 @@ checkpointable iterator state, and exact resume through that state.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from harness.mock.data import MockDataset
 from harness.outputs.sinks import read_metrics
 from harness.runtime.checkpoint import existing_steps
 from harness.train.pipeline import InputPipeline, PipelineStateError
+from tests.support.argv import train_args
 from tests.support.runs import failure_report, run_harness, sigkill_when, start_harness
 
 SPEC = DataConfig(batch_size=12, image_size=8, seq_len=32)
@@ -80,10 +82,7 @@ def test_a_damaged_state_is_refused(state, problem):
 # --- Through the real CLI.
 
 
-def _args(root: Path, cache: list[str], *extra: str) -> list[str]:
-    return ["--config", "smoke", "--no_wandb", "--log_interval", "1", "--num_train_steps", "24",
-            "--save_interval", "4", "--hard_example_log_interval", "6", *cache,
-            "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+_args = partial(train_args, log_interval=1, num_train_steps=24, save_interval=4, hard_example_log_interval=6)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import os
 import re
 import signal
 import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ import pytest
 from harness.errors import EXIT_RESTARTABLE
 from harness.runtime.checkpoint import existing_steps
 from harness.outputs.sinks import read_metrics
+from tests.support.argv import pod_command, train_args
 from tests.support.process_states import PROCESS_STATES, TPU_VM, libtpu_loaded, state_env
 from tests.support.runs import (
     failure_report, harness_env, launch_local, local_pod_hosts, run_harness, start_harness, start_local_pod, stop_local_pod, uninterrupted_rows, wait_for_output,
@@ -36,14 +37,8 @@ LONG_RUN = ["--num_train_steps", "4000", "--save_interval", "10000"]
 PREEMPTED = r"Preempted \(SIGTERM\): all hosts stopped at step (\d+) and saved a checkpoint there"
 
 
-def _single_args(root: Path, cache: list[str], *extra: str) -> list[str]:
-    return ["--config", "smoke", "--log_interval", "1", "--no_wandb", *cache,
-            "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
-
-
-def _pod_command(root: Path, cache: list[str], *extra: str) -> list[str]:
-    return [sys.executable, "-m", "harness.train", "--config", "local-2x4", "--log_interval", "1", "--no_wandb",
-            *cache, "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+_single_args = partial(train_args, log_interval=1)
+_pod_command = partial(pod_command, log_interval=1)
 
 
 # ---------------------------------------------------------------------------------------

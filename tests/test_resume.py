@@ -14,21 +14,21 @@ import re
 import shutil
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from harness.runtime.checkpoint import existing_steps
 from harness.outputs.sinks import read_metrics
+from tests.support.argv import train_args
 from tests.support.runs import REPO_ROOT, harness_env, run_harness, sigkill_when, start_harness, tree_snapshot
 
 STEPS = 60
-COMMON = ["--config", "smoke", "--log_interval", "1", "--no_wandb", "--no_hard_examples"]
 RUN_TIMEOUT_S = 180
 
 
-def _args(cache: list[str], root: Path, *extra: str) -> list[str]:
-    return [*COMMON, *cache, "--checkpoint_dir", str(root / "ckpt"), "--run_dir", str(root / "run"), *extra]
+_args = partial(train_args, log_interval=1, no_hard_examples=True)
 
 
 def _metrics_text(root: Path) -> str:
@@ -45,7 +45,7 @@ def _copy_run(source: Path, target: Path) -> Path:
 def reference(tmp_path_factory, cache) -> Path:
     """An uninterrupted 60-step run (checkpoints at 20, 40, 60)."""
     root = tmp_path_factory.mktemp("reference")
-    result = run_harness(_args(cache, root, "--num_train_steps", str(STEPS), "--save_interval", "20"),
+    result = run_harness(_args(root, cache, "--num_train_steps", str(STEPS), "--save_interval", "20"),
                          timeout=RUN_TIMEOUT_S)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = read_metrics(root / "run" / "metrics.jsonl")
@@ -59,12 +59,12 @@ def split_run(tmp_path_factory, cache) -> tuple[Path, str, str]:
     """40 steps with --resume into an empty checkpoint dir, then --resume up to 60."""
     root = tmp_path_factory.mktemp("split")
     (root / "ckpt").mkdir()
-    first = run_harness(_args(cache, root, "--num_train_steps", "40", "--save_interval", "20", "--resume"),
+    first = run_harness(_args(root, cache, "--num_train_steps", "40", "--save_interval", "20", "--resume"),
                         timeout=RUN_TIMEOUT_S)
     assert first.returncode == 0, first.stdout + first.stderr
     first_rows = [row["step"] for row in read_metrics(root / "run" / "metrics.jsonl")]
     assert first_rows == list(range(40))
-    second = run_harness(_args(cache, root, "--num_train_steps", str(STEPS), "--save_interval", "20", "--resume"),
+    second = run_harness(_args(root, cache, "--num_train_steps", str(STEPS), "--save_interval", "20", "--resume"),
                          timeout=RUN_TIMEOUT_S)
     assert second.returncode == 0, second.stdout + second.stderr
     return root, first.stdout, second.stdout
@@ -103,7 +103,7 @@ def _logged_steps(path: Path) -> list[int]:
 
 
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(reference, tmp_path, cache):
-    args = _args(cache, tmp_path, "--num_train_steps", str(STEPS), "--save_interval", "10")
+    args = _args(tmp_path, cache, "--num_train_steps", str(STEPS), "--save_interval", "10")
     metrics_path, ckpt = tmp_path / "run" / "metrics.jsonl", str(tmp_path / "ckpt")
     killed = start_harness(args, log_path=tmp_path / "killed.log")
 
@@ -127,7 +127,7 @@ def test_resume_with_another_batch_size_fails_and_changes_nothing(reference, tmp
     root = _copy_run(reference, tmp_path)
     before = tree_snapshot(root)
 
-    result = run_harness(_args(cache, root, "--num_train_steps", str(STEPS), "--resume", "--batch_size", "32"),
+    result = run_harness(_args(root, cache, "--num_train_steps", str(STEPS), "--resume", "--batch_size", "32"),
                          timeout=RUN_TIMEOUT_S)
 
     assert result.returncode == 2, result.stdout + result.stderr
@@ -141,7 +141,7 @@ def test_checkpoints_without_resume_or_overwrite_fail_then_overwrite_starts_over
     root = _copy_run(reference, tmp_path)
     before = tree_snapshot(root)
 
-    refused = run_harness(_args(cache, root, "--num_train_steps", "8"), timeout=RUN_TIMEOUT_S)
+    refused = run_harness(_args(root, cache, "--num_train_steps", "8"), timeout=RUN_TIMEOUT_S)
 
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stderr.splitlines() == [
@@ -150,7 +150,7 @@ def test_checkpoints_without_resume_or_overwrite_fail_then_overwrite_starts_over
     ]
     assert tree_snapshot(root) == before
 
-    overwritten = run_harness(_args(cache, root, "--num_train_steps", "8", "--overwrite"), timeout=RUN_TIMEOUT_S)
+    overwritten = run_harness(_args(root, cache, "--num_train_steps", "8", "--overwrite"), timeout=RUN_TIMEOUT_S)
 
     assert overwritten.returncode == 0, overwritten.stdout + overwritten.stderr
     assert "Resumed" not in overwritten.stdout
@@ -182,7 +182,7 @@ def test_death_right_after_a_checkpoint_loses_no_metric_rows(reference, tmp_path
     """The process dies the moment checkpoint 4 is committed (synchronous save). Step 3
     may still have been in flight when the save began; its metrics row must be on disk
     by then anyway, because the resume starts at 4."""
-    args = _args(cache, tmp_path, "--num_train_steps", "8", "--save_interval", "4", "--sync_checkpointing")
+    args = _args(tmp_path, cache, "--num_train_steps", "8", "--save_interval", "4", "--sync_checkpointing")
 
     died = subprocess.run([sys.executable, "-c", DYING_CLI, *args], cwd=REPO_ROOT,
                           env=harness_env(DIE_AFTER_SAVE="4"), capture_output=True, text=True,

@@ -19,13 +19,14 @@ import re
 import resource
 import shutil
 import signal
-import sys
 import urllib.parse
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.support.argv import pod_command, train_args
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.runs import (
     failure_report, harness_env, host_lines, launch_local, run_harness, start_harness, tree_snapshot, wait_for_output,
@@ -50,9 +51,7 @@ ADDRESS_SPACE_MARGIN = 32 << 20
 OUT_OF_MEMORY_ATTEMPTS = 5
 
 
-def _args(directory: str, run_dir: Path, cache: list[str], *extra: str, preset: str = "smoke") -> list[str]:
-    return ["--config", preset, "--no_wandb", "--no_hard_examples", *cache, "--checkpoint_dir", directory,
-            "--run_dir", str(run_dir), *extra]
+run_args = partial(train_args, no_hard_examples=True)
 
 
 def _error_lines(stderr: str) -> list[str]:
@@ -65,7 +64,7 @@ def bucket_run(gcs_emulator: GcsEmulator, cache, tmp_path_factory) -> dict:
     """12 steps saved to the bucket (steps 6 and 12), and its object names."""
     root = tmp_path_factory.mktemp("bucket_run")
     directory = f"gs://{gcs_emulator.bucket}/{PREFIX}"
-    result = run_harness(_args(directory, root / "run", cache), timeout=RUN_TIMEOUT_S,
+    result = run_harness(run_args(root, cache, checkpoint_dir=directory), timeout=RUN_TIMEOUT_S,
                          env=harness_env(HARNESS_GCS_EMULATOR=gcs_emulator.url))
     assert result.returncode == 0, failure_report(result)
     return {"directory": directory, "root": root, "objects": gcs_emulator.object_names(PREFIX + "/")}
@@ -105,8 +104,8 @@ def test_a_read_that_fails_past_the_retries_stops_the_resume_and_changes_nothing
     directory = bucket_run["directory"]
     with FaultProxy(gcs_emulator.url, timeout_s=30) as proxy:
         rule = proxy.add_rule(fault, method="GET", path=_read_rules(gcs_emulator.bucket)[read], count=None)
-        result = run_harness(_args(directory, bucket_run["root"] / "run", cache, "--resume", "--num_train_steps",
-                                   "18", "--gcs_max_retries", "2"),
+        result = run_harness(run_args(bucket_run["root"], cache, "--resume", "--num_train_steps", "18",
+                                      "--gcs_max_retries", "2", checkpoint_dir=directory),
                              timeout=RUN_TIMEOUT_S, env=harness_env(HARNESS_GCS_EMULATOR=proxy.url))
 
     assert result.returncode == 42, failure_report(result)
@@ -125,7 +124,8 @@ def test_a_listing_refused_at_start_up_stops_the_run_and_changes_nothing(bucket_
     directory = bucket_run["directory"]
     with FaultProxy(gcs_emulator.url, timeout_s=30) as proxy:
         rule = proxy.add_rule(Fault.FORBIDDEN, method="GET", path=f"prefix={PREFIX}/&", count=None)
-        result = run_harness(_args(directory, bucket_run["root"] / "run", cache, "--resume", "--num_train_steps", "18"),
+        result = run_harness(run_args(bucket_run["root"], cache, "--resume", "--num_train_steps", "18",
+                                      checkpoint_dir=directory),
                              timeout=RUN_TIMEOUT_S, env=harness_env(HARNESS_GCS_EMULATOR=proxy.url))
 
     assert result.returncode == 42, failure_report(result)
@@ -148,9 +148,10 @@ def test_a_pod_whose_host_1_cannot_read_stops_on_every_host_with_the_same_line(b
                               count=None)
         through_proxy = (f'[ "$HARNESS_PROCESS_ID" = 1 ] && export TENSORSTORE_GCS_HTTP_URL={proxy.url}; '
                          'exec "$@"')
-        command = ["sh", "-c", through_proxy, "sh", sys.executable, "-m", "harness.train",
-                   *_args(directory, bucket_run["root"] / "pod_run", cache, "--resume", "--num_train_steps", "18",
-                          "--gcs_max_retries", "2", preset="local-2x4")]
+        command = ["sh", "-c", through_proxy, "sh",
+                   *pod_command(None, cache, "--resume", "--num_train_steps", "18", "--gcs_max_retries", "2",
+                                no_hard_examples=True, checkpoint_dir=directory,
+                                run_dir=bucket_run["root"] / "pod_run")]
         result = launch_local(2, 4, command, timeout=POD_TIMEOUT_S, env=env)
 
     output = result.stdout + result.stderr
@@ -172,7 +173,7 @@ def test_a_pod_whose_host_1_cannot_read_stops_on_every_host_with_the_same_line(b
 @pytest.fixture(scope="module")
 def local_run(cache, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("local_run")
-    result = run_harness(_args(str(root / "ckpt"), root / "run", cache), timeout=RUN_TIMEOUT_S)
+    result = run_harness(run_args(root, cache), timeout=RUN_TIMEOUT_S)
     assert result.returncode == 0, failure_report(result)
     return root
 
@@ -196,8 +197,7 @@ def _resume_out_of_memory(source: Path, workdir: Path, cache: list[str]) -> tupl
     shutil.copytree(source / "ckpt", workdir / "ckpt")
     before = tree_snapshot(workdir / "ckpt")
     log = workdir / "resume.log"
-    process = start_harness(_args(str(workdir / "ckpt"), workdir / "run", cache, "--resume", "--num_train_steps",
-                                  "18"), log_path=log)
+    process = start_harness(run_args(workdir, cache, "--resume", "--num_train_steps", "18"), log_path=log)
     try:
         _limit_address_space_at_the_banner(process, log)
         returncode = process.wait(timeout=RUN_TIMEOUT_S)

@@ -27,7 +27,7 @@ import pytest
 
 from harness.runtime import storage
 from tests.support.fault_proxy import Fault, FaultProxy
-from tests.support.runs import failure_report, harness_env, run_harness
+from tests.support.runs import REPO_ROOT, failure_report, harness_env, run_harness
 
 if TYPE_CHECKING:
     from tests.support.gcs_emulator import GcsEmulator
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 # does (the recipe-loop tests import it inside), so pytest can rewrite its assertions.
 pytest_plugins = ["tests.support.gcs_emulator"]
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHILD_TIMEOUT_S = 120
 # Fast enough for tests; max_retries=1 (two attempts) makes a persistent
 # fault fail the save quickly and deterministically.

@@ -29,8 +29,8 @@ from launch.provision import take_snapshot, write_archive
 from tests.support.fake_worker import (
     base_python, fake_uv_wheel, python_dist, standin_dep_wheel, stock_worker_path,
 )
+from tests.support.runs import REPO_ROOT, pid_alive
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 FAKE_GCLOUD_BIN = REPO_ROOT / "tests" / "support" / "bin"
 LAUNCH_TIMEOUT_S = 60
 # Made up at run time: this file is itself shipped to the fake pod, a literal would be found there.
@@ -109,15 +109,6 @@ def archive_files(archive: Path) -> dict[str, bytes]:
         }
 
 
-def pid_running(pid: int) -> bool:
-    """True while the process exists and is not a zombie waiting to be reaped."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return False
-    return "\nState:\tZ" not in status
-
-
 def processes_under(root: Path) -> list[int]:
     """Live processes whose working directory is inside `root`: what still runs on the fake pod."""
     found = []
@@ -128,7 +119,7 @@ def processes_under(root: Path) -> list[int]:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        if Path(cwd).is_relative_to(root) and pid_running(int(proc.name)):
+        if Path(cwd).is_relative_to(root) and pid_alive(int(proc.name)):
             found.append(int(proc.name))
     return found
 
@@ -803,14 +794,14 @@ def test_a_relaunch_stops_the_harness_a_killed_launcher_left_running(make_fake_p
     finally:
         first.kill()
     stale = [int(path.read_text()) for path in pid_files]
-    assert all(pid_running(pid) for pid in stale), "the harnesses died with the launcher"
+    assert all(pid_alive(pid) for pid in stale), "the harnesses died with the launcher"
     started = time.monotonic()
     result = run_launcher(pod, *fake_pod_flags(checkout.repo, tmp_path / "logs-2"), "--num_workers", "2")
     took = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
     for worker, pid in enumerate(stale):
         assert f"[worker {worker}] podharness: stopping harness process {pid}" in result.stderr.splitlines()
-        assert not pid_running(pid)
+        assert not pid_alive(pid)
     print(f"relaunch after a SIGKILLed launcher (stand-in harness): {took:.1f} s")
 
 

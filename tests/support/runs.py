@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from tests.support.argv import train_args, train_command
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT_S = 240
 
@@ -41,7 +43,7 @@ def run_harness(args: list[str], *, timeout: float = DEFAULT_TIMEOUT_S, env: dic
                 ) -> subprocess.CompletedProcess[str]:
     """`python -m harness.train ARGS`, captured; raises on timeout (never hangs)."""
     return subprocess.run(
-        [sys.executable, "-m", "harness.train", *args],
+        train_command(args),
         cwd=REPO_ROOT, env=env or harness_env(), capture_output=True, text=True, timeout=timeout,
     )
 
@@ -55,7 +57,7 @@ def start_harness(args: list[str], *, log_path: Path, env: dict[str, str] | None
     """
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "harness.train", *args],
+            train_command(args),
             cwd=REPO_ROOT, env=env or harness_env(), stdout=log, stderr=subprocess.STDOUT,
         )
 
@@ -259,14 +261,12 @@ def uninterrupted_rows(topology: str, num_steps: int, *, workdir: Path, env: dic
     if len(rows) < num_steps:
         num_processes, devices, preset = REFERENCE_TOPOLOGIES[topology]
         run_steps = max(num_steps, REFERENCE_MIN_STEPS)
-        args = ["--config", preset, "--num_train_steps", str(run_steps), "--log_interval", "1",
-                "--save_interval", str(run_steps), "--no_wandb", "--no_hard_examples",
-                "--checkpoint_dir", str(workdir / "ckpt"), "--run_dir", str(workdir / "run"), *extra_args]
+        args = train_args(workdir, (), *extra_args, preset=preset, num_train_steps=run_steps, log_interval=1,
+                          save_interval=run_steps, no_hard_examples=True)
         if num_processes == 1:
             result = run_harness(args, timeout=timeout, env=env)
         else:
-            result = launch_local(num_processes, devices, [sys.executable, "-m", "harness.train", *args],
-                                  timeout=timeout, env=env)
+            result = launch_local(num_processes, devices, train_command(args), timeout=timeout, env=env)
         assert result.returncode == 0, failure_report(result)
         rows = read_metrics(workdir / "run" / "metrics.jsonl")
         assert [row["step"] for row in rows] == list(range(run_steps)), failure_report(result)
