@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
-import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -26,7 +26,7 @@ from harness.runtime.damage import MARKER
 from harness.outputs.sinks import read_metrics
 from tests.support.argv import train_args
 from tests.support.runs import (
-    failure_report, run_harness, start_harness, tree_snapshot, uninterrupted_rows, wait_for_output,
+    failure_report, run_harness, sigkill_when, start_harness, tree_snapshot, uninterrupted_rows,
 )
 
 RUN_TIMEOUT_S = 240
@@ -303,25 +303,18 @@ def _kill_during_a_save(root: Path, cache: list[str], *, delay_s: float | None,
     (an orbax tmp dir is there) after one has committed, or `delay_s` after the first
     logged step. Returns the committed steps, the tmp dirs left and the run's log."""
     ckpt, log = root / "ckpt", root / "killed.log"
+    first_step_at: list[float] = []
+
+    def ready() -> bool:
+        if delay_s is None:  # a committed step exists, so the first step was logged
+            return bool(existing_steps(str(ckpt))) and any(ORBAX_TMP in name for name in os.listdir(ckpt))
+        if not first_step_at and re.search(r"^Step +\d+:", log.read_text(errors="replace"), re.MULTILINE):
+            first_step_at.append(time.monotonic())
+        return bool(first_step_at) and time.monotonic() - first_step_at[0] >= delay_s
+
     process = start_harness(_args(root, cache, "--num_train_steps", "400", "--save_interval", "2", "--keep", "3",
                                   "--no_hard_examples"), log_path=log)
-    try:
-        wait_for_output(log, r"^Step +\d+:", process, timeout=RUN_TIMEOUT_S)
-        if delay_s is not None:
-            time.sleep(delay_s)
-        else:
-            deadline = time.monotonic() + RUN_TIMEOUT_S
-            while not (existing_steps(str(ckpt)) and any(ORBAX_TMP in name for name in os.listdir(ckpt))):
-                assert process.poll() is None, f"run ended (rc {process.returncode}):\n{log.read_text()}"
-                assert time.monotonic() < deadline, "no save in flight after a committed one"
-                time.sleep(0.002)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, log.read_text()
+    sigkill_when(process, ready, log_path=log, timeout=RUN_TIMEOUT_S, poll_s=0.002)
     left = sorted(name for name in os.listdir(ckpt) if ORBAX_TMP in name) if ckpt.exists() else []
     return existing_steps(str(ckpt)), left, log.read_text()
 

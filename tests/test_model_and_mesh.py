@@ -21,8 +21,9 @@ from harness.mock.data import MockDataset
 from harness.runtime.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, host_local_rows, make_global_batch, make_mesh
 from harness.models.mlp import per_sample_outputs
 from harness.models.interface import ModelSpec
+from harness.train.step import TrainState, init_state
 from tests.support.oracles import hard_by_label_noise
-from harness.train.step import TrainState, init_state, make_train_step, state_shardings
+from tests.support.training import losses_from, train_steps
 
 CONFIG = TrainConfig().replace(batch_size=16, image_size=32, hidden_dim=32, seq_len=64, warmup_steps=5,
                      fsdp_devices=8, use_wandb=False)
@@ -49,7 +50,7 @@ def eval_loss():
 class Trained:
     initial_state: TrainState   # host copies
     final_params: dict
-    losses: list[float]
+    losses: np.ndarray
     layout_before: dict         # tree name -> leaf name -> (spec, shard shapes)
     layout_after: dict
     params_donated: bool
@@ -82,20 +83,13 @@ def trained() -> Trained:
     state = init_state(CONFIG, mesh)
     initial_state, layout_before = jax.device_get(state), _layout(state)
     first_params = state.params
-    step = make_train_step(CONFIG, mesh)
-    dataset = MockDataset(CONFIG.data, CONFIG.run.seed)
-    losses, first = [], {}
-    for i in range(40):
-        state, metrics = step(state, make_global_batch(dataset.batch_at(i), mesh))
-        losses.append(float(metrics["loss"]))  # blocks: many queued steps can abort XLA's CPU all-gather
-        if i == 0:
-            first = {"per_sample_loss_spec": metrics["per_sample_loss"].sharding.spec,
-                     "sample_id": host_local_rows(metrics["sample_id"])}
+    state, losses, first = train_steps(CONFIG, mesh, state, 40)
     return Trained(
         initial_state=initial_state, final_params=jax.device_get(state.params), losses=losses,
         layout_before=layout_before, layout_after=_layout(state),
         params_donated=all(leaf.is_deleted() for leaf in first_params.values()),
-        first_step_metrics=first,
+        first_step_metrics={"per_sample_loss_spec": first["per_sample_loss"].sharding.spec,
+                            "sample_id": host_local_rows(first["sample_id"])},
     )
 
 
@@ -260,31 +254,20 @@ def test_host_local_rows_reads_each_replicated_row_once():
 INVARIANCE_STEPS = 10
 
 
-def _losses(config: TrainConfig, mesh: Mesh, initial_state: TrainState) -> np.ndarray:
-    """Per-step losses from `initial_state` (put on the mesh's FSDP layout: no init compile)."""
-    state = jax.device_put(initial_state, state_shardings(config, mesh))
-    step = make_train_step(config, mesh)
-    dataset = MockDataset(config.data, config.run.seed)
-    losses = []
-    for i in range(INVARIANCE_STEPS):
-        state, metrics = step(state, make_global_batch(dataset.batch_at(i), mesh))
-        losses.append(float(metrics["loss"]))
-    return np.asarray(losses)
-
-
 @pytest.fixture(scope="module")
 def single_device_losses(trained):
     """The oracle: the same steps on a 1x1 mesh of one device (no sharding at all)."""
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), BATCH_AXES)
-    return _losses(CONFIG.replace(fsdp_devices=1), mesh, trained.initial_state)
+    return losses_from(CONFIG.replace(fsdp_devices=1), mesh, trained.initial_state, INVARIANCE_STEPS)
 
 
 @pytest.mark.parametrize("fsdp", [1, 2, 4, 8])
 def test_losses_do_not_depend_on_the_mesh(trained, single_device_losses, fsdp):
     if fsdp == CONFIG.mesh.fsdp_devices:  # the module's training run already did these steps
-        losses = np.asarray(trained.losses[:INVARIANCE_STEPS])
+        losses = trained.losses[:INVARIANCE_STEPS]
     else:
-        losses = _losses(CONFIG.replace(fsdp_devices=fsdp), make_mesh(fsdp), trained.initial_state)
+        losses = losses_from(CONFIG.replace(fsdp_devices=fsdp), make_mesh(fsdp), trained.initial_state,
+                             INVARIANCE_STEPS)
 
     relative = np.abs(losses - single_device_losses) / np.abs(single_device_losses)
     assert relative.max() <= 1e-5, (losses, single_device_losses)

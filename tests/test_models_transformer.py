@@ -22,11 +22,12 @@ from harness.mock.data import MockDataset
 from harness.models.names import TRANSFORMER_SIZES
 from harness.models.transformer import VlaTransformer
 from harness.outputs.sinks import read_metrics
-from harness.runtime.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, make_global_batch, make_mesh
+from harness.runtime.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, make_mesh
 from harness.models.interface import ModelSpec
-from harness.train.step import build_model, init_state, make_train_step, state_shardings
+from harness.train.step import build_model, init_state, state_shardings
 from tests.support.oracles import hard_by_label_noise
 from tests.support.runs import compile_cache_flags, failure_report, run_harness
+from tests.support.training import losses_from, train_steps
 
 # A custom size (hidden 64 -> one 64-wide head, 2 layers) on small images: seconds on CPU.
 CONFIG = TrainConfig().replace(model="transformer", hidden_dim=64, num_layers=2, batch_size=16, image_size=32, seq_len=64,
@@ -56,13 +57,8 @@ def trained():
     mesh = make_mesh(CONFIG.mesh.fsdp_devices)
     state = init_state(CONFIG, mesh)
     initial = jax.device_get(state)
-    step = make_train_step(CONFIG, mesh)
-    dataset = MockDataset(CONFIG.data, CONFIG.run.seed)
-    losses = []
-    for i in range(STEPS):
-        state, metrics = step(state, make_global_batch(dataset.batch_at(i), mesh))
-        losses.append(float(metrics["loss"]))  # blocks: bounded steps in flight
-    return initial, jax.device_get(state.params), np.asarray(losses)
+    state, losses, _ = train_steps(CONFIG, mesh, state, STEPS)
+    return initial, jax.device_get(state.params), losses
 
 
 # Sizes and layout (shapes only: nothing is allocated).
@@ -184,27 +180,16 @@ def test_remat_recomputes_the_same_loss_and_gradients(trained, eval_batch, remat
 
 # The loop's guarantees.
 
-def _losses(config: TrainConfig, mesh: Mesh, initial_state) -> np.ndarray:
-    state = jax.device_put(initial_state, state_shardings(config, mesh))
-    step = make_train_step(config, mesh)
-    dataset = MockDataset(config.data, config.run.seed)
-    losses = []
-    for i in range(INVARIANCE_STEPS):
-        state, metrics = step(state, make_global_batch(dataset.batch_at(i), mesh))
-        losses.append(float(metrics["loss"]))
-    return np.asarray(losses)
-
-
 @pytest.fixture(scope="module")
 def single_device_losses(trained):
     mesh = Mesh(np.asarray(jax.devices()[:1]).reshape(1, 1), BATCH_AXES)
-    return _losses(CONFIG.replace(fsdp_devices=1), mesh, trained[0])
+    return losses_from(CONFIG.replace(fsdp_devices=1), mesh, trained[0], INVARIANCE_STEPS)
 
 
 @pytest.mark.parametrize("fsdp", [1, 2, 4, 8])
 def test_losses_do_not_depend_on_the_mesh(trained, single_device_losses, fsdp):
     losses = (trained[2][:INVARIANCE_STEPS] if fsdp == CONFIG.mesh.fsdp_devices
-              else _losses(CONFIG.replace(fsdp_devices=fsdp), make_mesh(fsdp), trained[0]))
+              else losses_from(CONFIG.replace(fsdp_devices=fsdp), make_mesh(fsdp), trained[0], INVARIANCE_STEPS))
 
     relative = np.abs(losses - single_device_losses) / np.abs(single_device_losses)
     assert relative.max() <= 1e-5, (losses, single_device_losses)

@@ -62,8 +62,9 @@ def start_harness(args: list[str], *, log_path: Path, env: dict[str, str] | None
         )
 
 
-def sigkill_when(process: subprocess.Popen, ready: Callable[[], bool], *, log_path: Path, timeout: float) -> None:
-    """SIGKILLs `process` as soon as `ready()` holds (polled every 10 ms); fails if the
+def sigkill_when(process: subprocess.Popen, ready: Callable[[], bool], *, log_path: Path, timeout: float,
+                 poll_s: float = 0.01) -> None:
+    """SIGKILLs `process` as soon as `ready()` holds (polled every `poll_s`); fails if the
     process ends first or `ready` never holds within `timeout`. The process is gone after."""
     try:
         deadline = time.monotonic() + timeout
@@ -72,7 +73,7 @@ def sigkill_when(process: subprocess.Popen, ready: Callable[[], bool], *, log_pa
                 raise AssertionError(f"run ended (rc {process.returncode}) before the kill:\n{log_path.read_text()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"not ready for the kill within {timeout} s:\n{log_path.read_text()}")
-            time.sleep(0.01)
+            time.sleep(poll_s)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
