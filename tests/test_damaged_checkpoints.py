@@ -26,7 +26,7 @@ from harness.runtime.damage import MARKER
 from harness.outputs.sinks import read_metrics
 from tests.support.argv import train_args
 from tests.support.runs import (
-    failure_report, run_harness, sigkill_when, start_harness, tree_snapshot, uninterrupted_rows,
+    copy_run, failure_report, run_harness, sigkill_when, start_harness, tree_snapshot, uninterrupted_rows,
 )
 
 RUN_TIMEOUT_S = 240
@@ -34,12 +34,6 @@ ORBAX_TMP = ".orbax-checkpoint-tmp"
 
 
 _args = partial(train_args, log_interval=1)
-
-
-def _copy_run(source: Path, target: Path) -> Path:
-    for part in ("ckpt", "run"):
-        shutil.copytree(source / part, target / part)
-    return target
 
 
 def _tear_array_data(step_dir: Path) -> None:
@@ -81,7 +75,7 @@ def pristine(tmp_path_factory, cache) -> Path:
 def partly_damaged(pristine, tmp_path_factory, cache):
     """A copy of the pristine run with step 12's data torn and step 8's commit marker
     gone, then `--resume` to 16 keeping one checkpoint."""
-    root = _copy_run(pristine, tmp_path_factory.mktemp("partly_damaged"))
+    root = copy_run(pristine, tmp_path_factory.mktemp("partly_damaged"))
     ckpt = root / "ckpt"
     _tear_array_data(ckpt / "12")
     (ckpt / "8" / "commit_success.txt").unlink()
@@ -152,7 +146,7 @@ def test_run_resumed_past_damaged_steps_logs_the_uninterrupted_metrics(partly_da
 def all_damaged(pristine, tmp_path_factory, cache):
     """A copy with step 12 torn, 8 without its marker and 4 without its metadata item;
     `--resume` (refused), then `--resume --allow_fresh_start` for 4 steps."""
-    root = _copy_run(pristine, tmp_path_factory.mktemp("all_damaged"))
+    root = copy_run(pristine, tmp_path_factory.mktemp("all_damaged"))
     ckpt = root / "ckpt"
     _tear_array_data(ckpt / "12")
     (ckpt / "8" / "commit_success.txt").unlink()
@@ -228,7 +222,7 @@ def _flip_one_byte_in_every_data_file(step_dir: Path) -> None:
 def flipped(pristine, tmp_path_factory, cache):
     """Step 12 flipped, `--resume` (marks it); then its arrays are deleted and `--resume`
     runs again, which must pass the marked step over without reading it."""
-    root = _copy_run(pristine, tmp_path_factory.mktemp("flipped"))
+    root = copy_run(pristine, tmp_path_factory.mktemp("flipped"))
     _flip_one_byte_in_every_data_file(root / "ckpt" / "12")
     args = _args(root, cache, "--num_train_steps", "12", "--save_interval", "4", "--keep", "5", "--resume")
     result = run_harness(args, timeout=RUN_TIMEOUT_S)
@@ -281,7 +275,7 @@ def test_a_run_resumed_past_a_flipped_byte_logs_the_uninterrupted_metrics(flippe
 @pytest.mark.parametrize("fresh", [(), ("--allow_fresh_start",)], ids=["resume", "allow_fresh_start"])
 def test_resume_with_other_model_shapes_names_the_setting_and_renames_nothing(
         change, field, fresh, pristine, tmp_path, cache):
-    root = _copy_run(pristine, tmp_path / "copy")
+    root = copy_run(pristine, tmp_path / "copy")
     before = tree_snapshot(root)
 
     result = run_harness(_args(root, cache, "--num_train_steps", "16", "--resume", *change, *fresh),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from functools import partial
@@ -22,7 +21,7 @@ import pytest
 from harness.runtime.checkpoint import existing_steps
 from harness.outputs.sinks import read_metrics
 from tests.support.argv import train_args
-from tests.support.runs import REPO_ROOT, harness_env, run_harness, sigkill_when, start_harness, tree_snapshot
+from tests.support.runs import REPO_ROOT, copy_run, harness_env, run_harness, sigkill_when, start_harness, tree_snapshot
 
 STEPS = 60
 RUN_TIMEOUT_S = 180
@@ -33,12 +32,6 @@ _args = partial(train_args, log_interval=1, no_hard_examples=True)
 
 def _metrics_text(root: Path) -> str:
     return (root / "run" / "metrics.jsonl").read_text()
-
-
-def _copy_run(source: Path, target: Path) -> Path:
-    for part in ("ckpt", "run"):
-        shutil.copytree(source / part, target / part)
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +117,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_metrics(reference, 
 
 
 def test_resume_with_another_batch_size_fails_and_changes_nothing(reference, tmp_path, cache):
-    root = _copy_run(reference, tmp_path)
+    root = copy_run(reference, tmp_path)
     before = tree_snapshot(root)
 
     result = run_harness(_args(root, cache, "--num_train_steps", str(STEPS), "--resume", "--batch_size", "32"),
@@ -138,7 +131,7 @@ def test_resume_with_another_batch_size_fails_and_changes_nothing(reference, tmp
 
 
 def test_checkpoints_without_resume_or_overwrite_fail_then_overwrite_starts_over(reference, tmp_path, cache):
-    root = _copy_run(reference, tmp_path)
+    root = copy_run(reference, tmp_path)
     before = tree_snapshot(root)
 
     refused = run_harness(_args(root, cache, "--num_train_steps", "8"), timeout=RUN_TIMEOUT_S)

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,14 @@ def tree_snapshot(root: Path) -> dict[str, str]:
         str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
         for p in paths
     }
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    """A copy of the run in `source` (its ckpt/ and run/, as tests/support/argv.py lays
+    them out) at `target`, for a test that changes one without touching the original."""
+    for part in ("ckpt", "run"):
+        shutil.copytree(source / part, target / part)
+    return target
 
 
 # --- Background runs: a local pod, its hosts, their output (tests of preemption, host loss).
