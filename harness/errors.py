@@ -5,6 +5,8 @@ restart on `EXIT_RESTARTABLE`, and must not on 1, 2 or 3, which would fail the s
 xpk's JobSets restart on 42 and on 127-255 (signals), and launch/gke generates that policy.
 """
 
+import sys
+
 # A lost host, a preemption, a stop that found the pod broken, or a checkpoint storage could
 # not read just now: resume from the last checkpoint.
 EXIT_RESTARTABLE = 42
@@ -23,6 +25,13 @@ def error_line(err: BaseException, limit: int = 300) -> str:
     is empty (storage, auth and runtime errors raise many types; the type says which)."""
     text = str(err).strip()
     return f"{type(err).__name__}: {first_line(err, limit)}" if text else type(err).__name__
+
+
+def report_error(prog: str, err: Exception) -> int:
+    """Prints the one line a command ends with, `PROG: error: MESSAGE` (launchers and tests
+    read it), and returns the error's exit code."""
+    print(f"{prog}: error: {err}", file=sys.stderr, flush=True)
+    return err.exit_code
 
 
 class UsageError(Exception):

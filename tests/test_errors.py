@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from harness.errors import error_line, first_line
+import pytest
+
+from harness.errors import UsageError, error_line, first_line, report_error
 
 
 def test_first_line_is_the_first_non_blank_line_cut_at_the_limit_or_the_type() -> None:
@@ -20,3 +22,8 @@ def test_error_line_names_the_type_before_the_first_line() -> None:
     assert error_line(ValueError("y" * 400), 200) == "ValueError: " + "y" * 200
     assert error_line(TimeoutError()) == "TimeoutError"
     assert error_line(RuntimeError("   \n ")) == "RuntimeError"
+
+
+def test_report_error_prints_the_one_line_and_gives_the_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert report_error("harness-fit", UsageError("--batch_size must be positive, got 0")) == 2
+    assert capsys.readouterr() == ("", "harness-fit: error: --batch_size must be positive, got 0\n")

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from harness.config import TrainConfig
 from harness.config.flags import config_from_args
-from harness.errors import UsageError
+from harness.errors import UsageError, report_error
 from harness.fit.economics import DEFAULT_MFU, DEFAULT_MTBF_HOURS, Assumptions
 from harness.fit.plan import StorageThroughput, throughput_from_preflight
 from harness.fit.topology import parse_targets
@@ -149,8 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  progress=progress, workers=workers, cache_dir=cache_dir,
                                  compile_timeout_s=options.compile_timeout, assumptions=options.assumptions)
     except UsageError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return report_error(PROG, err)
     return write_outputs(result, Path(config.run.run_dir))
 
 

@@ -26,7 +26,7 @@ from harness.runtime import distributed
 from harness.runtime.collectives import allgather_ints, allgather_rows
 from harness.config import DataConfig, ModelConfig
 from harness.mock.data import Batch, MockDataset, camera_names
-from harness.errors import UsageError
+from harness.errors import UsageError, report_error
 from harness.hard_examples.gather import GatherResult, gather_hard_examples
 from harness.outputs.hard_example_report import format_block
 from harness.runtime.schedule import itstime
@@ -216,8 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         distributed.initialize("auto")
         return run(args)
     except UsageError as err:
-        print(f"hard_examples_check: error: {err}", file=sys.stderr)
-        return 2
+        return report_error("hard_examples_check", err)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from harness.config import TrainConfig
 from harness.config.flags import config_from_args
-from harness.errors import UsageError
+from harness.errors import UsageError, report_error
 from harness.preflight.faults import KINDS, check_fault
 from harness.preflight.options import (CHECKS, DEFAULT_SIZES, PreflightOptions, parse_checks, parse_sizes,
                                       validate_options)
@@ -84,8 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run(config, options)
     except UsageError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return report_error(PROG, err)
 
 
 def run() -> None:

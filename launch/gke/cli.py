@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from harness.config import load_preset
-from harness.errors import UsageError
+from harness.errors import UsageError, report_error
 from launch.gke.manifest import RESTARTABLE_EXIT_CODES, Workload, jobset
 from launch.gke.tpus import GkeSlice, slice_for
 
@@ -28,7 +28,6 @@ PROG = "launch.gke"
 IMAGE_BUILD = """the image: the Dockerfile at the repository's root, built and pushed from there:
   docker build -t us-docker.pkg.dev/PROJECT/REPO/podharness:TAG .
   docker push us-docker.pkg.dev/PROJECT/REPO/podharness:TAG"""
-EXIT_USAGE = 2
 # DNS-1035 label; JobSet adds "-slice-<i>-<j>" and a hash to pod names, so keep it short (xpk: 40).
 NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 MAX_NAME = 40
@@ -111,8 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tpu = slice_for(config.tpu.topology, config.tpu.chip_config, num_slices)
         check(args.preset, args.name, harness_flags, tpu)
     except UsageError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return report_error(PROG, error)
     slices = ["--num_slices", str(num_slices)] if num_slices > 1 else []
     workload = Workload(name=args.name, image=args.image,
                         harness_args=("--config", args.preset, "--resume", *slices, *harness_flags),
