@@ -17,10 +17,11 @@ from PIL import Image
 from harness.config import DataConfig
 from harness.hard_examples.entry import HardExample
 from harness.mock.data import MockDataset, camera_names
-from harness.outputs.loss_curve import LINES, MARK_COLOR, nice_ticks, render_loss_curve, save_loss_curve
+from harness.outputs.loss_curve import LINES, MARK_COLOR, render_loss_curve, save_loss_curve
 from harness.outputs.pictures import render_contact_sheet, save_contact_sheet
-from tests.support.picture_reading import (PAPER, area_downscale, color_mask, framed_boxes, largest_component,
-                                           long_lines, nearest_upscale, pixels_of)
+from harness.outputs.plot import font
+from tests.support.picture_reading import (PAPER, area_downscale, color_mask, find_text, framed_boxes,
+                                           largest_component, long_lines, nearest_upscale, pixels_of)
 
 
 def make_entries(count: int, *, image_size: int = 64, num_cameras: int = 2) -> list[HardExample]:
@@ -157,12 +158,18 @@ def test_an_empty_loss_curve_draws_no_line():
     assert not any(color_mask(pixels, color, 30).any() for _, _, color in LINES)
 
 
-@pytest.mark.parametrize("low, high, expected", [
-    (0.0, 10.0, [0, 2, 4, 6, 8, 10]),
-    (0.13, 0.97, [0.0, 0.2, 0.4, 0.6000000000000001, 0.8, 1.0]),
-    (-3.0, 47.0, [-10, 0, 10, 20, 30, 40, 50]),
-])
-def test_nice_ticks_cover_the_range_in_round_steps(low, high, expected):
-    ticks = nice_ticks(low, high)
-    assert ticks == pytest.approx(expected)
-    assert ticks[0] <= low and ticks[-1] >= high
+def test_loss_curve_labels_its_lines_and_axes():
+    pixels = pixels_of(render_loss_curve(WAVE, hard_example_steps=MARKS))
+    (top, bottom), (left, right) = long_lines((pixels < 60).all(axis=2))
+    legend = {}
+    for label in ("mean loss", "max per-sample loss", "hard examples collected"):
+        [legend[label]] = find_text(pixels, label, font(13))
+        assert left < legend[label][0] < right and top < legend[label][1] < bottom, label
+    assert legend["mean loss"][1] < legend["max per-sample loss"][1] < legend["hard examples collected"][1]
+    for (_, label, color), y in zip(LINES, (legend["mean loss"][1], legend["max per-sample loss"][1])):
+        sample = color_mask(pixels, color, 30)[y - 2:y + 12, legend[label][0] - 45:legend[label][0]]
+        assert sample.sum() >= 30, label  # a short line of its colour before it
+    [(_, title_y)] = find_text(pixels, "Training loss", font(18, bold=True))
+    [(_, x_label_y)] = find_text(pixels, "training step", font(13))
+    assert title_y < top and x_label_y > bottom
+    assert len(find_text(np.ascontiguousarray(np.rot90(pixels, k=-1)), "loss", font(13))) == 1

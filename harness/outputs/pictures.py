@@ -11,17 +11,16 @@ prompt:
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from harness.hard_examples.entry import HardExample
+from harness.outputs.plot import Font, fit_text, font
 
 _MIN_THUMB_HEIGHT = 128     # small images are upscaled by an integer factor to at least this
 _MAX_THUMB_WIDTH = 512      # wide, large images are downscaled to at most this
@@ -38,43 +37,18 @@ _BORDER = (170, 170, 170)
 _PAPER = (255, 255, 255)
 
 
-@functools.cache
-def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans, which ships inside matplotlib's package data, so it exists wherever
-    the harness is installed; found without importing matplotlib (about 0.4 s)."""
-    spec = importlib.util.find_spec("matplotlib")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("matplotlib (a dependency, for its DejaVu Sans fonts) is not installed")
-    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
-    return ImageFont.truetype(os.path.join(spec.submodule_search_locations[0], "mpl-data", "fonts", "ttf", name), size)
-
-
-def _line_height(font: ImageFont.FreeTypeFont) -> int:
-    ascent, descent = font.getmetrics()
-    return ascent + descent + 2
-
-
-def _fit(text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
-    """`text`, cut and ended with '…' if it is wider than `width` pixels."""
-    if font.getlength(text) <= width:
-        return text
-    while text and font.getlength(text + "…") > width:
-        text = text[:-1]
-    return text.rstrip() + "…"
-
-
-def _wrap(text: str, font: ImageFont.FreeTypeFont, width: int, max_lines: int) -> list[str]:
+def _wrap(text: str, font: Font, width: int, max_lines: int) -> list[str]:
     """Greedy word wrap to `width` pixels; the last line ends in '…' if text was cut."""
     lines: list[str] = []
     for word in text.split():
-        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+        if lines and font.length(f"{lines[-1]} {word}") <= width:
             lines[-1] = f"{lines[-1]} {word}"
         else:
             lines.append(word)
     if len(lines) > max_lines:
         lines = lines[:max_lines]
         lines[-1] += " …"
-    return [_fit(line, font, width) for line in lines]
+    return [fit_text(line, font, width) for line in lines]
 
 
 def _thumb_scale(height: int, width: int) -> float:
@@ -119,17 +93,17 @@ def render_contact_sheet(
         raise ValueError(f"columns must be >= 1, got {columns}")
     title_font, bold, regular = font(_TITLE_SIZE, bold=True), font(_TEXT_SIZE, bold=True), font(_TEXT_SIZE)
     title = _title(step, len(entries), threshold)
-    title_height = _line_height(title_font)
-    title_width = math.ceil(title_font.getlength(title))
+    title_height = title_font.line_height
+    title_width = title_font.length(title)
 
     if not entries:
         message = "no hard examples"
         width = max(title_width, 360) + 2 * _PAD
-        sheet = Image.new("RGB", (width, 2 * _PAD + title_height + 3 * _line_height(regular)), _PAPER)
+        sheet = Image.new("RGB", (width, 2 * _PAD + title_height + 3 * regular.line_height), _PAPER)
         draw = ImageDraw.Draw(sheet)
-        draw.text((_PAD, _PAD), title, font=title_font, fill=_INK)
-        draw.text((width // 2, _PAD + title_height + 2 * _line_height(regular)), message,
-                  font=regular, fill=_MUTED, anchor="ms")
+        title_font.draw(draw, (_PAD, _PAD), title, fill=_INK)
+        regular.draw(draw, (width // 2, _PAD + title_height + 2 * regular.line_height), message, fill=_MUTED,
+                     anchor="ms")
         return sheet
 
     thumbs = []
@@ -145,12 +119,12 @@ def render_contact_sheet(
     captions = []
     for rank, entry in enumerate(entries, start=1):
         captions.append((
-            _fit(f"#{rank}   loss {entry.loss:.4f}", bold, cell_width),
-            _fit(f"host {entry.host} · step {entry.step} · id {entry.sample_id}", regular, cell_width),
+            fit_text(f"#{rank}   loss {entry.loss:.4f}", bold, cell_width),
+            fit_text(f"host {entry.host} · step {entry.step} · id {entry.sample_id}", regular, cell_width),
             _wrap(entry.lang_action, bold, cell_width, _MAX_ACTION_LINES),
             _wrap(entry.prompt, regular, cell_width, _MAX_PROMPT_LINES),
         ))
-    line = _line_height(regular)
+    line = regular.line_height
     action_lines = max(len(c[2]) for c in captions)
     prompt_lines = max(len(c[3]) for c in captions)
     caption_height = (2 + action_lines + prompt_lines) * line + line // 2
@@ -163,7 +137,7 @@ def render_contact_sheet(
     height = grid_top + rows * cell_height + rows * _PAD
     sheet = Image.new("RGB", (width, height), _PAPER)
     draw = ImageDraw.Draw(sheet)
-    draw.text((_PAD, _PAD), title, font=title_font, fill=_INK)
+    title_font.draw(draw, (_PAD, _PAD), title, fill=_INK)
 
     for index, (thumb, caption) in enumerate(zip(thumbs, captions)):
         row, column = divmod(index, columns)
@@ -173,15 +147,15 @@ def render_contact_sheet(
         draw.rectangle((left - 1, top - 1, left + thumb.width, top + thumb.height), outline=_BORDER)  # a 1-pixel frame
         headline, details, action, prompt = caption
         y = top + thumb_height + _GAP
-        draw.text((left, y), headline, font=bold, fill=_INK)
-        draw.text((left, y + line), details, font=regular, fill=_MUTED)
+        bold.draw(draw, (left, y), headline, fill=_INK)
+        regular.draw(draw, (left, y + line), details, fill=_MUTED)
         y += 2 * line + line // 4
         for text in action:
-            draw.text((left, y), text, font=bold, fill=_INK)
+            bold.draw(draw, (left, y), text, fill=_INK)
             y += line
         y = top + thumb_height + _GAP + (2 + action_lines) * line + line // 2
         for text in prompt:
-            draw.text((left, y), text, font=regular, fill=_MUTED)
+            regular.draw(draw, (left, y), text, fill=_MUTED)
             y += line
     return sheet
 

@@ -75,3 +75,27 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
         return mask
     sizes = np.bincount(labels.ravel())[1:]
     return labels == 1 + int(np.argmax(sizes))
+
+
+def find_text(pixels: np.ndarray, text: str, face, color: Sequence[int] = (20, 20, 20)) -> list[tuple[int, int]]:
+    """The top-left corners of every place where `text`, drawn in `color` on paper with
+    `face` (a harness.outputs.plot.Font), appears pixel for pixel, in reading order.
+    Text that something else was drawn over, or that was cut off, is not found."""
+    from PIL import Image, ImageDraw
+
+    left, top, right, bottom = face.box((0, 0), text)
+    stamp = Image.new("RGB", (right - left + 8, bottom - top + 8), PAPER)
+    face.draw(ImageDraw.Draw(stamp), (4, 4), text, fill=tuple(color))
+    patch = pixels_of(stamp)
+    ink = (patch != PAPER).any(axis=2)
+    rows, columns = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
+    patch = patch[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]
+    height, width = patch.shape[:2]
+    first = int(np.argmax((patch[0] != PAPER).any(axis=1)))  # the first ink pixel of the top row
+    hits = []
+    for y, x in np.argwhere((pixels == patch[0, first]).all(axis=2)):
+        x0 = x - first
+        if x0 >= 0 and y + height <= pixels.shape[0] and x0 + width <= pixels.shape[1] and \
+                np.array_equal(pixels[y:y + height, x0:x0 + width], patch):
+            hits.append((int(x0), int(y)))
+    return hits
