@@ -8,10 +8,9 @@ bounded number of compiled gather programs in a real 2x4 training run.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -30,6 +29,7 @@ from harness.runtime.collectives import (
 from harness.runtime.integrity import inspect_state
 from tests.support import collectives_script
 from tests.support.runs import REPO_ROOT, compile_cache_flags, failure_report, harness_env, host_lines, launch_local
+from tests.support.thread_pod import ThreadPod
 from tests.test_integrity import oracle
 
 SIMULATED_HOSTS = 3
@@ -40,24 +40,10 @@ JAX_GATHERS = re.compile(r"\b(process_allgather|broadcast_one_to_all|sync_global
 
 def simulated_pod(payloads: list[bytes], max_payload_bytes: int) -> tuple[list, list[list[int]]]:
     """Every simulated host's `allgather_bytes` result, and the row widths it gathered."""
-    rows: list[np.ndarray | None] = [None] * SIMULATED_HOSTS
-    widths: list[list[int]] = [[] for _ in range(SIMULATED_HOSTS)]
-    barrier = threading.Barrier(SIMULATED_HOSTS, timeout=BARRIER_TIMEOUT_S)
-
-    def host_main(host: int):
-        def allgather(row: np.ndarray) -> np.ndarray:
-            widths[host].append(row.size)
-            rows[host] = row
-            barrier.wait()
-            gathered = np.stack(rows)
-            barrier.wait()
-            return gathered
-
-        return allgather_bytes(payloads[host], max_payload_bytes=max_payload_bytes, allgather=allgather)
-
-    with ThreadPoolExecutor(SIMULATED_HOSTS) as pool:
-        results = [f.result(timeout=BARRIER_TIMEOUT_S) for f in [pool.submit(host_main, h) for h in range(SIMULATED_HOSTS)]]
-    return results, widths
+    pod = ThreadPod(SIMULATED_HOSTS, BARRIER_TIMEOUT_S)
+    results = pod.run(lambda host: allgather_bytes(payloads[host], max_payload_bytes=max_payload_bytes,
+                                                   allgather=pod.allgather_for(host)))
+    return results, [[math.prod(shape) for _, shape in calls] for calls in pod.calls]
 
 
 def test_the_padded_widths_are_a_small_fixed_ladder():

@@ -16,9 +16,7 @@ import dataclasses
 import functools
 import itertools
 import math
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import msgpack
@@ -36,6 +34,7 @@ from harness.config import DataConfig
 from harness.mock.data import MockDataset
 from tests.support.hostile import ANY_FINITE, TAMPERS, Tamper, hostile
 from tests.support.oracles import merge_oracle, merge_stats_oracle
+from tests.support.thread_pod import ThreadPod
 
 HOSTS = 3
 K = 4
@@ -60,35 +59,11 @@ def tracker(host: int) -> HardExampleTracker:
 def run_pod(encoders: dict[int, Encoder]) -> tuple[list[GatherResult], list[list[tuple]]]:
     """Every host's gather result and its collectives ((dtype, shape) in call order);
     `encoders` replaces some hosts' `encode_candidates`."""
-    rows: list[np.ndarray | None] = [None] * HOSTS
-    calls: list[list[tuple]] = [[] for _ in range(HOSTS)]
-    barrier = threading.Barrier(HOSTS, timeout=BARRIER_TIMEOUT_S)
-
-    def allgather_for(host: int):
-        def allgather(row: np.ndarray) -> np.ndarray:
-            calls[host].append((row.dtype.name, row.shape))
-            rows[host] = row
-            barrier.wait()
-            gathered = np.stack(rows)
-            barrier.wait()
-            return gathered
-        return allgather
-
-    def host_main(host: int) -> GatherResult:
-        try:
-            return gather_hard_examples(tracker(host), step=STEP, k=K, allgather=allgather_for(host),
-                                        encode_candidates=encoders.get(host, encode_payload))
-        except BaseException:
-            barrier.abort()  # the others stop waiting now, not at the timeout
-            raise
-
-    with ThreadPoolExecutor(HOSTS) as pool:
-        futures = [pool.submit(host_main, host) for host in range(HOSTS)]
-    errors = [f.exception() for f in futures]
-    causes = [e for e in errors if e and not isinstance(e, threading.BrokenBarrierError)] or [e for e in errors if e]
-    if causes:
-        raise causes[0]
-    return [f.result() for f in futures], calls
+    pod = ThreadPod(HOSTS, BARRIER_TIMEOUT_S)
+    results = pod.run(lambda host: gather_hard_examples(
+        tracker(host), step=STEP, k=K, allgather=pod.allgather_for(host),
+        encode_candidates=encoders.get(host, encode_payload)))
+    return results, pod.calls
 
 
 def summary(result: GatherResult) -> dict:
