@@ -1,9 +1,10 @@
 """Checkpoints: orbax `CheckpointManager` over a local directory or a `gs://` bucket.
 
 A checkpoint at step N holds everything an exact resume needs: the train state (params,
-optimizer moments, the rng, the step counter) and JSON metadata (every host's input
-pipeline state, the settings a resume must match, each array's checksums, and each
-host's hard-example tracker state).
+optimizer moments, the rng, the step counter) and JSON metadata: what the run records
+(harness/train/resume.py: every host's input pipeline state, the settings a resume must
+match, each host's hard-example tracker state), with each array's checksums and the
+state's shapes added here.
 
 Restoring walks from the newest step down and skips steps with proven damage (a missing
 part, corrupt bytes, a checksum mismatch), saying so; any other failure to read stops
@@ -22,8 +23,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from harness.config import TrainConfig
-from harness.config.fields import field_named
 from harness.errors import CheckpointSaveError, CheckpointUnreadableError, NonFiniteStateError, UsageError, first_line
 from harness.runtime.agree import agreed_problem, gather_json
 from harness.runtime.collectives import all_hosts_true, join_barrier
@@ -40,15 +39,6 @@ COMMIT_MARKER = "commit_success.txt"
 SAVE_POLL_S = 0.05
 DAMAGED, UNREADABLE = "damaged", "unreadable"  # a host's verdict on reading a step
 NOTHING_CHANGED = "not proven damage, so nothing was changed; exit 42 (restartable)"
-
-# Settings that must match between a checkpoint and the run resuming from it: anything
-# that changes the state's shapes or which batch a step reads.
-# The settings a checkpoint's state and data position depend on, by config path.
-RESUME_MUST_MATCH = (
-    "data.batch_size", "run.seed", "model.name", "model.size", "model.param_dtype", "model.hidden_dim",
-    "model.num_layers", "data.vocab_size", "data.seq_len", "data.num_cameras", "data.action_horizon",
-    "data.image_size", "data.hard_fraction",
-)
 
 
 class CheckpointStore:
@@ -89,11 +79,11 @@ class CheckpointStore:
         damaged checkpoint (`marked_steps`) is not saved: it is never overwritten."""
         if step in self.marked_steps:
             return
+        signature = state_signature(state)
         checksums, bad = inspect_state(state)
         if bad:
             raise NonFiniteStateError(f"not saving step {step}: non-finite values in {', '.join(bad[:3])}")
-        meta = {**meta, "checksums": checksums, "checksum_format": CHECKSUM_FORMAT,
-                "state_signature": state_signature(state)}
+        meta = {**meta, "checksums": checksums, "checksum_format": CHECKSUM_FORMAT, "state_signature": signature}
         self.wait()  # orbax would wait for the previous save too, but not notice it failed here
         self._manager.save(
             step,
@@ -279,8 +269,7 @@ def _agreed_listing(directory: str) -> tuple[list[int], dict[int, str]]:
     marked: dict[int, str] = {}
     problem = None
     try:
-        with quiet_storage_clients():
-            steps, marked = _list_steps(epath.Path(directory))
+        steps, marked = _list_steps(epath.Path(directory))
     except Exception as err:  # storage clients raise many types; none of them is damage
         problem = describe(err)
     problem = agreed_problem(problem)
@@ -296,11 +285,13 @@ def _agreed_listing(directory: str) -> tuple[list[int], dict[int, str]]:
 
 def _list_steps(path: epath.Path) -> tuple[list[int], dict[int, str]]:
     """This host's view of `path`: the finished steps, by orbax's own rule (on GCS, the
-    commit marker is there), and the reasons in the markers of those set aside."""
-    if not path.exists():
-        return [], {}
-    steps = sorted(found.step for found in ocp.step.standard_name_format().find_all(path))
-    reasons = {step: read_marker(path / str(step)) for step in steps}
+    commit marker is there), and the reasons in the markers of those set aside. A failed
+    read raises, told in one line by the caller."""
+    with quiet_storage_clients():
+        if not path.exists():
+            return [], {}
+        steps = sorted(found.step for found in ocp.step.standard_name_format().find_all(path))
+        reasons = {step: read_marker(path / str(step)) for step in steps}
     return steps, {step: reason for step, reason in reasons.items() if reason is not None}
 
 
@@ -329,25 +320,6 @@ def describe_signature_change(saved: dict, now: dict) -> str:
     return "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
 
 
-def resume_fingerprint(config: TrainConfig) -> dict[str, Any]:
-    """What a checkpoint records of the settings in RESUME_MUST_MATCH, by path."""
-    return {path: config.setting(path) for path in RESUME_MUST_MATCH}
-
-
-def check_resume_compatible(saved: dict, current: dict, *, where: str) -> None:
-    """A resume with different shapes or data would not be a resume: refuse it, naming
-    each setting as it is typed (`hidden_dim`). Checkpoints written before the record
-    was keyed by path have flat names as keys."""
-    diffs = []
-    for path in RESUME_MUST_MATCH:
-        flat = field_named(path).flat
-        was = saved.get(path, saved.get(flat))
-        if was != current[path]:
-            diffs.append(f"{flat}: checkpoint {was!r} vs now {current[path]!r}")
-    if diffs:
-        raise UsageError(f"cannot resume from {where}: settings differ ({'; '.join(diffs)})")
-
-
 def existing_steps(directory: str) -> list[int]:
     """Committed step directories (with their commit marker), read without creating
     anything. On GCS a failed save leaves a step directory without the marker: that one
@@ -361,7 +333,7 @@ def existing_steps(directory: str) -> list[int]:
         )
     except FileNotFoundError:
         # On GCS a directory is a prefix: it can vanish between the two calls, e.g. when
-        # its only object was another host's write probe (cli.prepare_runtime).
+        # its only object was another host's write probe (startup.check_startup).
         return []
     except Exception as err:  # storage clients raise many types; none of them is damage
         raise CheckpointUnreadableError(f"cannot list the checkpoints in {directory} ({describe(err)}); "

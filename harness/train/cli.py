@@ -1,4 +1,4 @@
-"""`harness-train`: flags -> TrainConfig -> runtime and start-up checks -> the loop.
+"""`harness-train`: flags -> TrainConfig -> runtime and start-up checks -> the run.
 
     harness-train --config cpu-8-devices --num_train_steps 100 --batch_size 16
 
@@ -40,9 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         config = parse_config(argv)
-        from harness.train.startup import prepare_runtime
+        from harness.train.startup import check_startup, start_runtime
 
-        prepare_runtime(config)
+        start_runtime(config)
+        check_startup(config)
     except (UsageError, TpuUnavailableError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return err.exit_code
