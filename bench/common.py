@@ -1,5 +1,5 @@
 """Shared benchmark helpers: which scripts are benchmarks, child-process measurement,
-and the real Trainer's steady-state step time."""
+and the real training run's steady-state step time."""
 
 from __future__ import annotations
 
@@ -82,10 +82,11 @@ def python() -> str:
 
 
 def trainer_seconds_per_step(config, *, warmup: int) -> float:
-    """Steady-state seconds per step of the real `Trainer` (run to `config.run.num_train_steps`
-    in a temporary dir), timed between finished steps after `warmup` steps (compiling)."""
+    """Steady-state seconds per step of the real run (`harness.train.loop.train`, to
+    `config.run.num_train_steps` in a temporary dir), timed between finished steps after
+    `warmup` steps (compiling)."""
     from harness.outputs import run_outputs
-    from harness.train.loop import Trainer
+    from harness.train.loop import train
 
     stamps: dict[int, float] = {}
     original = run_outputs.RunOutputs.step_finished
@@ -97,7 +98,7 @@ def trainer_seconds_per_step(config, *, warmup: int) -> float:
     run_outputs.RunOutputs.step_finished = timed
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            Trainer(config.replace(checkpoint_dir=f"{tmp}/ckpt", run_dir=f"{tmp}/run")).run()
+            train(config.replace(checkpoint_dir=f"{tmp}/ckpt", run_dir=f"{tmp}/run"))
     finally:
         run_outputs.RunOutputs.step_finished = original
     last = config.run.num_train_steps - 1

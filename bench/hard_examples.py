@@ -3,7 +3,7 @@
     python -m bench.hard_examples [--steps 30 --repeats 2]
     python -m bench.hard_examples --tiny      # small sizes, one round: proves it runs
 
-1. Step time with tracking on / off: the real Trainer at batch 256 with two 224x224x3
+1. Step time with tracking on / off: the real training run at batch 256 with two 224x224x3
    cameras on 8 fake CPU devices, blocks alternating on/off; a gather every 10 steps.
 2. Process 0's phase-1 work for 1024 simulated hosts x K=50: decode every host's
    candidate payload (real msgpack bytes) + round-robin merge + global stats.

@@ -21,7 +21,7 @@ import time
 from bench.common import REPO_ROOT, benchmarks, child_env, tiny_args
 
 FULL_ARGS = {"bench.fit_cost": ("--models", "1b", "--targets", "v5litepod-16")}
-# The training loop's own console output, which the benchmarks' Trainer runs print.
+# The training loop's own console output, which the benchmarks' training runs print.
 TRAINING_NOISE = ("Step", "  ", "=", "Starting", "Training", "Summary", "MOCK", "Config", "Resuming")
 TIMEOUT_S = 1800
 

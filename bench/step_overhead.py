@@ -5,9 +5,9 @@
 
 Both run on 8 fake CPU devices with FSDP over all of them, batch 16, in the same
 process, alternating (bare, harness, bare, harness, ...) so machine noise hits both.
-The harness side is the real `Trainer` (data generation, global batch assembly, metric
-readback, logging, hard-example tracking), with checkpoints and hard-example gathers
-pushed past the end: those are measured in their own benchmarks. Two baselines: the
+The harness side is the real run, `harness.train.loop.train` (data generation, global
+batch assembly, metric readback, logging, hard-example tracking), with checkpoints and
+hard-example gathers pushed past the end: those are measured in their own benchmarks. Two baselines: the
 bare loop on one fixed batch (no input pipeline at all), and the bare loop fed by the
 harness's input pipeline (a fresh mock batch built and transferred every step, in the
 prefetch thread), which isolates what the harness's own logic costs. Steady state: the

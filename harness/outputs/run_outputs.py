@@ -41,7 +41,7 @@ class RunSummary:
     final_metrics: dict[str, float]
     hard_example_intervals: int = 0
     preempted: bool = False
-    host_step_s: tuple[float, ...] = ()  # this host's own part of each step (Trainer.host_step_s)
+    host_step_s: tuple[float, ...] = ()  # this host's own part of each step (StepResults.host_step_s)
 
     @property
     def steps_run(self) -> int:

@@ -7,7 +7,7 @@ output goes to `<run_dir>/preflight/dry_run.log`.
 
 The collectives of a step end together on every host, so the step's wall time is the
 same everywhere; what differs on a slow host is its own part: from holding a step's
-results to calling the next step (metrics, logging, the next batch: `Trainer.host_step_s`,
+results to calling the next step (metrics, logging, the next batch: `StepResults.host_step_s`,
 spans with a save or a gather left out; the call itself can wait for the devices, so it
 is not counted). Each host reports the median of its spans, and
 a host whose median is `--slow_host_factor` times the median host's (stragglers.py's
