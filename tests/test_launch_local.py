@@ -13,14 +13,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from harness.runtime.watchdog import EXIT_HOST_LOST, lost_hosts_line
 from launch.local import run_local_pod, with_device_count
-from tests.support.runs import REPO_ROOT, pid_alive
+from tests.support.runs import REPO_ROOT, pid_alive, wait_until
 
 LAUNCH_TIMEOUT_S = 120  # a hang guard: every launch here ends in about a second
 
@@ -39,15 +38,6 @@ def launch(flags: str, command: list[str]) -> subprocess.CompletedProcess:
 def python_child(source: str) -> list[str]:
     """A child command: python running `source`."""
     return [sys.executable, "-c", textwrap.dedent(source)]
-
-
-def wait_for_files(paths: list[Path], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not all(path.exists() for path in paths):
-        assert time.monotonic() < deadline, (
-            f"missing after {timeout}s: {[p for p in paths if not p.exists()]}"
-        )
-        time.sleep(0.05)
 
 
 def read_pids(directory: Path) -> list[int]:
@@ -233,7 +223,8 @@ def test_sigterm_is_forwarded_and_hosts_that_exit_cleanly_mean_success(tmp_path:
         text=True,
     )
     try:
-        wait_for_files([tmp_path / "0.ready", tmp_path / "1.ready"])
+        ready = [tmp_path / "0.ready", tmp_path / "1.ready"]
+        wait_until(lambda: all(path.exists() for path in ready), f"{ready}", timeout=10)
         launcher.send_signal(signal.SIGTERM)
         stdout, stderr = launcher.communicate(timeout=LAUNCH_TIMEOUT_S)
     finally:

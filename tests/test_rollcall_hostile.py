@@ -38,7 +38,7 @@ from harness.preflight.wire import (MAX_KEY_CHARS, MAX_MESSAGE_BYTES, MAX_VALUE_
                                     decode_reply, encode_hello)
 from harness.runtime.messages import VERSION, MessageError
 from launch.local import free_port
-from tests.support.runs import REPO_ROOT, harness_env, wait_for_output
+from tests.support.runs import REPO_ROOT, harness_env, wait_for_output, wait_until
 
 RUN_ID = "local-20261206-000000-abcdef"
 STALE_RUN_ID = "local-20261205-235959-012345"
@@ -103,13 +103,6 @@ def connect(port: int) -> socket.socket:
             time.sleep(0.05)
 
 
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {WAIT_S:g} s: {what}"
-        time.sleep(0.01)
-
-
 def call_all(port: int, num: int, timeout_s: float) -> dict[int, Probe]:
     """Every host's call_roll, each on its own thread (bounded joins)."""
     probes: dict[int, Probe] = {}
@@ -135,7 +128,7 @@ def test_a_stray_is_logged_and_dropped_and_the_hosts_still_meet(kind: str) -> No
     with connect(port) as stray:
         STRAYS[kind][0](stray)
         if kind in AT_ONCE:
-            wait_until(lambda: lines, f"the coordinator's line for the {kind} stray")
+            wait_until(lambda: lines, f"the coordinator's line for the {kind} stray", timeout=WAIT_S, poll_s=0.01)
         probes = call_all(port, 2, 20.0)
         roll = server.wait()
         if kind == "other launch":  # told why, in the roll call's own terms
@@ -171,7 +164,7 @@ def test_the_strays_past_the_limit_go_unlogged_but_not_unnoticed() -> None:
     for _ in range(25):
         with connect(port) as stray:
             _http(stray)
-    wait_until(lambda: len(lines) == 21, "21 lines for 25 strays")
+    wait_until(lambda: len(lines) == 21, "21 lines for 25 strays", timeout=WAIT_S, poll_s=0.01)
     probes = call_all(port, 1, 20.0)
     roll = server.wait()
     assert probes[0].reply is not None and probes[0].reply.kind == "go"

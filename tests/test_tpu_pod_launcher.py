@@ -29,7 +29,7 @@ from launch.provision import take_snapshot, write_archive
 from tests.support.fake_worker import (
     base_python, fake_uv_wheel, python_dist, standin_dep_wheel, stock_worker_path,
 )
-from tests.support.runs import REPO_ROOT, pid_alive
+from tests.support.runs import REPO_ROOT, pid_alive, wait_until
 
 FAKE_GCLOUD_BIN = REPO_ROOT / "tests" / "support" / "bin"
 LAUNCH_TIMEOUT_S = 60
@@ -391,10 +391,8 @@ def test_sigterm_stops_the_harness_on_every_worker_gracefully(
     )
     try:
         pid_files = [pod.root / f"worker-{i}" / "standin.pid" for i in range(2)]
-        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-        while not all(path.exists() for path in pid_files):
-            assert time.monotonic() < deadline and launcher.poll() is None, "the stand-ins never started"
-            time.sleep(0.05)
+        wait_until(lambda: all(path.exists() for path in pid_files), "the stand-ins", timeout=LAUNCH_TIMEOUT_S,
+                   process=launcher)
         launcher.send_signal(signal.SIGTERM)
         stdout, stderr = launcher.communicate(timeout=LAUNCH_TIMEOUT_S)
     finally:
@@ -770,14 +768,6 @@ def test_a_worker_killed_by_a_signal_is_reported_as_the_signal(make_fake_pod: Ma
     assert processes_under(pod.root) == []
 
 
-def wait_for(predicate: Callable[[], bool], what: str, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        assert process is None or process.poll() is None, f"exited while waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_a_relaunch_stops_the_harness_a_killed_launcher_left_running(make_fake_pod: MakePod, tmp_path: Path) -> None:
     """SIGKILL the launcher mid-run: the harnesses keep running (their output goes to the
     workers' files, not into the dead session); the next launch stops them (exit 42) and runs."""
@@ -788,7 +778,8 @@ def test_a_relaunch_stops_the_harness_a_killed_launcher_left_running(make_fake_p
                              stderr=subprocess.DEVNULL)
     pid_files = [pod.root / f"worker-{i}" / "standin.pid" for i in range(2)]
     try:
-        wait_for(lambda: all(path.exists() for path in pid_files), "the stand-ins", first)
+        wait_until(lambda: all(path.exists() for path in pid_files), "the stand-ins", timeout=LAUNCH_TIMEOUT_S,
+                   process=first)
         first.kill()
         first.wait(timeout=LAUNCH_TIMEOUT_S)
     finally:
@@ -828,7 +819,8 @@ def test_a_relaunch_after_a_killed_launcher_resumes_within_seconds_with_the_real
         first = subprocess.Popen(launcher_argv(*flags("logs-1", "--num_train_steps", "100000")), cwd=REPO_ROOT,
                                  env=pod.env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: re.search(r"\[worker 0\] Step +\d+:", log.read_text()) is not None, "a step", first)
+        wait_until(lambda: re.search(r"\[worker 0\] Step +\d+:", log.read_text()) is not None, "a step",
+                   timeout=LAUNCH_TIMEOUT_S, process=first)
         first.kill()
         first.wait(timeout=LAUNCH_TIMEOUT_S)
     finally:
@@ -842,8 +834,8 @@ def test_a_relaunch_after_a_killed_launcher_resumes_within_seconds_with_the_real
             launcher = subprocess.Popen(launcher_argv(*flags(name, "--resume", "--num_train_steps", "100000")),
                                         cwd=REPO_ROOT, env=pod.env, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: re.search(r"\[worker 0\] Step +\d+:", out_log.read_text()) is not None,
-                     "the first step", launcher)
+            wait_until(lambda: re.search(r"\[worker 0\] Step +\d+:", out_log.read_text()) is not None,
+                       "the first step", timeout=LAUNCH_TIMEOUT_S, process=launcher)
             took = time.monotonic() - started
             launcher.send_signal(signal.SIGTERM)
             assert launcher.wait(timeout=LAUNCH_TIMEOUT_S) == 0, out_log.read_text()[-3000:]

@@ -214,6 +214,18 @@ def stop_local_pod(launcher: subprocess.Popen, hosts: dict[int, Host]) -> None:
         launcher.wait(timeout=30)
 
 
+def wait_until(condition: Callable[[], bool], what: str, *, timeout: float,
+               process: subprocess.Popen | None = None, poll_s: float = 0.05) -> None:
+    """Polls `condition` until it holds; AssertionError naming `what` after `timeout` s, or
+    at once if `process` (when given) has ended."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process is None or process.poll() is None, (
+            f"process ended (rc {process.returncode}) while waiting for {what}")
+        assert time.monotonic() < deadline, f"not within {timeout:g} s: {what}"
+        time.sleep(poll_s)
+
+
 def wait_for_output(log_path: Path, pattern: str, process: subprocess.Popen, *, timeout: float) -> re.Match:
     """The first match of the regex `pattern` (MULTILINE) in `log_path`, polled until it
     appears; AssertionError if `process` ends first or `timeout` s pass."""
