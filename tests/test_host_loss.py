@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -133,9 +134,8 @@ def test_jax_aborts_no_earlier_than_the_watchdogs_threshold_plus_the_margin(monk
 # --- Real pods: 2 local processes x 4 devices, one of them lost.
 
 
-def _pod_command(root: Path, cache: list[str]) -> list[str]:
-    """A run far longer than the test, without periodic checkpoints."""
-    return pod_command(root, cache, num_train_steps=3000, save_interval=100000, log_interval=1,
+# A run far longer than the test, without periodic checkpoints.
+_pod_command = partial(pod_command, num_train_steps=3000, save_interval=100000, log_interval=1,
                        heartbeat_timeout=HEARTBEAT_S, no_hard_examples=True)
 
 
