@@ -10,7 +10,7 @@ the workers, not for this machine, and takes wheels only (nothing is built on a 
 OUT/requirements.txt is the exact list the workers then install (launch/requirements.py:
 setup.cfg's install_requires plus --extras). What the real run downloads from PyPI: the
 wheels of jax, jaxlib and libtpu (a 213 MB wheel) and of the rest of the requirements
-(orbax, tensorstore, wandb, matplotlib, ...; several hundred MB in all), and uv's wheel
+(orbax, tensorstore, wandb, ...; several hundred MB in all), and uv's wheel
 (about 20 MB), which workers without uv unpack to make their venv. The launcher copies the
 whole directory to every worker on each launch. `--no_index --find_links DIR` builds it
 from wheels already on this machine instead, with no network at all (the tests do).

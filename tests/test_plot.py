@@ -35,6 +35,7 @@ def test_nice_ticks_cover_the_range_in_round_steps(low, high, expected):
     ([2.5, 3.0, 3.5], ["2.5", "3.0", "3.5"]),
     ([0.0, 0.2, 0.4, 0.6000000000000001], ["0.0", "0.2", "0.4", "0.6"]),
     ([0.001, 0.002], ["0.001", "0.002"]),
+    ([0.0, 1e-05, 2e-05, 3.0000000000000004e-05], ["0", "1e-05", "2e-05", "3e-05"]),
 ])
 def test_tick_labels_have_the_decimals_their_spacing_needs(ticks, labels):
     assert [tick_format(ticks)(t) for t in ticks] == labels

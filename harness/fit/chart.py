@@ -50,7 +50,7 @@ def write_chart(report: FitReport, path: Path) -> None:
     sum_note = "summed" if report.fits else "of arguments (no breakdown from the compiler)"
     if used is not None:
         chart.bars(1, [(used / GIB, plot.FITS if report.fits else plot.DOES_NOT_FIT)])
-    chart.dashed(x=hbm, color=plot.INK, width=2)
+    chart.dashed(hbm, color=plot.INK, width=2)
     chart.beside(end, 0, f"{format_bytes(sum(kinds.values()))} {sum_note}")
     if used is not None:
         chart.beside(used / GIB, 1, format_bytes(used), bold=True)

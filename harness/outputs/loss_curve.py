@@ -46,7 +46,7 @@ def render_loss_curve(rows: Sequence[Mapping[str, Any]], *, hard_example_steps: 
     chart = Chart(SIZE, box=BOX, x=steps, y=losses)
     chart.grid(x_ticks=nice_ticks(*steps), y_ticks=nice_ticks(*losses))
     for step in hard_example_steps:
-        chart.dashed(x=step, color=MARK_COLOR)
+        chart.dashed(step, color=MARK_COLOR)
     for key, _, color in LINES:
         chart.line(series[key], color)
     chart.frame()

@@ -1,8 +1,8 @@
 """The harness's one way to draw: charts (the loss curve, harness-fit's memory and cost
 charts) and the text of contact sheets, with PIL.
 
-PIL, not matplotlib: `import PIL.ImageDraw` costs 11 ms in a fresh interpreter against
-0.33 s for `matplotlib.pyplot` (bench/draw_imports.py, 2026-12-06), paid at every run's end.
+Why PIL: `python -X importtime` puts `import PIL.ImageDraw` at 21 ms and `import
+matplotlib.pyplot` at 0.6-1.2 s (2026-12-06, 2 cores at load 6-9), paid at every run's end.
 
 A chart is a plot area on paper that is drawn into in data coordinates:
 
@@ -34,18 +34,19 @@ INK: Color = (20, 20, 20)
 MUTED: Color = (105, 105, 105)
 GRID: Color = (228, 228, 228)
 PAPER: Color = (255, 255, 255)
-# Tableau's ten colours (matplotlib's default cycle), and two for a verdict.
+# Tableau's colours (matplotlib's default cycle), and two for a verdict.
 BLUE, ORANGE, GREEN, RED, PURPLE = (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)
-BROWN, PINK, GRAY, OLIVE, CYAN = (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)
+BROWN, GRAY, OLIVE, CYAN = (140, 86, 75), (127, 127, 127), (188, 189, 34), (23, 190, 207)
 FITS: Color = (42, 157, 143)
 DOES_NOT_FIT: Color = (109, 46, 70)
 
 
 @dataclasses.dataclass(frozen=True)
 class Font:
-    """Pillow's built-in scalable font (Aileron Regular: ASCII and a little punctuation
-    such as · … ± °; other characters draw as boxes). No bold face ships with Pillow, so
-    bold is the regular outline with a thin stroke of the ink's own colour."""
+    """Pillow's built-in scalable font, so it is there wherever Pillow is: Aileron
+    Regular, with ASCII and © « ° ± ´ · » ‘ ’ “ ” … ‹ › ⁄ ™ (other characters draw as
+    boxes). No bold face ships with Pillow: bold is the outline with a thin stroke of
+    the ink's own colour."""
 
     face: ImageFont.FreeTypeFont
     stroke: float
@@ -79,6 +80,7 @@ class Font:
 
 @functools.cache
 def font(size: int, bold: bool = False) -> Font:
+    """Cached: every chart asks for the same few sizes."""
     return Font(ImageFont.load_default(size), stroke=round(size / 32, 2) if bold else 0.0)
 
 
@@ -101,10 +103,11 @@ def nice_ticks(low: float, high: float, count: int = 6) -> list[float]:
 
 
 def tick_format(ticks: Sequence[float]) -> Callable[[float], str]:
-    """Every tick with the decimals its spacing needs: 0.5 apart gives one."""
+    """Every tick with the decimals its spacing needs (0.5 apart gives one); below
+    0.001 apart, in exponent form (2e-05), which stays short."""
     spacing = min((abs(b - a) for a, b in zip(ticks, ticks[1:])), default=1.0)
     decimals = max(0, -math.floor(math.log10(spacing) + 1e-9)) if spacing > 0 else 0
-    return f"{{:.{decimals}f}}".format
+    return "{:.3g}".format if decimals > 3 else f"{{:.{decimals}f}}".format
 
 
 def padded(values: Sequence[float], fraction: float) -> tuple[float, float]:
@@ -158,7 +161,7 @@ class Chart:
         self.image = Image.new("RGB", size, PAPER)
         self.draw = ImageDraw.Draw(self.image)
         self.axes = Axes(x=x, y=y, box=box)
-        self._labels: list[Box] = []  # point labels placed so far, and their points
+        self._taken: list[Box] = []  # the dots and point labels drawn so far
 
     def pixel(self, x: float, y: float) -> tuple[float, float]:
         return self.axes.pixel(x, y)
@@ -223,18 +226,13 @@ class Chart:
         elif pixels:
             self.point(*points[0], color, radius=3)
 
-    def dashed(self, *, color: Color, x: float | None = None, y: float | None = None, width: int = 1) -> None:
-        """A dashed line across the plot area: vertical at data `x` or horizontal at `y`
-        (`width` pixels wide, centred there: a 2-pixel line's seam is at `x`)."""
-        left, top, right, bottom = self.axes.box
-        if x is not None:
-            column = round(self.pixel(x, self.axes.y[0])[0]) - (1 if width % 2 == 0 else 0)
-            for start in range(round(top), round(bottom), 10):
-                self.draw.line([(column, start), (column, min(start + 5, bottom))], fill=color, width=width)
-        if y is not None:
-            row = round(self.pixel(self.axes.x[0], y)[1]) - (1 if width % 2 == 0 else 0)
-            for start in range(round(left), round(right), 10):
-                self.draw.line([(start, row), (min(start + 5, right), row)], fill=color, width=width)
+    def dashed(self, x: float, *, color: Color, width: int = 1) -> None:
+        """A dashed vertical line across the plot area at data `x`, `width` pixels wide
+        and centred there (a 2-pixel line's seam is at `x`)."""
+        _, top, _, bottom = self.axes.box
+        column = round(self.pixel(x, self.axes.y[0])[0]) - (1 if width % 2 == 0 else 0)
+        for start in range(round(top), round(bottom), 10):
+            self.draw.line([(column, start), (column, min(start + 5, bottom))], fill=color, width=width)
 
     def bars(self, y: float, segments: Sequence[tuple[float, Color]], *, height: float = 0.8) -> float:
         """A horizontal bar at row `y`, `height` rows tall, of `segments` (length, colour)
@@ -253,7 +251,7 @@ class Chart:
         """A round dot, its edge smoothed; later labels keep clear of it."""
         px, py = (round(v) for v in self.pixel(x, y))
         self.image.paste(color, (px - radius, py - radius), _disc(radius))
-        self._labels.append((px - radius, py - radius, px + radius + 1, py + radius + 1))
+        self._taken.append((px - radius, py - radius, px + radius + 1, py + radius + 1))
 
     def text(self, xy: tuple[float, float], text: str, *, size: int = 13, bold: bool = False, fill: Color = INK,
              anchor: str = "la") -> Box:
@@ -290,7 +288,7 @@ class Chart:
             xy, anchor = spot(*option)
             box = face.box(xy, text, anchor)
             inside = box[0] >= left + 3 and box[2] <= right - 3 and box[1] >= top + 3 and box[3] <= bottom - 3
-            return inside and not any(_overlaps(box, taken) for taken in self._labels)
+            return inside and not any(_overlaps(box, taken) for taken in self._taken)
 
         options = [(side, sign * lift) for lift in (7, 7 + face.line_height, 7 + 2 * face.line_height)
                    for side in (inward, not inward) for sign in (-1, 1)]
@@ -301,7 +299,7 @@ class Chart:
             edge = (px + (xy[0] - px) * 8 / reach, py + (xy[1] - py) * 8 / reach)
             self.draw.line([edge, xy], fill=GRAY)
         placed = self.text(xy, text, size=size, anchor=anchor)
-        self._labels.append(placed)
+        self._taken.append(placed)
         return placed
 
     def legend(self, entries: Sequence[LegendEntry], *, at: tuple[float, float], size: int = 13,
@@ -312,8 +310,8 @@ class Chart:
         x, y = at
         row = face.line_height + 5
         if framed and entries:
-            width = 52 + max(face.length(e.label) for e in entries)
-            self.draw.rectangle([x, y, x + width, y + 10 + row * len(entries)], fill=PAPER, outline=GRID)
+            self.draw.rectangle([x, y, x + self.legend_width(entries, size), y + 10 + row * len(entries)], fill=PAPER,
+                                outline=GRID)
         for i, entry in enumerate(entries):
             middle = round(y + 5 + row * i + row / 2)
             if entry.mark == "box":

@@ -1,6 +1,7 @@
-"""Reading the harness's pictures by what they show: frames, colours and lines found in
-the pixels, and independent numpy resizers to compare thumbnails with. Nothing here
-asks the drawing code where it put anything."""
+"""Reading the harness's pictures by what they show: frames, colours, lines and text found
+in the pixels, and independent numpy resizers to compare thumbnails with. Nothing here
+asks the drawing code where it put anything (text is looked for by drawing the expected
+string with the harness's font on a blank stamp)."""
 
 from __future__ import annotations
 
@@ -93,9 +94,9 @@ def find_text(pixels: np.ndarray, text: str, face, color: Sequence[int] = (20, 2
     height, width = patch.shape[:2]
     first = int(np.argmax((patch[0] != PAPER).any(axis=1)))  # the first ink pixel of the top row
     hits = []
-    for y, x in np.argwhere((pixels == patch[0, first]).all(axis=2)):
+    for y, x in np.argwhere((pixels == patch[0, first]).all(axis=2)):  # candidates for that pixel
         x0 = x - first
-        if x0 >= 0 and y + height <= pixels.shape[0] and x0 + width <= pixels.shape[1] and \
-                np.array_equal(pixels[y:y + height, x0:x0 + width], patch):
+        inside = x0 >= 0 and y + height <= pixels.shape[0] and x0 + width <= pixels.shape[1]
+        if inside and np.array_equal(pixels[y:y + height, x0:x0 + width], patch):
             hits.append((int(x0), int(y)))
     return hits
