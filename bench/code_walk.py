@@ -5,6 +5,12 @@
     python -m bench.code_walk --json             # the same, as one JSON document
     python -m bench.code_walk -- --config cpu-8-devices --num_train_steps 20   # other harness-train flags
 
+A resume's walk, from a checkpoint written first (the flags name the directories, and
+`--resume` keeps them):
+
+    harness-train --config smoke --num_train_steps 6 --overwrite --checkpoint_dir /tmp/w/c --run_dir /tmp/w/r
+    python -m bench.code_walk -- --config smoke --resume --checkpoint_dir /tmp/w/c --run_dir /tmp/w/r
+
 Definition. A real `harness-train` (`cli.main(argv)`, by default `--config smoke
 --overwrite` into a temporary directory) runs in this process under `sys.settrace` on
 the main thread: the route argv takes. (The bodies of the threads it starts, the input
@@ -19,8 +25,8 @@ definitions: they are not on the route.
   below the previous function read (among its callers still running): the reader goes
   back to a caller's module to read on there, instead of descending into a callee.
 - A module's *re-entries* are its stays beyond the first.
-The route prints each stay's module, `^` marking a climb back up. `--tiny` (the size
-tests/test_bench.py runs) is the same smoke walk, already seconds long.
+The route prints each stay's module, `^` marking a climb back up. tests/test_code_walk.py
+keeps the smoke route at 12 climbs or fewer (issue 19); docs/architecture.md has the numbers.
 """
 
 from __future__ import annotations
@@ -147,16 +153,25 @@ def report(flags: list[str], summary: dict) -> str:
     ])
 
 
+def _with_directories(flags: list[str], tmp: str) -> list[str]:
+    """`flags`, with a run dir and a checkpoint dir in `tmp` where they name none, and
+    `--overwrite` unless they resume."""
+    named = {flag.split("=")[0] for flag in flags}
+    for names, value in ((("--run_dir", "--run.run_dir"), f"{tmp}/run"),
+                         (("--checkpoint_dir", "--checkpoint.dir"), f"{tmp}/checkpoints")):
+        if not named & set(names):
+            flags = [*flags, names[0], value]
+    return flags if "--resume" in named else [*flags, "--overwrite"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON document (every read too)")
-    parser.add_argument("--tiny", action="store_true", help="the size tests run: the same smoke walk")
     parser.add_argument("flags", nargs="*", help="harness-train flags after `--` (default: --config smoke)")
     args = parser.parse_args()
+    given = args.flags or list(DEFAULT_FLAGS)
     with tempfile.TemporaryDirectory(prefix="code_walk_") as tmp:
-        given = args.flags or list(DEFAULT_FLAGS)
-        flags = [*given, "--overwrite", "--run_dir", f"{tmp}/run", "--checkpoint_dir", f"{tmp}/checkpoints"]
-        result, code, printed = walk(flags)
+        result, code, printed = walk(_with_directories(given, tmp))
     if code != 0:
         print(printed, end="")
         print(f"bench.code_walk: harness-train {' '.join(given)} exited {code}", file=sys.stderr)
@@ -166,7 +181,6 @@ def main() -> int:
         print(json.dumps({**summary, "flags": given, "reads": [read._asdict() for read in result.reads]}, indent=1))
         return 0
     print(report(given, summary))
-    print("RESULT " + json.dumps({"code_walk": {k: summary[k] for k in ("rooms", "stays", "climbs", "functions")}}))
     return 0
 
 

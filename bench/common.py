@@ -14,9 +14,10 @@ from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
-# bench/*.py files that are not benchmarks: this module, the runner, and one host of
-# hard_examples' multi-process gather. Every other script is one, and takes --tiny.
-HELPERS = frozenset({"__init__", "common", "gather_bytes", "run_all"})
+# bench/*.py files that are not benchmarks: this module, the runner, one host of
+# hard_examples' multi-process gather, and the code walk (a route through the code, not a
+# cost; tests/test_code_walk.py runs it). Every other script is one, and takes --tiny.
+HELPERS = frozenset({"__init__", "code_walk", "common", "gather_bytes", "run_all"})
 # Arguments for a benchmark's short run where it is not `--tiny`: checkpoint_stall is
 # maintained beside the checksum code and has no --tiny; one round is its short run.
 SHORT_RUN_ARGS = {"checkpoint_stall": ("--repeats", "1")}
