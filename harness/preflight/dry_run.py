@@ -29,7 +29,7 @@ from harness.preflight.storage import scratch_dir
 from harness.preflight.stragglers import outliers
 
 RESUMED_STEPS = 2
-MIN_EXCESS_S = 0.02  # per step: a few milliseconds of jitter are no finding
+MIN_EXCESS_S = 0.25  # per step: a loaded host's jitter (tens of ms over 2 steps, seen in CI) is no finding
 
 
 def dry_run_configs(config: TrainConfig, run_id: str, steps: int) -> tuple[TrainConfig, TrainConfig]:
