@@ -131,7 +131,8 @@ def test_several_slices_get_a_dcn_axis_and_fsdp_stays_in_a_slice():
     assert report.target.num_devices == 8
 
 
-@pytest.mark.parametrize("remat", ["none", "dots", "full"])
+@pytest.mark.parametrize("remat", [pytest.param("none", marks=pytest.mark.soak), pytest.param("dots", marks=pytest.mark.soak),
+                                   "full"])  # full counts the most recompute: the default suite checks it
 def test_the_bounds_flops_agree_with_the_compilers_where_they_count_the_same(remat):
     """The compiler's cost_analysis counts a scan body once, so a 2-layer model's count is
     one layer's work plus the rest: the analytic train and recompute FLOPs of the same

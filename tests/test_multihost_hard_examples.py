@@ -47,7 +47,7 @@ def owner(sample_id: int, batch_size: int, num_processes: int) -> int:
     return (sample_id % batch_size) // (batch_size // num_processes)
 
 
-@pytest.fixture(scope="module", params=sorted(TOPOLOGIES))
+@pytest.fixture(scope="module", params=["2x4", pytest.param("4x2", marks=pytest.mark.soak)])
 def training_run(request, tmp_path_factory):
     num_processes, devices, preset = TOPOLOGIES[request.param]
     root = tmp_path_factory.mktemp(f"train_{request.param}")
