@@ -22,8 +22,7 @@ from harness.runtime.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, host_local_ro
 from harness.models.mlp import per_sample_outputs
 from harness.models.interface import ModelSpec
 from harness.train.step import TrainState, init_state
-from tests.support.oracles import hard_by_label_noise
-from tests.support.training import losses_from, train_steps
+from tests.support.training import held_out_batch, losses_from, train_steps
 
 CONFIG = TrainConfig().replace(batch_size=16, image_size=32, hidden_dim=32, seq_len=64, warmup_steps=5,
                      fsdp_devices=8, use_wandb=False)
@@ -33,10 +32,7 @@ EVAL_SIZE = 512
 
 @pytest.fixture(scope="module")
 def eval_batch():
-    """A large held-out batch (a seed no training run uses) and its hard-sample mask."""
-    spec = dataclasses.replace(CONFIG.data, batch_size=EVAL_SIZE)
-    batch = MockDataset(spec, seed=99).batch_at(0)
-    return batch, hard_by_label_noise(batch.actions)
+    return held_out_batch(CONFIG.data, EVAL_SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -18,16 +18,14 @@ import pytest
 from jax.sharding import Mesh
 
 from harness.config import TrainConfig
-from harness.mock.data import MockDataset
 from harness.models.names import TRANSFORMER_SIZES
 from harness.models.transformer import VlaTransformer
 from harness.outputs.sinks import read_metrics
 from harness.runtime.mesh import BATCH_AXES, FSDP_AXIS, fsdp_spec, make_mesh
 from harness.models.interface import ModelSpec
 from harness.train.step import build_model, init_state, state_shardings
-from tests.support.oracles import hard_by_label_noise
 from tests.support.runs import compile_cache_flags, failure_report, run_harness
-from tests.support.training import losses_from, train_steps
+from tests.support.training import held_out_batch, losses_from, train_steps
 
 # A custom size (hidden 64 -> one 64-wide head, 2 layers) on small images: seconds on CPU.
 CONFIG = TrainConfig().replace(model="transformer", hidden_dim=64, num_layers=2, batch_size=16, image_size=32, seq_len=64,
@@ -40,9 +38,7 @@ INVARIANCE_STEPS = 8
 
 @pytest.fixture(scope="module")
 def eval_batch():
-    spec = dataclasses.replace(CONFIG.data, batch_size=EVAL_SIZE)
-    batch = MockDataset(spec, seed=99).batch_at(0)
-    return batch, hard_by_label_noise(batch.actions)
+    return held_out_batch(CONFIG.data, EVAL_SIZE)
 
 
 @pytest.fixture(scope="module")

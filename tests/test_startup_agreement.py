@@ -8,12 +8,12 @@ that is a file on host 1 only, as with per-host local directories) makes every h
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 from harness.runtime import distributed
 from launch.local import free_port
-from tests.support.runs import compile_cache_flags, harness_env, start_harness, tree_snapshot
+from tests.support.argv import train_args
+from tests.support.runs import compile_cache_flags, harness_env, start_harness, tree_snapshot, wait_until
 
 START_TIMEOUT_S = 120
 # Once one host has exited, the other must follow within this (it would otherwise sit in
@@ -30,15 +30,13 @@ def test_a_startup_error_on_one_host_stops_every_host_with_the_same_line(tmp_pat
         run_dir = not_a_dir if host == 1 else tmp_path / "host0" / "run"
         env = harness_env(**{distributed.ENV_ADDRESS: address, distributed.ENV_NUM_PROCESSES: "2",
                              distributed.ENV_PROCESS_ID: str(host)})
-        args = ["--config", "local-2x4", "--no_wandb", *compile_cache_flags(tmp_path / "cache"),
-                "--run_dir", str(run_dir), "--checkpoint_dir", str(tmp_path / f"host{host}" / "ckpt")]
+        args = train_args(None, compile_cache_flags(tmp_path / "cache"), preset="local-2x4", run_dir=run_dir,
+                          checkpoint_dir=str(tmp_path / f"host{host}" / "ckpt"))
         processes.append(start_harness(args, log_path=tmp_path / f"host{host}.log", env=env))
     before = tree_snapshot(tmp_path / "host0")
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while all(p.poll() is None for p in processes):
-            assert time.monotonic() < deadline, "no host finished its start-up checks"
-            time.sleep(0.1)
+        wait_until(lambda: any(p.poll() is not None for p in processes), "a host finishing its start-up checks",
+                   timeout=START_TIMEOUT_S, poll_s=0.1)
         for process in processes:
             process.wait(timeout=FOLLOW_TIMEOUT_S)
     except subprocess.TimeoutExpired:
