@@ -257,7 +257,7 @@ def single_device_losses(trained):
     return losses_from(CONFIG.replace(fsdp_devices=1), mesh, trained.initial_state, INVARIANCE_STEPS)
 
 
-@pytest.mark.parametrize("fsdp", [1, 2, 4, 8])
+@pytest.mark.parametrize("fsdp", [1, pytest.param(2, marks=pytest.mark.soak), 4, 8])
 def test_losses_do_not_depend_on_the_mesh(trained, single_device_losses, fsdp):
     if fsdp == CONFIG.mesh.fsdp_devices:  # the module's training run already did these steps
         losses = trained.losses[:INVARIANCE_STEPS]

@@ -4,6 +4,7 @@ the real loop with the MLP's guarantees (mesh invariance, exact resume).
 Runs on the 8 fake CPU devices tests/conftest.py sets up:
 
     .venv/bin/python -m pytest -q tests/test_models_transformer.py
+    .venv/bin/python -m pytest -q -m soak tests/test_models_transformer.py   # remat dots/offload, fsdp 2/4, resume
 """
 
 from __future__ import annotations
@@ -157,7 +158,8 @@ def test_attention_is_prefix_lm(eval_batch):
     assert not mask[:, [start + i for i in np.flatnonzero(~real)]].any()
 
 
-@pytest.mark.parametrize("remat", ["full", "dots", "offload"])
+@pytest.mark.parametrize("remat", ["full", pytest.param("dots", marks=pytest.mark.soak),
+                                   pytest.param("offload", marks=pytest.mark.soak)])
 def test_remat_recomputes_the_same_loss_and_gradients(trained, eval_batch, remat):
     batch, _ = eval_batch
     params = trained[0].params
@@ -182,7 +184,7 @@ def single_device_losses(trained):
     return losses_from(CONFIG.replace(fsdp_devices=1), mesh, trained[0], INVARIANCE_STEPS)
 
 
-@pytest.mark.parametrize("fsdp", [1, 2, 4, 8])
+@pytest.mark.parametrize("fsdp", [1, pytest.param(2, marks=pytest.mark.soak), pytest.param(4, marks=pytest.mark.soak), 8])
 def test_losses_do_not_depend_on_the_mesh(trained, single_device_losses, fsdp):
     losses = (trained[2][:INVARIANCE_STEPS] if fsdp == CONFIG.mesh.fsdp_devices
               else losses_from(CONFIG.replace(fsdp_devices=fsdp), make_mesh(fsdp), trained[0], INVARIANCE_STEPS))
@@ -191,6 +193,7 @@ def test_losses_do_not_depend_on_the_mesh(trained, single_device_losses, fsdp):
     assert relative.max() <= 1e-5, (losses, single_device_losses)
 
 
+@pytest.mark.soak  # the MLP's exact resume is in the default suite (test_resume.py and others)
 def test_resume_in_harness_train_is_exact(tmp_path):
     """12 steps straight vs 6 steps, then --resume to 12: the same metrics, bit for bit."""
     model_args = ["--model", "transformer", "--hidden_dim", "64", "--log_interval", "1", "--no_wandb",
