@@ -34,7 +34,8 @@ from typing import Iterator
 from bench.common import REPO_ROOT, child_env
 from harness.config import load_preset
 from harness.fit.topology import resolve
-from harness.fit.units import format_bytes, format_duration
+from harness.fit.units import format_duration
+from harness.runtime.memory import format_bytes
 
 MODELS = ("tiny", "1b", "8b")
 TARGETS = ("v4-8", "v4-32", "v5litepod-16", "v5litepod-256", "v6e-256")

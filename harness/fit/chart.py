@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 
 from harness.fit.economics import PRICES_AS_OF
 from harness.fit.report import FitReport
-from harness.fit.units import GIB, format_bytes
+from harness.fit.units import GIB
+from harness.runtime.memory import format_bytes
 from harness.outputs import plot
 from harness.outputs.plot import Chart, LegendEntry, nice_ticks
 

@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 from harness.config import TrainConfig
-from harness.errors import UsageError
 from harness.fit.economics import PRICES_AS_OF, Assumptions
 from harness.fit.pool import CompilePool
 from harness.fit.progress import CompileProgress, describe_settings

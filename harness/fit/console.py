@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 from harness.fit.economics import PRICES_AS_OF
 from harness.fit.report import FitReport
-from harness.fit.units import format_bytes, format_duration, format_si, format_usd
+from harness.fit.units import format_duration, format_si, format_usd
+from harness.runtime.memory import format_bytes
 
 if TYPE_CHECKING:
     from harness.fit.compare import Comparison

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from harness.config import TrainConfig
 from harness.fit.compile import CompileOutcome
 from harness.fit.topology import Target
-from harness.fit.units import format_bytes
+from harness.runtime.memory import format_bytes
 
 PROG = "harness-fit"
 TICK_S = 0.5

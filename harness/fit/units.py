@@ -1,17 +1,8 @@
-"""Numbers for people: binary sizes (the TPU compiler's "G" is a GiB), SI rates, durations."""
+"""Numbers for people: SI rates, durations, prices (binary sizes: harness.runtime.memory.format_bytes)."""
 
 from __future__ import annotations
 
 GIB = 1 << 30
-
-
-def format_bytes(value: float | None) -> str:
-    if value is None:
-        return "-"
-    for scale, unit in ((GIB, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f} {unit}"
-    return f"{int(value)} B"
 
 
 def format_si(value: float, unit: str) -> str:

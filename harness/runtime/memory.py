@@ -1,5 +1,6 @@
 """How much host memory is there to use: the kernel's estimate of what can be allocated
-without swapping, capped by the cgroup limit a container or job scheduler sets."""
+without swapping, capped by the cgroup limit a container or job scheduler sets; and a
+size written for people (every command's one way)."""
 
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ def available_host_bytes() -> int | None:
     return min(candidates)
 
 
-def format_bytes(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(count) < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
+def format_bytes(value: float | None) -> str:
+    """Binary sizes for people, two decimals ("15.75 GiB": the TPU compiler's "G" is a
+    GiB); None, a size not known, is "-"."""
+    if value is None:
+        return "-"
+    for scale, unit in ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{int(value)} B"

@@ -21,7 +21,7 @@ from typing import Sequence
 from harness.config.flags import ArgumentParser, add_config_flags, config_from_args
 from harness.config import TrainConfig
 from harness.errors import (EXIT_RESTARTABLE, CheckpointSaveError, CheckpointUnreadableError, HostLostError,
-                            NonFiniteStateError, TpuUnavailableError, UsageError)
+                            NonFiniteStateError, TpuUnavailableError, UsageError, report_error)
 
 PROG = "harness-train"
 
@@ -45,8 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         start_runtime(config)
         check_startup(config)
     except (UsageError, TpuUnavailableError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return report_error(PROG, err)
     except CheckpointUnreadableError as err:
         _exit_together(err)
 
@@ -58,15 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         summary = train(config)
     except (UsageError, NonFiniteStateError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return err.exit_code
+        return report_error(PROG, err)
     except CheckpointUnreadableError as err:
         _exit_together(err)
     except (HostLostError, CheckpointSaveError) as err:
         # At once: after an out-of-memory error, even a normal shutdown may not get far.
-        print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
+        code = report_error(PROG, err)
         sys.stdout.flush()
-        os._exit(err.exit_code)
+        os._exit(code)
     return EXIT_RESTARTABLE if summary.preempted else 0
 
 
@@ -76,10 +74,10 @@ def _exit_together(err: CheckpointUnreadableError) -> None:
     clients (a fatal error) before they have said the line."""
     from harness.runtime.distributed import wait_for_every_host
 
-    print(f"{PROG}: error: {err}", file=sys.stderr, flush=True)
+    code = report_error(PROG, err)
     sys.stdout.flush()
     wait_for_every_host("agreed-exit")
-    os._exit(err.exit_code)
+    os._exit(code)
 
 
 def run() -> None:
