@@ -116,7 +116,7 @@ def compare_targets(config: TrainConfig, products: list[str], *, search: str, ma
         prepared.append((prepare(target_cfg), note))
     if progress is not None:
         first = prepared[0][0]
-        progress.begin(first.target, describe_settings(first.config, dict(first.mesh.shape)), first.hbm,
+        progress.begin(first.target, describe_settings(first.config.model, dict(first.mesh.shape)), first.hbm,
                        len(prepared) * (1 + max_compiles if search != "none" else 1))
     with CompilePool(workers, cache_dir, timeout_s=compile_timeout_s, progress=progress) as pool:
         if search == "settings":

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from harness.config import TrainConfig
+from harness.config import DataConfig, TrainConfig
 from harness.fit.census import KindCount, collective_census
 from harness.fit.libtpu import parse_bytes
 from harness.mock.data import Batch, MockDataset
@@ -33,20 +33,20 @@ _METADATA = re.compile(r", metadata=\{[^}]*\}")
 _DEBUG_TABLES = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
 
 
-def abstract_batch(config: TrainConfig, mesh: Mesh) -> Batch:
-    """The global batch's shapes and dtypes (one real sample, scaled), batch-sharded."""
-    spec = dataclasses.replace(config.data, batch_size=1)
-    sample = MockDataset(spec, config.run.seed).batch_at(0)
+def abstract_batch(data: DataConfig, mesh: Mesh) -> Batch:
+    """The global batch's shapes and dtypes (one real sample, scaled), batch-sharded.
+    A sample's shapes do not depend on the seed, so any seed will do."""
+    sample = MockDataset(dataclasses.replace(data, batch_size=1), seed=0).batch_at(0)
     sharding = batch_sharding(mesh)
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct((config.data.batch_size, *x.shape[1:]),
+        lambda x: jax.ShapeDtypeStruct((data.batch_size, *x.shape[1:]),
                                        jax.dtypes.canonicalize_dtype(x.dtype), sharding=sharding),
         sample)
 
 
 def lower_train_step(config: TrainConfig, mesh: Mesh) -> jax.stages.Lowered:
     """The loop's jitted step, lowered for `mesh` without allocating anything."""
-    return make_train_step(config, mesh).lower(abstract_state(config, mesh), abstract_batch(config, mesh))
+    return make_train_step(config, mesh).lower(abstract_state(config, mesh), abstract_batch(config.data, mesh))
 
 
 def program_fingerprint(hlo_text: str) -> str:
@@ -89,7 +89,7 @@ class ArgumentBytes:
 def argument_bytes(config: TrainConfig, mesh: Mesh) -> ArgumentBytes:
     state: TrainState = abstract_state(config, mesh)
     return ArgumentBytes(params=shard_bytes(state.params), optimizer=shard_bytes(state.opt_state),
-                         batch=shard_bytes(abstract_batch(config, mesh)),
+                         batch=shard_bytes(abstract_batch(config.data, mesh)),
                          other=shard_bytes((state.step, state.rng)))
 
 

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from harness.config import TrainConfig
+from harness.config.groups import ModelConfig
 from harness.fit.compile import CompileOutcome
 from harness.fit.topology import Target
 from harness.runtime.memory import format_bytes
@@ -26,9 +26,8 @@ PROG = "harness-fit"
 TICK_S = 0.5
 
 
-def describe_settings(config: TrainConfig, mesh: dict[str, int]) -> str:
+def describe_settings(model: ModelConfig, mesh: dict[str, int]) -> str:
     """The settings every compile of one run shares: model, dtypes, remat, mesh."""
-    model = config.model
     named = f" {model.size}" if model.size else ""
     axes = " ".join(f"{axis}={size}" for axis, size in mesh.items())
     return (f"{model.name}{named}, {model.param_dtype} params, {model.compute_dtype} compute, "

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh
 
-from harness.config import TrainConfig
+from harness.config import ModelConfig, TrainConfig
 from harness.errors import UsageError
 from harness.fit.compile import ArgumentBytes, argument_bytes
 from harness.fit.economics import Assumptions, step_cost
@@ -33,25 +33,25 @@ from harness.runtime.mesh import make_mesh
 from harness.train.step import TrainState, abstract_state, build_model
 
 
-def check_divisibility(config: TrainConfig, target: Target) -> None:
+def check_divisibility(batch_size: int, fsdp_devices: int, target: Target) -> None:
     """Training's start-up checks, against the target's devices and hosts."""
     devices, hosts = target.num_devices, target.hosts_per_slice * target.num_slices
-    if target.devices_per_slice % config.mesh.fsdp_devices:
-        raise UsageError(f"--fsdp_devices={config.mesh.fsdp_devices} does not divide the {target.devices_per_slice} "
+    if target.devices_per_slice % fsdp_devices:
+        raise UsageError(f"--fsdp_devices={fsdp_devices} does not divide the {target.devices_per_slice} "
                          f"devices of a {target.product} slice")
-    if config.data.batch_size % devices:
-        raise UsageError(f"--batch_size={config.data.batch_size} is not divisible by the {devices} devices of "
+    if batch_size % devices:
+        raise UsageError(f"--batch_size={batch_size} is not divisible by the {devices} devices of "
                          f"{target.product}" + (f" x {target.num_slices} slices" if target.num_slices > 1 else ""))
-    if config.data.batch_size % hosts:
-        raise UsageError(f"--batch_size={config.data.batch_size} is not divisible by the {hosts} hosts")
+    if batch_size % hosts:
+        raise UsageError(f"--batch_size={batch_size} is not divisible by the {hosts} hosts")
 
 
-def describe_model(config: TrainConfig, model: Model, abstract_params: Any) -> dict[str, Any]:
+def describe_model(model_config: ModelConfig, model: Model, abstract_params: Any) -> dict[str, Any]:
     return {
-        "name": config.model.name, "size": config.model.size,
+        "name": model_config.name, "size": model_config.size,
         "parameters": sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(abstract_params)),
-        "param_dtype": config.model.param_dtype, "compute_dtype": config.model.compute_dtype, "remat": config.model.remat,
-        "analytic_flops": hasattr(model, "train_flops"),
+        "param_dtype": model_config.param_dtype, "compute_dtype": model_config.compute_dtype,
+        "remat": model_config.remat, "analytic_flops": hasattr(model, "train_flops"),
     }
 
 
@@ -70,17 +70,18 @@ class Prepared:
     def unit(self, *, search: bool, max_compiles: int, compile_requested: bool = True) -> Unit:
         """The compiles: the requested batch (unless not `compile_requested`) and its search."""
         base = self.arguments.params + self.arguments.optimizer + self.arguments.other
-        batch_search = new_search(self.config, step=self.target.num_devices, hbm_bytes=self.hbm,
+        batch_search = new_search(self.config.data.batch_size, step=self.target.num_devices, hbm_bytes=self.hbm,
                                   max_compiles=max_compiles, base_bytes=base,
                                   requested=compile_requested) if search else None
+        settings = describe_settings(self.config.model, dict(self.mesh.shape))
         return Unit(self.config, batch_search, compile_requested=compile_requested,
-                    note={"hbm_bytes": self.hbm, "settings": describe_settings(self.config, dict(self.mesh.shape))})
+                    note={"hbm_bytes": self.hbm, "settings": settings})
 
 
 def prepare(config: TrainConfig) -> Prepared:
     """Resolves the target and checks the input (UsageError) before any compile."""
     target = resolve(config.tpu.topology, config.tpu.chip_config, config.mesh.num_slices)
-    check_divisibility(config, target)
+    check_divisibility(config.data.batch_size, config.mesh.fsdp_devices, target)
     model = build_model(config)  # a failing import path is bad input, found before any compile
     devices = topology_devices(target)
     mesh = make_mesh(config.mesh.fsdp_devices, devices)
@@ -115,7 +116,7 @@ def report_of(prepared: Prepared, unit: Unit, assumptions: Assumptions, *, compi
     plan = SavePlan(checkpoint_bytes(prepared.state), assumptions.throughput, assumptions.mtbf_hours * 3600,
                     step_s=cost.estimate_s)
     return FitReport(
-        target=prepared.target, model=describe_model(prepared.config, prepared.model, prepared.state.params),
+        target=prepared.target, model=describe_model(prepared.config.model, prepared.model, prepared.state.params),
         mesh=dict(prepared.mesh.shape), batch_size=prepared.config.data.batch_size, fits=outcome.fits, memory=memory,
         oom=outcome.oom, compile_seconds=outcome.seconds, program_fingerprint=outcome.fingerprint,
         census=outcome.census, bound=bound, compiler_cost=outcome.cost,
@@ -133,7 +134,7 @@ def run_fit(config: TrainConfig, *, search: bool = True, max_compiles: int = 16,
     started = time.perf_counter()
     prepared = prepare(config)
     if progress is not None:
-        progress.begin(prepared.target, describe_settings(config, dict(prepared.mesh.shape)), prepared.hbm,
+        progress.begin(prepared.target, describe_settings(config.model, dict(prepared.mesh.shape)), prepared.hbm,
                        1 + max_compiles if search else 1)
     workers = workers if search else 1  # one compile: no process to start
     with CompilePool(workers, cache_dir, timeout_s=compile_timeout_s, progress=progress) as pool:

@@ -27,12 +27,11 @@ class Unit:
     outcomes: list[CompileOutcome] = dataclasses.field(default_factory=list)  # every compile, in order
 
 
-def new_search(config: TrainConfig, *, step: int, hbm_bytes: int, max_compiles: int, base_bytes: int,
+def new_search(batch_size: int, *, step: int, hbm_bytes: int, max_compiles: int, base_bytes: int,
                requested: bool = True) -> BatchSearch:
-    """A search from 16x the config's batch; `requested`: that batch compiles beside it."""
-    batch = config.data.batch_size
-    return BatchSearch(step=step, hbm_bytes=hbm_bytes, max_compiles=max_compiles, start=FAR_FACTOR * batch,
-                       requested=batch if requested else None, base_bytes=base_bytes)
+    """A search from 16x `batch_size`; `requested`: that batch compiles beside it."""
+    return BatchSearch(step=step, hbm_bytes=hbm_bytes, max_compiles=max_compiles, start=FAR_FACTOR * batch_size,
+                       requested=batch_size if requested else None, base_bytes=base_bytes)
 
 
 def run_units(pool: CompilePool, units: list[Unit]) -> None:
