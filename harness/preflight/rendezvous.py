@@ -28,6 +28,7 @@ import sys
 import time
 
 from harness.config import TrainConfig
+from harness.config.groups import DistributedConfig
 from harness.errors import UsageError
 from harness.preflight.consistency import config_hash
 from harness.preflight.results import FAIL, PASS, RENDEZVOUS, Observation
@@ -69,15 +70,17 @@ def log_stray(line: str) -> None:
     print(f"harness-preflight: host 0: roll call: {line}", file=sys.stderr, flush=True)
 
 
-def pod_coordinates(config: TrainConfig) -> Coordinates | None:
+def pod_coordinates(distributed_config: DistributedConfig) -> Coordinates | None:
     """Where this process belongs, or None for a single process."""
-    if config.distributed.mode == "off":
+    mode = distributed_config.mode
+    if mode == "off":
         return None
-    if config.distributed.mode == "pod":
-        return detected_pod(config.distributed.initialization_timeout)
-    if config.distributed.mode not in distributed.MODES:
-        raise UsageError(f"--distributed must be one of {', '.join(distributed.MODES)}, got {config.distributed.mode!r}")
-    found = distributed.explicit_coordinates(config.distributed.coordinator_address, config.distributed.num_processes, config.distributed.process_id)
+    if mode == "pod":
+        return detected_pod(distributed_config.initialization_timeout)
+    if mode not in distributed.MODES:
+        raise UsageError(f"--distributed must be one of {', '.join(distributed.MODES)}, got {mode!r}")
+    found = distributed.explicit_coordinates(distributed_config.coordinator_address, distributed_config.num_processes,
+                                             distributed_config.process_id)
     if found is None or found.num_processes == 1:
         return None
     return Coordinates(found.coordinator_address, found.num_processes, found.process_id)

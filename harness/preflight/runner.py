@@ -73,7 +73,7 @@ def run(config: TrainConfig, options: PreflightOptions) -> int:
     configure_devices(platform=config.devices.platform, cpu_devices=config.devices.cpu_devices,
                       cpu_fast_compile=config.devices.cpu_fast_compile,
                       compilation_cache_dir=config.devices.compilation_cache_dir)
-    coordinates = pod_coordinates(config)
+    coordinates = pod_coordinates(config.distributed)
     host, num = (coordinates.process_id, coordinates.num_processes) if coordinates else (0, 1)
     check_fault(options.testing_fault, options.testing_fault_host, num)
     fault = Fault(options.testing_fault, options.testing_fault_host, host)
@@ -87,8 +87,8 @@ def run(config: TrainConfig, options: PreflightOptions) -> int:
     return Preflight(config, options, coordinates, joined, fault).run()
 
 
-def _context(config: TrainConfig, options: PreflightOptions, coordinates: Coordinates | None, run_id: str,
-             fault: Fault, mesh: dict[str, int]) -> PodContext:
+def _context(options: PreflightOptions, coordinates: Coordinates | None, run_id: str, fault: Fault,
+             mesh: dict[str, int]) -> PodContext:
     names = dict(enumerate(coordinates.host_names)) if coordinates else {}
     return PodContext(run_id or "none", coordinates.num_processes if coordinates else 1, options.preset,
                       coordinates.address if coordinates else None, mesh, fault, options.straggler_factor, names,
@@ -100,7 +100,7 @@ def _pod_never_assembled(config: TrainConfig, options: PreflightOptions, coordin
     """Process 0 names who never came (and writes the report); a host that never reached
     process 0 names it; a host the coordinator turned away says so. The names also go out
     in the watchdog's line, which the launchers parse to name and stop those hosts."""
-    context = _context(config, options, coordinates, joined.run_id, fault, {})
+    context = _context(options, coordinates, joined.run_id, fault, {})
     me = coordinates.process_id
     if joined.roll is not None:
         roll = joined.roll
@@ -163,7 +163,7 @@ class Preflight:
             mesh = dict(make_mesh(config.mesh.fsdp_devices).shape)
         except UsageError:
             mesh = {}
-        self.context = _context(config, options, coordinates, joined.run_id, fault, mesh)
+        self.context = _context(options, coordinates, joined.run_id, fault, mesh)
         self.report = HostReport(self.host, socket.gethostname(), os.getpid(), observations=(joined.observation,))
         self.received: dict[int, HostReport | str] = {}
         self.row = RENDEZVOUS

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_config(argv)
         from harness.train.startup import check_startup, start_runtime
 
-        start_runtime(config)
+        start_runtime(config.devices, config.distributed)
         check_startup(config)
     except (UsageError, TpuUnavailableError) as err:
         return report_error(PROG, err)

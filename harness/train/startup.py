@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 
 from harness.config import TrainConfig
+from harness.config.groups import DevicesConfig, DistributedConfig
 from harness.errors import CheckpointUnreadableError, UsageError
 from harness.mock.data import sample_bytes
 from harness.runtime import distributed, storage
@@ -30,21 +31,21 @@ BATCH_COPIES_PER_STEP_IN_FLIGHT = 3
 BATCH_MEMORY_SHARE = 0.5
 
 
-def start_runtime(config: TrainConfig) -> None:
+def start_runtime(devices: DevicesConfig, distributed_config: DistributedConfig) -> None:
     """The GCS emulator (if one is set), JAX's devices and `jax.distributed`: what every
     later step stands on. Raises UsageError for bad distributed settings, or
     TpuUnavailableError on a host whose TPU did not come up; writes nothing."""
     storage.configure_gcs_emulator_from_env()
-    platform = configure_devices(platform=config.devices.platform, cpu_devices=config.devices.cpu_devices,
-                                 cpu_fast_compile=config.devices.cpu_fast_compile,
-                                 compilation_cache_dir=config.devices.compilation_cache_dir)
+    platform = configure_devices(platform=devices.platform, cpu_devices=devices.cpu_devices,
+                                 cpu_fast_compile=devices.cpu_fast_compile,
+                                 compilation_cache_dir=devices.compilation_cache_dir)
     distributed.initialize(
-        config.distributed.mode,
-        coordinator_address=config.distributed.coordinator_address,
-        num_processes=config.distributed.num_processes,
-        process_id=config.distributed.process_id,
-        initialization_timeout=config.distributed.initialization_timeout,
-        heartbeat_timeout=config.distributed.heartbeat_timeout,
+        distributed_config.mode,
+        coordinator_address=distributed_config.coordinator_address,
+        num_processes=distributed_config.num_processes,
+        process_id=distributed_config.process_id,
+        initialization_timeout=distributed_config.initialization_timeout,
+        heartbeat_timeout=distributed_config.heartbeat_timeout,
     )
     check_platform(platform)
 

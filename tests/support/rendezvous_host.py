@@ -24,7 +24,7 @@ def main() -> int:
     parser.add_argument("--initialization_timeout", type=int, required=True)
     args = parser.parse_args()
     config = TrainConfig().replace(initialization_timeout=args.initialization_timeout)
-    joined = join(config, pod_coordinates(config))
+    joined = join(config, pod_coordinates(config.distributed))
     cell = joined.observation
     if joined.joined:
         print(f"JOINED {joined.run_id}: {cell.status} {cell.value}", flush=True)
