@@ -1,6 +1,5 @@
 """How the harness hears of a checkpoint save that failed in orbax's background thread
-(harness/runtime/failed_saves.py): only this store's saves, never a restore error, and
-why not through orbax's public `check_for_errors()`.
+(harness/runtime/failed_saves.py): only this store's saves, never a restore error.
 
     .venv/bin/python -m pytest -q tests/test_failed_saves.py
 
@@ -128,12 +127,6 @@ def test_a_real_failed_save_is_heard_at_once_and_raised_with_its_storage_error(p
     assert probe["heard_s"] is not None and probe["heard_s"] < 10, probe
     assert probe["raised"].startswith("host 0: a checkpoint save to gs://"), probe
     assert ": PERMISSION_DENIED: " in probe["raised"], probe
-
-
-def test_orbax_public_check_for_errors_does_not_report_it(probe):
-    """Why the listener exists: orbax's finalize thread takes the error first. If a new
-    orbax reports it here, switch failed_saves.py to `check_for_errors()`."""
-    assert probe["check_for_errors"] is None, probe
 
 
 def test_neither_a_restore_error_nor_another_stores_failure_is_a_failed_save(probe):

@@ -9,8 +9,9 @@ this host at the next step instead, so the watchdog names it to the others at on
 Why not orbax's public `CheckpointManager.check_for_errors()`: in the pinned 0.12.8 the
 manager's own finalize thread takes the error out of the checkpointer (its
 `wait_until_finished` raises and clears it) within milliseconds, so `check_for_errors()`
-never sees it; the error then waits in that thread, which on a pod sits in a barrier
-with the other hosts. tests/test_failed_saves.py shows both on a real failing save.
+sees it only when it happens to ask in that window (polled every 10 ms in a real failing
+save: missed in most runs, caught in one suite run of 2026-12-06); the error then waits
+in that thread, which on a pod sits in a barrier with the other hosts.
 
 Only this store's saves count: a record is taken when it is orbax's "background save
 thread" failure for a step directory directly under the store's directory. Another
