@@ -24,6 +24,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,13 +59,15 @@ def run_measured(argv: list[str], cwd: Path, timeout: float) -> tuple[float, flo
     (harness-fit exits 1 when it does not fit: a result, not a failure)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(argv, cwd=cwd, env=child_env(), stdout=subprocess.DEVNULL, stderr=stderr)
+        # Its own process group: a timeout stops its compile workers too, not only harness-fit.
+        process = subprocess.Popen(argv, cwd=cwd, env=child_env(), stdout=subprocess.DEVNULL, stderr=stderr,
+                                   start_new_session=True)
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
                 break
             if time.perf_counter() - started > timeout:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 raise TimeoutError(f"{argv} ran past {timeout} s")
             time.sleep(0.05)

@@ -68,10 +68,13 @@ def _speed(report: FitReport) -> list[str]:
     if bound is None:
         return []
     chip = report.target.chip
-    lines = [f"FLOPs per step: {format_si(bound.flops_per_step, 'FLOP')} ({bound.flops_source}); "
-             f"executed per device {format_si(bound.flops_per_device, 'FLOP')}"]
+    analytic = bound.flops_source.startswith("analytic")
+    recompute = " with remat's recompute" if bound.flops_source.endswith("remat recompute") else ""
+    source = "analytic" if analytic else bound.flops_source
+    lines = [f"FLOPs per step: {format_si(bound.flops_per_step, 'FLOP')} ({source}); "
+             f"executed per device {format_si(bound.flops_per_device, 'FLOP')}{recompute}"]
     compiler = (report.compiler_cost or {}).get("flops")
-    if compiler is not None and bound.flops_source == "analytic":
+    if compiler is not None and analytic:
         lines.append(f"  compiler's count per device: {format_si(compiler, 'FLOP')} (scan bodies counted once)")
     lines += [
         f"Step time >= {format_duration(bound.seconds)}, limited by {bound.limited_by}",
