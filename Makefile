@@ -1,6 +1,6 @@
 # One command each; every target creates/updates the virtual environment it needs.
 #   make train   the main job: mock training on CPU with 8 fake devices, local checkpoints, wandb offline
-#   make test    the test suite (what CI runs), one test file per core (pytest-xdist)
+#   make test    the test suite (what CI runs), one test file per core (pytest-xdist), then the `alone` tests
 #   make pod     2 simulated hosts x 4 fake devices on 127.0.0.1
 #   make preflight  is that 2x4 pod ready? every check on every host, one table, preflight.json
 #   make bench   every bench/ script at full size, ratios measured side by side (tiny sizes: python -m bench.run_all --tiny)
@@ -25,7 +25,8 @@ train: $(INSTALLED)
 	$(BIN)/harness-train --config cpu-8-devices --overwrite
 
 test: $(INSTALLED)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m 'not soak and not alone'
+	$(BIN)/python -m pytest -q -m alone
 
 pod: $(INSTALLED)
 	$(BIN)/python -m launch.local --num_processes 2 --devices_per_process 4 -- \

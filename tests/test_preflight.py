@@ -65,6 +65,7 @@ def cells(report: dict) -> dict[tuple[str, int], dict]:
     return {(check["check"], cell["host"]): cell for check in report["checks"] for cell in check["cells"]}
 
 
+@pytest.mark.alone  # host speed compares the two hosts: a test beside it would slow one of them
 def test_a_healthy_2x4_pod_passes_every_check(tmp_path: Path, compile_cache: Path) -> None:
     command = preflight_command(tmp_path, compile_cache, "--interconnect_sizes", "16384,131072,524288",
                                 "--interconnect_repeats", "2")

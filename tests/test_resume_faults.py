@@ -48,7 +48,6 @@ NOTHING_CHANGED = "; not proven damage, so nothing was changed; exit 42 (restart
 # restore, not for the threads and buffers the restore needs. Measured here: 8-16 MiB
 # aborts inside tensorstore's C++ (std::system_error, not catchable), 64 MiB restores.
 ADDRESS_SPACE_MARGIN = 32 << 20
-OUT_OF_MEMORY_ATTEMPTS = 5
 
 
 run_args = partial(train_args, no_hard_examples=True)
@@ -208,26 +207,39 @@ def _resume_out_of_memory(source: Path, workdir: Path, cache: list[str]) -> tupl
     return returncode, log.read_text(), tree_snapshot(workdir / "ckpt") == before
 
 
+def _out_of_memory_tries(local_run: Path, cache: list[str], tmp_path: Path, tries: int) -> list[int]:
+    """Resumes under the cap until one ends in exit 42 (at most `tries`); each must end in
+    42 with the one line, or in tensorstore's uncatchable abort (SIGABRT, also
+    restartable), and none may treat it as damage or change a file. The exit codes."""
+    codes = []
+    for attempt in range(tries):
+        workdir = tmp_path / f"try{attempt}"
+        returncode, output, unchanged = _resume_out_of_memory(local_run, workdir, cache)
+        codes.append(returncode)
+        assert unchanged, f"try {attempt} changed the checkpoints:\n{output[-4000:]}"
+        assert "is damaged" not in output and "set aside" not in output, output[-4000:]
+        assert returncode in (42, -signal.SIGABRT), f"try {attempt}: exit {returncode}\n{output[-4000:]}"
+        if returncode == 42:
+            errors = [line for line in output.splitlines() if line.startswith("harness-train: error:")]
+            assert len(errors) == 1, output[-4000:]
+            assert re.fullmatch(re.escape(f"harness-train: error: cannot read checkpoint step {STEP} in "
+                                          f"{workdir / 'ckpt'} (reading its ")
+                                + r"(metadata|arrays): (RuntimeError: can't start new thread|MemoryError: .*)"
+                                + re.escape(")" + NOTHING_CHANGED), errors[0]), errors[0]
+            break
+    return codes
+
+
 def test_running_out_of_memory_during_the_restore_is_not_damage(local_run, cache, tmp_path):
     """The cap makes thread creation fail during the restore. Where CPython creates the
     thread, the harness sees "can't start new thread" and stops with exit 42 and one line;
-    where tensorstore's C++ does, it aborts the process (std::system_error, SIGABRT: also
-    restartable, and nothing the harness can catch), about 1 try in 4 here. So up to
-    ATTEMPTS tries: none may treat it as damage or change a file, and one must end in 42."""
-    attempts = []
-    for attempt in range(OUT_OF_MEMORY_ATTEMPTS):
-        returncode, output, unchanged = _resume_out_of_memory(local_run, tmp_path / f"try{attempt}", cache)
-        attempts.append((returncode, output))
+    where tensorstore's C++ (or LLVM) does, the process aborts (SIGABRT: also restartable,
+    nothing the harness can catch). Which one happens depends on timing (1 in 4 aborted
+    run alone; 5 of 5 once while another test file ran beside it), so the default suite
+    checks what must hold either way; the soak test below asks for the exit 42 too."""
+    _out_of_memory_tries(local_run, cache, tmp_path, tries=2)
 
-        assert unchanged, f"try {attempt} changed the checkpoints:\n{output[-4000:]}"
-        assert "is damaged" not in output and "set aside" not in output, output[-4000:]
-        if returncode == 42:
-            break
-    returncode, output = attempts[-1]
-    assert returncode == 42, "\n".join(f"try {i}: exit {rc}\n{out[-1500:]}" for i, (rc, out) in enumerate(attempts))
-    errors = [line for line in output.splitlines() if line.startswith("harness-train: error:")]
-    workdir = tmp_path / f"try{len(attempts) - 1}"
-    assert len(errors) == 1, output[-4000:]
-    assert re.fullmatch(re.escape(f"harness-train: error: cannot read checkpoint step {STEP} in {workdir / 'ckpt'} "
-                                  "(reading its ") + r"(metadata|arrays): (RuntimeError: can't start new "
-                                  r"thread|MemoryError: .*)" + re.escape(")" + NOTHING_CHANGED), errors[0]), errors[0]
+
+@pytest.mark.soak
+def test_running_out_of_memory_during_the_restore_ends_in_exit_42_within_ten_tries(local_run, cache, tmp_path):
+    assert _out_of_memory_tries(local_run, cache, tmp_path, tries=10)[-1] == 42
