@@ -50,6 +50,7 @@ class CheckpointStore:
 
     def __init__(self, directory: str, *, keep: int, async_save: bool, timeout_s: int = 600):
         self.directory = directory
+        self._timeout_s = timeout_s
         self._listed_steps, self.marked_steps = _agreed_listing(directory)
         self._pruning = KeepMarkedAndNewest(keep, set(self.marked_steps))
         self._manager = ocp.CheckpointManager(
@@ -231,10 +232,15 @@ class CheckpointStore:
     def wait(self) -> None:
         """Waits for the save in flight; raises CheckpointSaveError as soon as it fails
         here, rather than after the commit barrier it would leave the others in. Bounded:
-        orbax's barriers time out after `--checkpoint_timeout`, and the watchdog names a
-        host that dies meanwhile."""
+        orbax's barriers time out after `--checkpoint_timeout`, the watchdog names a host
+        that dies meanwhile, and a save still in flight after twice that (storage that
+        stopped answering) fails here."""
+        deadline = time.monotonic() + 2 * self._timeout_s
         while self._manager.is_saving_in_progress():
             self.raise_failed_save()
+            if time.monotonic() > deadline:
+                raise CheckpointSaveError(f"a checkpoint save to {self.directory} was still in flight after "
+                                          f"{2 * self._timeout_s} s (twice --checkpoint_timeout)")
             time.sleep(SAVE_POLL_S)
         self._manager.wait_until_finished()
 
