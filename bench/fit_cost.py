@@ -6,6 +6,7 @@ tables in docs/fit.md come from this).
     python -m bench.fit_cost --models 1b --targets v5litepod-16 --search
     python -m bench.fit_cost --make_fit --baseline 0fac077     # `make fit` before/after, side by side
     python -m bench.fit_cost --tiny     # the tiny model, 32x32 images, on v4-8: proves it runs
+    python -m bench.fit_cost --make_fit --floor   # and the least CPU a proven answer costs
 
 Each run is `harness-fit --config TARGET --model transformer --model_size SIZE` with
 bfloat16 compute, full remat, FSDP over every chip of a slice and the preset's batch,
@@ -16,6 +17,11 @@ are left out), alternating with the current code, `--rounds` times: these machin
 shared, so only numbers taken side by side compare. Wall and CPU seconds and peak RSS
 are the child's (wait4 rusage; CPU includes its compile workers, RSS is the largest
 process). Prints a markdown table and a `RESULT {json}` line.
+
+`--floor` then compiles, each alone in one process on a fresh cache with no search, the
+requested batch and the largest batch the search found: the two fits a proven answer
+cannot do without. Their CPU seconds summed over this machine's cores is the least wall
+time any search can take here, however it places its probes.
 """
 
 from __future__ import annotations
@@ -116,6 +122,24 @@ def measure(code: str, tree: Path, args: list[str], *, cache_dir: Path | None, t
     }
 
 
+def floor_rows(command: list[str], searched: dict, stack: contextlib.ExitStack, *, timeout: float) -> list[dict]:
+    """The requested batch and the answer `searched` found, each compiled alone and cold;
+    prints the least wall time their CPU allows on this machine's cores."""
+    if searched["largest_batch"] is None:
+        return []
+    rows = []
+    for batch in (searched["batch"], searched["largest_batch"]):
+        cache = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        alone = [*command, "--no_search", "--compile_workers", "1", "--batch_size", str(batch)]
+        rows.append(measure(f"now, batch {batch} alone", REPO_ROOT, alone, cache_dir=cache, timeout=timeout))
+        print(json.dumps(rows[-1]), flush=True)
+    cores = len(os.sched_getaffinity(0))
+    cpu = sum(row["cpu_s"] for row in rows)
+    print(f"FLOOR the two fits alone: {cpu:.0f} s of CPU; on {cores} cores no search can take under "
+          f"{cpu / cores:.0f} s wall", flush=True)
+    return rows
+
+
 @contextlib.contextmanager
 def worktree(ref: str) -> Iterator[Path]:
     """A detached checkout of `ref` beside this one, removed afterwards; `python -m
@@ -163,6 +187,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="alternations with --baseline")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per harness-fit run")
     parser.add_argument("--tiny", action="store_true", help="one small compile, to prove it runs")
+    parser.add_argument("--floor", action="store_true",
+                        help="also compile the requested and the largest batch alone: the least a proven answer costs")
     args = parser.parse_args()
     extra: tuple[str, ...] = ()
     if args.tiny:
@@ -186,6 +212,8 @@ def main() -> int:
                     rows.append(measure(f"now, {label} cache", REPO_ROOT, command, cache_dir=cache,
                                         timeout=args.timeout))
                     print(json.dumps(rows[-1]), flush=True)
+                if args.floor:
+                    rows += floor_rows(command, rows[-1], stack, timeout=args.timeout)
     print(markdown(rows))
     print("RESULT " + json.dumps({"fit_cost": rows}))
     return 0

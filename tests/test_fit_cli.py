@@ -8,7 +8,6 @@ never a traceback.
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from harness.fit import cli
+from tests.support.fit_json import read_fit_json
 from tests.support.runs import REPO_ROOT, failure_report, harness_env
 
 SMALL = ["--model", "transformer", "--model_size", "tiny", "--image_size", "32", "--seq_len", "64"]
@@ -94,11 +94,29 @@ def test_a_fit_exits_0_with_a_table_fit_json_and_a_chart(tmp_path):
     for line in ("Verdict: FITS", "peak (compiler)", "of 15.75 GiB HBM", "Collectives (compiled HLO)",
                  "limited by", "on v5litepod-16 (v5e:4x4, default; 16 chips, 4 host(s))"):
         assert line in result.stdout, line
-    saved = json.loads((tmp_path / "run" / "fit.json").read_text())
+    saved = read_fit_json(tmp_path / "run")
     assert saved["verdict"] == "FITS" and saved["target"]["devices"] == 16
     assert saved["mesh"] == {"data": 4, "fsdp": 4} and saved["collectives"]["all-gather"]["ops"] > 0
     assert saved["flops"]["source"] == "analytic" and saved["program_fingerprint"]
     assert (tmp_path / "run" / "fit_memory.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_refusal_with_fsdp_over_part_of_the_slice_says_what_all_of_it_would_hold(tmp_path):
+    """8b on v5litepod-16 with FSDP over 4 of its 16 chips: float32 weights and two Adam
+    moments are 12 bytes a parameter, split 4 ways; over the slice they would be split 16."""
+    result = _fit("--config", "v5litepod-16", *SMALL, "--model_size", "8b", "--fsdp_devices", "4",
+                  "--batch_size", "16", "--no_search", "--run_dir", str(tmp_path / "run"), cache=tmp_path / "cache")
+
+    assert result.returncode == 1, failure_report(result)
+    saved = read_fit_json(tmp_path / "run")
+    parameters = saved["model"]["parameters"]
+    wider = saved["wider_fsdp"]
+    assert wider["fsdp_devices"] == 16
+    assert wider["state_bytes"] == pytest.approx(12 * parameters / 16, rel=1e-6)
+    assert wider["now_bytes"] == pytest.approx(12 * parameters / 4, rel=1e-6)
+    assert re.search(r"with FSDP over every chip of the slice \(--fsdp_devices 16\) the parameters and optimizer "
+                     r"state would take 5\.63 GiB per device, not 22\.52 GiB; --search settings finds the fastest "
+                     r"setting that fits", result.stdout), result.stdout
 
 
 def test_out_of_memory_exits_1_with_the_compilers_numbers_and_asked_again_compiles_nothing(tmp_path):
@@ -123,7 +141,7 @@ def test_out_of_memory_exits_1_with_the_compilers_numbers_and_asked_again_compil
     assert "exceeds available HBM (30.75G)" in result.stdout
     assert "Largest global batch: none fits (batch 4 does not compile into HBM)" in result.stdout
     assert "4 compile(s) (0 fit) in 2 process(es)" in result.stdout
-    saved = json.loads((tmp_path / "run" / "fit.json").read_text())
+    saved = read_fit_json(tmp_path / "run")
     assert saved["verdict"] == "DOES NOT FIT" and saved["headroom_percent"] < 0
     assert saved["out_of_memory"]["available_bytes"] == saved["memory_per_device_bytes"]["hbm"]
     assert [p["batch_size"] for p in saved["largest_batch"]["probes"]] == [16, 256, 20, 4]
@@ -135,7 +153,7 @@ def test_out_of_memory_exits_1_with_the_compilers_numbers_and_asked_again_compil
     starts, ends = _compile_lines(again.stderr)
     assert set(starts) == set(ends) == set(batches)
     assert all(end.endswith("(from the cache)") for end in ends.values()), ends
-    repeated = json.loads((tmp_path / "again" / "fit.json").read_text())
+    repeated = read_fit_json(tmp_path / "again")
     assert repeated["compiles"]["compiled"] == 0 and repeated["compiles"]["from_cache"] == 4
     for key in ("verdict", "memory_per_device_bytes", "out_of_memory"):
         assert repeated[key] == saved[key], key

@@ -8,7 +8,6 @@ nothing written; fit.json's record of a comparison.
 from __future__ import annotations
 
 import dataclasses
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from harness.errors import UsageError
 from harness.fit.compare import rank, row_of, target_config
 from harness.fit.economics import PRICES, StepCost
 from harness.fit.topology import parse_targets, resolve
+from tests.support.fit_json import read_fit_json
 from tests.support.runs import REPO_ROOT, failure_report, harness_env
 from tests.test_fit_units import _report
 
@@ -79,7 +79,7 @@ def test_compare_exits_0_with_a_ranked_table_fit_json_and_a_chart(tmp_path):
     assert "Traceback" not in result.stderr
     assert "WHICH POD?  transformer tiny" in result.stdout
     assert "--fsdp_devices 16 does not divide its 4 devices: FSDP over the slice" in result.stdout
-    saved = json.loads((tmp_path / "run" / "fit.json").read_text())
+    saved = read_fit_json(tmp_path / "run")
     assert saved["mode"] == "targets" and saved["global_batch_size"] == 64
     assert sorted(saved["ranking"]) == ["v5litepod-4", "v6e-8"]
     assert saved["assumptions"]["write_mb_per_s_per_host"] == 250.0 and saved["assumptions"]["mfu"] == 0.4
@@ -101,7 +101,7 @@ def test_compare_exits_1_when_no_target_fits(tmp_path):
 
     assert result.returncode == 1, failure_report(result)
     assert "Traceback" not in result.stderr
-    saved = json.loads((tmp_path / "run" / "fit.json").read_text())
+    saved = read_fit_json(tmp_path / "run")
     assert [row["verdict"] for row in saved["targets"]] == ["DOES NOT FIT", "DOES NOT FIT"]
     assert [row["usd_per_1000_steps"] for row in saved["targets"]] == [None, None]
 

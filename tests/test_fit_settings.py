@@ -3,7 +3,7 @@ time, each setting's largest batch by harness/fit/search.py, pruned once the bes
 compute-bound) must name the same winner as trying every FSDP size, remat policy and
 batch. Here the compiler is a memory model (compiles take no time), on the real
 v5litepod-4 topology and the real 1b transformer's shapes and FLOPs; the same check
-with real compiles is tests/test_fit_settings_soak.py. The winner's harness-train
+with real compiles is the soak test at the end of this file. The winner's harness-train
 command parses back into the same settings.
 
     .venv/bin/python -m pytest -q tests/test_fit_settings.py
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import heapq
 import shlex
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -24,6 +26,8 @@ from harness.fit.runner import prepare, step_bound
 from harness.fit.settings import FITS, NOT_COMPILED, OUT_OF_MEMORY, divisors, remat_levels, search_settings
 from harness.fit.topology import resolve
 from harness.fit.units import GIB
+from tests.support.fit_json import read_fit_json
+from tests.support.runs import REPO_ROOT, failure_report, harness_env
 
 HBM = int(15.75 * GIB)
 # Bytes one sample's activations take per device, by remat policy (offload keeps the
@@ -151,3 +155,28 @@ def test_the_settings_search_matches_brute_force_with_real_compiles(tmp_path):
     chosen = config.replace(remat=winner.remat)
     assert compile_train_step(chosen.replace(batch_size=winner.largest), mesh).fits
     assert not compile_train_step(chosen.replace(batch_size=winner.largest + 1), mesh).fits
+
+
+def test_the_cli_exits_1_with_every_setting_out_of_memory_when_none_fits(tmp_path):
+    """8b on one v5e chip: every remat policy is refused far up and at one sample, each
+    refusal in about a second, so the whole search runs here; fit.json is a settings record."""
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.fit", "--config", "v5litepod-16", "--topology", "v5litepod-1", "--chip_config",
+         "", "--fsdp_devices", "1", "--batch_size", "4", "--model", "transformer", "--model_size", "8b",
+         "--image_size", "32", "--seq_len", "64", "--search", "settings", "--run_dir", str(tmp_path / "run")],
+        cwd=REPO_ROOT, env=harness_env(XDG_CACHE_HOME=str(tmp_path / "cache")), capture_output=True, text=True,
+        timeout=600)
+
+    assert result.returncode == 1, failure_report(result)
+    assert "No setting fits: every FSDP size and remat policy runs out of memory at one sample per device." in (
+        result.stdout)
+    rows = [line.split() for line in result.stdout.splitlines() if line.startswith("     1 ")]
+    assert sorted(row[1] for row in rows) == ["dots", "full", "none", "offload"]
+    assert all(row[2:5] == ["out", "of", "memory"] for row in rows)
+    assert "(not compiled" not in result.stdout and "(?:" not in result.stdout
+    saved = read_fit_json(tmp_path / "run")
+    assert saved["mode"] == "settings" and saved["target"] == "v5litepod-1"
+    assert saved["winner"] is None and saved["command"] is None and saved["report"] is None
+    assert {s["remat"]: s["status"] for s in saved["settings"]} == dict.fromkeys(
+        ["none", "dots", "offload", "full"], OUT_OF_MEMORY)
+    assert all(s["largest_batch"] is None and s["compiles"] >= 2 for s in saved["settings"])

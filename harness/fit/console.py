@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from harness.fit.economics import PRICES_AS_OF
 from harness.fit.report import FitReport
+from harness.fit.settings import NOT_COMPILED
 from harness.fit.units import format_duration, format_si, format_usd
 from harness.runtime.memory import format_bytes
 
@@ -48,6 +49,10 @@ def _verdict(report: FitReport) -> list[str]:
     lines = [f"Verdict: {report.verdict}" + ("" if headroom is None else f" ({headroom:+.1f}% headroom)")]
     if report.oom is not None:
         lines.append(f"  compiler: {report.oom.message}")
+    if (wider := report.wider_fsdp) is not None:
+        lines.append(f"  with FSDP over every chip of the slice (--fsdp_devices {wider.fsdp_devices}) the parameters "
+                     f"and optimizer state would take {format_bytes(wider.state_bytes)} per device, not "
+                     f"{format_bytes(wider.now_bytes)}; --search settings finds the fastest setting that fits")
     search = report.search
     if search is not None:
         if search.largest is None:
@@ -212,7 +217,10 @@ def render_settings(found: SettingsSearch, outputs: list[str]) -> str:
         limit = "-" if r.bound is None else r.bound.limited_by.split(" ")[0]
         lines.append(f"{r.fsdp:>6} {r.remat:<8}{r.status:<15}{largest:>14}{step:>11}{per:>12}  {limit:<12}"
                      f"{r.compiles:>9}")
-    lines.append("  (not compiled: a level with more recompute, which cannot beat a compute-bound winner)")
+    if any(r.status == NOT_COMPILED for r in found.results):
+        lines.append("  (not compiled: a level with more recompute, which cannot beat a compute-bound winner)")
+    if any(r.largest is not None and not r.proven for r in found.results):
+        lines.append("  (?: the search stopped at --max_compiles before a refusal one step above proved it)")
     if found.report is not None:
         lines.append(render(found.report, outputs))
     else:

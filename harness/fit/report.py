@@ -13,6 +13,7 @@ from harness.fit.compile import ArgumentBytes, CompileOutcome, OutOfMemory
 from harness.fit.economics import StepCost
 from harness.fit.plan import SavePlan
 from harness.fit.roofline import StepTimeBound
+from harness.fit.schema import SCHEMA_ID
 from harness.fit.search import SearchResult
 from harness.fit.topology import Target
 
@@ -62,6 +63,16 @@ class CompileCount:
 
 
 @dataclasses.dataclass(frozen=True)
+class WiderFsdp:
+    """A refusal's way out: FSDP over every chip of the slice, and the parameter and
+    optimizer-state bytes per device it would leave (from the shapes, no compile)."""
+
+    fsdp_devices: int
+    state_bytes: int     # parameters + optimizer state per device at that FSDP
+    now_bytes: int       # the same at the requested FSDP
+
+
+@dataclasses.dataclass(frozen=True)
 class FitReport:
     target: Target
     model: dict[str, Any]            # name, size, parameter count, dtypes, remat
@@ -80,6 +91,7 @@ class FitReport:
     plan: SavePlan | None = None         # the checkpoint plan
     compiles: CompileCount | None = None
     wall_seconds: float = 0.0
+    wider_fsdp: WiderFsdp | None = None  # a refusal at an FSDP smaller than the slice: what the slice's would hold
 
     @property
     def used_bytes(self) -> int | None:
@@ -100,6 +112,7 @@ class FitReport:
         target["devices"] = self.target.num_devices
         target["hosts_per_slice"] = self.target.hosts_per_slice
         return {
+            "mode": "fit",
             "verdict": self.verdict,
             "headroom_percent": self.headroom_percent,
             "target": target,
@@ -129,10 +142,12 @@ class FitReport:
             "compile_seconds": self.compile_seconds,
             "compiles": None if self.compiles is None else dataclasses.asdict(self.compiles),
             "wall_seconds": self.wall_seconds,
+            "wider_fsdp": None if self.wider_fsdp is None else dataclasses.asdict(self.wider_fsdp),
         }
 
 
 def write_json(result: Any, path: Path) -> None:
-    """fit.json: a FitReport's record, or a comparison's (anything with `to_dict`)."""
+    """fit.json: a FitReport's record, a comparison's or a settings search's (anything
+    with `to_dict`), under harness/fit/schema.py's version."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    path.write_text(json.dumps({"schema": SCHEMA_ID, **result.to_dict()}, indent=2) + "\n")

@@ -24,7 +24,7 @@ from harness.fit.libtpu import compiler_hbm_bytes, topology_devices
 from harness.fit.plan import SavePlan, checkpoint_bytes
 from harness.fit.pool import CompilePool
 from harness.fit.progress import CompileProgress, describe_settings
-from harness.fit.report import CompileCount, FitReport, MemoryByKind
+from harness.fit.report import CompileCount, FitReport, MemoryByKind, WiderFsdp
 from harness.fit.roofline import StepTimeBound, step_time_bound
 from harness.fit.sweep import Unit, new_search, run_units
 from harness.fit.topology import Target, resolve
@@ -99,6 +99,18 @@ def step_bound(prepared: Prepared, batch_size: int, compiler_flops: float | None
                            chip=prepared.target.chip, recompute_flops=recompute)
 
 
+def wider_fsdp(prepared: Prepared) -> WiderFsdp | None:
+    """For a setting that does not fit with FSDP over part of the slice: what FSDP over
+    all of it would leave of the parameters and optimizer state per device."""
+    slice_devices = prepared.target.devices_per_slice
+    if prepared.config.mesh.fsdp_devices >= slice_devices:
+        return None
+    mesh = make_mesh(slice_devices, topology_devices(prepared.target))
+    wider = argument_bytes(prepared.config.replace(fsdp_devices=slice_devices), mesh)
+    now = prepared.arguments
+    return WiderFsdp(slice_devices, wider.params + wider.optimizer, now.params + now.optimizer)
+
+
 def report_of(prepared: Prepared, unit: Unit, assumptions: Assumptions, *, compiles: CompileCount | None,
               wall_seconds: float) -> FitReport:
     """The report of `unit`'s requested batch (and its search), once compiled."""
@@ -122,6 +134,7 @@ def report_of(prepared: Prepared, unit: Unit, assumptions: Assumptions, *, compi
         census=outcome.census, bound=bound, compiler_cost=outcome.cost,
         search=unit.search.result() if unit.search is not None else None,
         cost=cost, plan=plan, compiles=compiles, wall_seconds=wall_seconds,
+        wider_fsdp=None if outcome.fits else wider_fsdp(prepared),
     )
 
 
