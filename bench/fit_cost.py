@@ -165,8 +165,11 @@ def markdown(rows: list[dict]) -> str:
         cells = [r["model"], r["target"], str(r["devices"]), str(r["batch"]),
                  f"{format_bytes(r['used_bytes'])} / {format_bytes(r['hbm_bytes'])}", f"{r['verdict']}{headroom}"]
         if searched:
-            cells.append("none" if r["largest_batch"] is None else
-                         f"{r['largest_batch']}" + ("" if r["largest_batch_proven"] else " (unproven)"))
+            if r["largest_batch_proven"] is None:
+                cells.append("not searched")
+            else:
+                cells.append("none" if r["largest_batch"] is None else
+                             f"{r['largest_batch']}" + ("" if r["largest_batch_proven"] else " (unproven)"))
         workers = f" + workers {r['worker_peak_rss_mb'] / 1024:.2f} GB" if r["worker_peak_rss_mb"] else ""
         cells += [f"{format_duration(r['step_time_bound_s'])} ({r['limited_by'].split(' ')[0]})",
                   f"{r['compiles']} ({r['from_cache']})",
