@@ -76,13 +76,14 @@ def config():
 
 def brute_force(config) -> dict[tuple[int, str], tuple[int, float, float] | None]:
     """Every setting at every batch up to 64 per device: its largest batch that fits, with
-    the bound per sample and the HBM part per sample there (None: nothing fits)."""
+    the bound per sample and the HBM part per sample there (None: it does not fit the
+    requested batch)."""
     target = resolve("v5litepod-4")
     found = {}
     for remat in [p for level in remat_levels(target) for p in level]:
         for fsdp in divisors(target.devices_per_slice):
             fits = [b for b in range(4, 4 * 64 + 1, 4) if peak(fsdp, remat, b, 4) <= HBM]
-            if not fits:
+            if not fits or max(fits) < config.data.batch_size:
                 found[(fsdp, remat)] = None
                 continue
             bound = step_bound(prepare(config.replace(fsdp_devices=fsdp, remat=remat)), max(fits), 1.0)
@@ -90,7 +91,11 @@ def brute_force(config) -> dict[tuple[int, str], tuple[int, float, float] | None
     return found
 
 
-def test_the_settings_search_names_the_brute_force_winner_with_fewer_compiles(config):
+@pytest.mark.parametrize("requested", [16, 64])
+def test_the_settings_search_names_the_brute_force_winner_with_fewer_compiles(config, requested):
+    """At 64, several settings (FSDP 1 without full remat) fit only a smaller batch: they
+    count as out of memory, and the winner is the fastest of those that take 64."""
+    config = config.replace(batch_size=requested)
     compiler = ModelCompiler(devices=4)
 
     found = search_settings(config, compiler, max_compiles=16, assumptions=Assumptions(), preset="v5litepod-16")
@@ -110,6 +115,10 @@ def test_the_settings_search_names_the_brute_force_winner_with_fewer_compiles(co
             assert result.status == OUT_OF_MEMORY
         else:
             assert (result.status, result.largest, result.proven) == (FITS, expected[0], True)
+        if result.status != NOT_COMPILED:
+            assert all(batch >= requested for fsdp, remat, batch in compiler.asked
+                       if (fsdp, remat) == (result.fsdp, result.remat))
+    assert (sum(v is None for v in every.values()) > 0) == (requested == 64)
     assert len(compiler.asked) < len(every) * 64 / 4
 
 
@@ -168,14 +177,15 @@ def test_the_cli_exits_1_with_every_setting_out_of_memory_when_none_fits(tmp_pat
         timeout=600)
 
     assert result.returncode == 1, failure_report(result)
-    assert "No setting fits: every FSDP size and remat policy runs out of memory at one sample per device." in (
-        result.stdout)
+    assert ("No setting fits global batch 4: every FSDP size and remat policy runs out of memory at it (a smaller "
+            "--batch_size may fit).") in result.stdout
+    assert "(out of memory: refused at global batch 4, the smallest asked for)" in result.stdout
     rows = [line.split() for line in result.stdout.splitlines() if line.startswith("     1 ")]
     assert sorted(row[1] for row in rows) == ["dots", "full", "none", "offload"]
     assert all(row[2:5] == ["out", "of", "memory"] for row in rows)
     assert "(not compiled" not in result.stdout and "(?:" not in result.stdout
     saved = read_fit_json(tmp_path / "run")
-    assert saved["mode"] == "settings" and saved["target"] == "v5litepod-1"
+    assert saved["mode"] == "settings" and saved["target"] == "v5litepod-1" and saved["requested_batch"] == 4
     assert saved["winner"] is None and saved["command"] is None and saved["report"] is None
     assert {s["remat"]: s["status"] for s in saved["settings"]} == dict.fromkeys(
         ["none", "dots", "offload", "full"], OUT_OF_MEMORY)

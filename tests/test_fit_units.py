@@ -182,6 +182,22 @@ def test_search_reports_that_nothing_fits():
     assert (result.largest, result.smallest_failing, result.proven) == (None, 8, True)
 
 
+@pytest.mark.parametrize("floor, answer", [(800, (1280, 1288)), (2000, (None, 2000))])
+def test_search_never_probes_below_its_floor_and_stops_when_the_floor_is_refused(floor, answer):
+    """1000 + 7 b <= 10000 up to b = 1280: a floor below that changes nothing but the
+    probes; a floor above it is refused, and that refusal ends the search unanswered."""
+    calls: list[int] = []
+    compile_at = _linear_compiler(base=1000, per_sample=7, hbm=10_000, calls=calls)
+    search = BatchSearch(step=8, hbm_bytes=10_000, max_compiles=10, start=4096, base_bytes=1000, floor=floor)
+
+    while (batch := search.next_batch()) is not None:
+        search.record(probe_of(compile_at(batch)))
+
+    result = search.result()
+    assert (result.largest, result.smallest_failing, result.proven) == (*answer, True)
+    assert min(calls) >= floor, calls
+
+
 def test_search_stops_unproven_at_its_compile_budget():
     compile_at = _linear_compiler(base=1000, per_sample=7, hbm=10_000, calls=[])
 

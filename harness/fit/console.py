@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from harness.fit.economics import PRICES_AS_OF
 from harness.fit.report import FitReport
-from harness.fit.settings import NOT_COMPILED
+from harness.fit.settings import NOT_COMPILED, OUT_OF_MEMORY
 from harness.fit.units import format_duration, format_si, format_usd
 from harness.runtime.memory import format_bytes
 
@@ -202,7 +202,8 @@ def render_settings(found: SettingsSearch, outputs: list[str]) -> str:
     lines = [RULE, f"FASTEST SETTING on {found.target.product}: by the step-time bound per sample, at each "
                    f"setting's largest batch", RULE]
     if found.report is None:
-        lines.append("No setting fits: every FSDP size and remat policy runs out of memory at one sample per device.")
+        lines.append(f"No setting fits global batch {found.requested_batch}: every FSDP size and remat policy runs "
+                     f"out of memory at it (a smaller --batch_size may fit).")
     else:
         winner = found.results[0]
         lines += [f"Winner: fsdp {winner.fsdp}, remat {winner.remat}, global batch {winner.largest} "
@@ -217,6 +218,8 @@ def render_settings(found: SettingsSearch, outputs: list[str]) -> str:
         limit = "-" if r.bound is None else r.bound.limited_by.split(" ")[0]
         lines.append(f"{r.fsdp:>6} {r.remat:<8}{r.status:<15}{largest:>14}{step:>11}{per:>12}  {limit:<12}"
                      f"{r.compiles:>9}")
+    if any(r.status == OUT_OF_MEMORY for r in found.results):
+        lines.append(f"  (out of memory: refused at global batch {found.requested_batch}, the smallest asked for)")
     if any(r.status == NOT_COMPILED for r in found.results):
         lines.append("  (not compiled: a level with more recompute, which cannot beat a compute-bound winner)")
     if any(r.largest is not None and not r.proven for r in found.results):

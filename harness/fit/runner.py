@@ -67,12 +67,14 @@ class Prepared:
     state: TrainState          # abstract, with the mesh's shardings
     arguments: ArgumentBytes
 
-    def unit(self, *, search: bool, max_compiles: int, compile_requested: bool = True) -> Unit:
-        """The compiles: the requested batch (unless not `compile_requested`) and its search."""
+    def unit(self, *, search: bool, max_compiles: int, compile_requested: bool = True,
+             at_least_requested: bool = False) -> Unit:
+        """The compiles: the requested batch (unless not `compile_requested`) and its
+        search (no smaller than the requested batch if `at_least_requested`)."""
         base = self.arguments.params + self.arguments.optimizer + self.arguments.other
         batch_search = new_search(self.config.data.batch_size, step=self.target.num_devices, hbm_bytes=self.hbm,
-                                  max_compiles=max_compiles, base_bytes=base,
-                                  requested=compile_requested) if search else None
+                                  max_compiles=max_compiles, base_bytes=base, requested=compile_requested,
+                                  at_least_requested=at_least_requested) if search else None
         settings = describe_settings(self.config.model, dict(self.mesh.shape))
         return Unit(self.config, batch_search, compile_requested=compile_requested,
                     note={"hbm_bytes": self.hbm, "settings": settings})

@@ -137,13 +137,15 @@ COMPARISON = _record({
 SETTING = _record({
     "fsdp_devices": {"type": "integer", "minimum": 1}, "remat": _REMAT,
     "status": {"enum": ["fits", "out of memory", "not compiled"]},
-    "largest_batch": {"type": ["integer", "null"]}, "proven": {"type": "boolean"}, "compiles": _COUNT,
+    "largest_batch": {"type": ["integer", "null"]},   # null: refused at the requested batch
+    "proven": {"type": "boolean"}, "compiles": _COUNT,
     "step_time_bound_s": _MAYBE_NUMBER, "limited_by": _MAYBE_STRING, "bound_per_sample_s": _MAYBE_NUMBER,
 })
 
 SETTINGS_SEARCH = _record({
     "mode": {"const": "settings"},
     "target": {"type": "string"},
+    "requested_batch": {"type": "integer", "minimum": 1},   # the smallest global batch a setting must take
     "winner": _maybe(SETTING),
     "command": _MAYBE_STRING,          # the winner as a runnable harness-train command
     "settings": {"type": "array", "items": SETTING, "minItems": 1},   # ranked, the winner first

@@ -49,9 +49,9 @@ class Probe:
 
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
-    largest: int | None        # None: not even one sample per device fits
+    largest: int | None        # None: nothing fits at the floor (by default one sample per device)
     smallest_failing: int | None
-    proven: bool               # both neighbours compiled (or nothing fits at the minimum)
+    proven: bool               # both neighbours compiled (or the floor itself refused)
     probes: list[Probe]        # the requested batch first (when known), then the search's
 
 
@@ -78,14 +78,18 @@ def _crossing(b1: float, y1: float | None, b2: float, y2: float | None, hbm: int
 
 class BatchSearch:
     """Proposes batches (`next_batch`) and takes outcomes (`record`) until the largest
-    fitting batch is proven, `max_compiles` probes are spent, or `max_batch` fits.
-    `base_bytes`: per-device bytes a batch of 0 would need (parameters, optimizer state)."""
+    fitting batch is proven, `max_compiles` probes are spent, `max_batch` fits, or
+    `floor` does not fit. `base_bytes`: per-device bytes a batch of 0 would need
+    (parameters, optimizer state)."""
 
     def __init__(self, *, step: int, hbm_bytes: int, max_compiles: int, start: int, requested: int | None = None,
-                 base_bytes: int = 0, max_batch: int = 1 << 20):
+                 base_bytes: int = 0, max_batch: int = 1 << 20, floor: int | None = None):
         """`start`: the first probe. `requested`: a batch compiled beside the search,
-        whose outcome it waits for rather than compile it again (None: there is none)."""
+        whose outcome it waits for rather than compile it again (None: there is none).
+        `floor`: the smallest batch worth an answer (default one sample per device); the
+        search never probes below it and stops, with no answer, once it is refused."""
         self.step, self.hbm, self.max_compiles, self.base = step, hbm_bytes, max_compiles, base_bytes
+        self.floor = max(_up(floor, step), step) if floor is not None else step
         self.max_batch = _down(max_batch, step)
         self.start = min(max(_up(start, step), step), self.max_batch)
         self.requested = requested
@@ -110,7 +114,7 @@ class BatchSearch:
     def done(self) -> bool:
         lo, hi = self._extreme(True), self._extreme(False)
         low = lo.batch_size if lo else 0
-        if hi is not None and hi.batch_size - low <= self.step:
+        if hi is not None and (hi.batch_size - low <= self.step or hi.batch_size <= self.floor):
             return True
         if hi is None and lo is not None and lo.batch_size >= self.max_batch:
             return True
@@ -138,16 +142,16 @@ class BatchSearch:
             first = (fits[0].batch_size, fits[0].bytes) if len(fits) == 2 else (0, self.base)
             guess = _crossing(*first, fits[-1].batch_size, fits[-1].bytes, self.hbm)
             wanted = _up(guess, step) if guess is not None else FAR_FACTOR * low
-            return min(max(wanted, low + step), self.max_batch)
+            return min(max(wanted, low + step, self.floor), self.max_batch)
         near = hi.bytes is not None and hi.bytes <= NEAR * self.hbm
         if near and (lo is None or hi.batch_size - low <= WALK_GAP * step):
             last_fit = max((i for i, p in enumerate(self.probes) if p.fits), default=-1)
             walked = sum(not p.fits and p.bytes is not None and p.bytes <= NEAR * self.hbm
                          for p in self.probes[last_fit + 1:])
-            return max(hi.batch_size - step * 2 ** max(0, walked - WALK), low + step)
+            return max(hi.batch_size - step * 2 ** max(0, walked - WALK), low + step, self.floor)
         estimate = self._estimate(lo, hi)
         wanted = _up(estimate, step) if estimate is not None else _down((low + hi.batch_size) / 2, step)
-        return min(max(wanted, low + step), hi.batch_size - step)
+        return min(max(wanted, low + step, self.floor), hi.batch_size - step)
 
     def _estimate(self, lo: Probe | None, hi: Probe) -> float | None:
         """Where memory reaches HBM below the smallest failure, by a straight line."""
@@ -162,7 +166,7 @@ class BatchSearch:
         lo, hi = self._extreme(True), self._extreme(False)
         largest = lo.batch_size if lo else None
         failing = hi.batch_size if hi else None
-        proven = failing is not None and failing - (largest or 0) == self.step
+        proven = failing is not None and failing - (largest or self.floor - self.step) == self.step
         shown = [self.requested_probe] if self.requested_probe and self.requested_probe not in self.probes else []
         return SearchResult(largest=largest, smallest_failing=failing, proven=proven, probes=shown + self.probes)
 

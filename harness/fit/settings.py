@@ -1,6 +1,8 @@
 """`--search settings`: the fastest setting that fits a target, over the FSDP size (every
 divisor of a slice's devices), the remat policy (none, dots, offload where the target's
-devices have pinned host memory, full) and the batch.
+devices have pinned host memory, full) and the batch, no smaller than the requested
+global batch (`--batch_size`: a team's batch is part of its recipe, so a setting that
+only fits a smaller one is out of memory; its search stops at the first refusal there).
 
 "Fastest" is the best step-time bound per sample (harness/fit/roofline.py: the larger of
 the executed FLOPs, remat's recompute included, over peak FLOP/s, and the state's HBM
@@ -81,6 +83,7 @@ class SettingResult:
 @dataclasses.dataclass(frozen=True)
 class SettingsSearch:
     target: Target
+    requested_batch: int              # the smallest global batch a setting must take
     results: list[SettingResult]      # ranked, the winner first
     report: FitReport | None          # the winner at its largest batch; None if nothing fits
     command: list[str] | None         # harness-train with the winner's settings
@@ -91,7 +94,7 @@ class SettingsSearch:
         return self.report is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": "settings", "target": self.target.product,
+        return {"mode": "settings", "target": self.target.product, "requested_batch": self.requested_batch,
                 "winner": self.results[0].to_dict() if self.fits else None,
                 "command": None if self.command is None else shlex.join(self.command),
                 "settings": [r.to_dict() for r in self.results],
@@ -139,7 +142,8 @@ def search_settings(config: TrainConfig, pool: CompilePool, *, max_compiles: int
             results += [SettingResult(fsdp, remat, NOT_COMPILED) for fsdp, remat in candidates]
             continue
         prepared = [prepare(config.replace(fsdp_devices=fsdp, remat=remat)) for fsdp, remat in candidates]
-        units = [p.unit(search=True, max_compiles=max_compiles, compile_requested=False) for p in prepared]
+        units = [p.unit(search=True, max_compiles=max_compiles, compile_requested=False, at_least_requested=True)
+                 for p in prepared]
         run_units(pool, units)
         outcomes += [o for unit in units for o in unit.outcomes]
         for (fsdp, remat), p, unit in zip(candidates, prepared, units, strict=True):
@@ -149,10 +153,10 @@ def search_settings(config: TrainConfig, pool: CompilePool, *, max_compiles: int
                 winner = (result, unit, p, outcome)
     results.sort(key=SettingResult.sort_key)
     if winner is None:
-        return SettingsSearch(target, results, None, None, outcomes)
+        return SettingsSearch(target, config.data.batch_size, results, None, None, outcomes)
     result, unit, p, outcome = winner
     chosen = p.config.replace(batch_size=result.largest)
     compiles = CompileCount.of(outcomes, workers=pool.workers, worker_peak_rss_mb=dict(pool.peak_rss_mb))
     report = report_of(prepare(chosen), Unit(chosen, unit.search, outcome=outcome), assumptions, compiles=compiles,
                        wall_seconds=time.perf_counter() - started)
-    return SettingsSearch(target, results, report, train_command(chosen, preset), outcomes)
+    return SettingsSearch(target, config.data.batch_size, results, report, train_command(chosen, preset), outcomes)

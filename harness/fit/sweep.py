@@ -28,10 +28,13 @@ class Unit:
 
 
 def new_search(batch_size: int, *, step: int, hbm_bytes: int, max_compiles: int, base_bytes: int,
-               requested: bool = True) -> BatchSearch:
-    """A search from 16x `batch_size`; `requested`: that batch compiles beside it."""
+               requested: bool = True, at_least_requested: bool = False) -> BatchSearch:
+    """A search from 16x `batch_size`; `requested`: that batch compiles beside it;
+    `at_least_requested`: no answer below `batch_size` (a setting that cannot take it is
+    out of memory), else down to one sample per device."""
     return BatchSearch(step=step, hbm_bytes=hbm_bytes, max_compiles=max_compiles, start=FAR_FACTOR * batch_size,
-                       requested=batch_size if requested else None, base_bytes=base_bytes)
+                       requested=batch_size if requested else None, base_bytes=base_bytes,
+                       floor=batch_size if at_least_requested else None)
 
 
 def run_units(pool: CompilePool, units: list[Unit]) -> None:
