@@ -26,7 +26,7 @@ from pathlib import Path
 from harness.fit.compile import CompileOutcome
 from harness.fit.topology import Target
 
-FORMAT = 1
+FORMAT = 2  # 2: outcomes carry the host temporaries (remat offload)
 _FLAG_VARIABLES = ("XLA_FLAGS", "LIBTPU_INIT_ARGS")
 
 

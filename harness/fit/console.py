@@ -41,6 +41,9 @@ def _memory(report: FitReport) -> list[str]:
         lines.append(f"  {name:<30}{format_bytes(value):>12}")
     label = "peak (compiler)" if report.fits else "required (compiler)"
     lines.append(f"  {label:<30}{format_bytes(report.used_bytes):>12}  of {format_bytes(report.memory.hbm)} HBM")
+    if report.memory.host_temporaries:
+        lines.append(f"  {'pinned host (offloaded)':<30}{format_bytes(report.memory.host_temporaries):>12}  "
+                     f"beside HBM, in the host's memory")
     return lines
 
 

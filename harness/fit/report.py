@@ -28,8 +28,9 @@ class MemoryByKind:
     temporaries: int | None
     outputs_not_aliased: int | None
     generated_code: int | None
-    peak: int | None                 # the figure to hold against HBM
+    peak: int | None                 # the figure to hold against HBM (CompileOutcome.device_peak)
     hbm: int                         # usable HBM per device, as the compiler states it
+    host_temporaries: int | None = None  # what remat offload keeps in pinned host memory, not HBM
 
     def kinds(self) -> dict[str, int]:
         """Bytes by kind, in display order (argument padding is the compiler's surplus)."""
@@ -119,7 +120,8 @@ class FitReport:
             "model": self.model,
             "mesh": self.mesh,
             "global_batch_size": self.batch_size,
-            "memory_per_device_bytes": {**self.memory.kinds(), "peak": self.memory.peak, "hbm": self.memory.hbm},
+            "memory_per_device_bytes": {**self.memory.kinds(), "peak": self.memory.peak, "hbm": self.memory.hbm,
+                                        "pinned host temporaries": self.memory.host_temporaries},
             "out_of_memory": dataclasses.asdict(self.oom) if self.oom else None,
             "largest_batch": dataclasses.asdict(self.search) if self.search else None,
             "flops": None if self.bound is None else {

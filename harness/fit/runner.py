@@ -123,7 +123,8 @@ def report_of(prepared: Prepared, unit: Unit, assumptions: Assumptions, *, compi
         temporaries=outcome.memory["temp_size"] if outcome.fits else None,
         outputs_not_aliased=(outcome.memory["output_size"] - outcome.memory["alias_size"]) if outcome.fits else None,
         generated_code=outcome.memory["generated_code_size"] if outcome.fits else None,
-        peak=outcome.memory["peak_memory"] if outcome.fits else None,
+        peak=outcome.device_peak if outcome.fits else None,
+        host_temporaries=(outcome.memory.get("host_temp_size") or None) if outcome.fits else None,
     )
     bound = step_bound(prepared, prepared.config.data.batch_size, (outcome.cost or {}).get("flops"))
     cost = step_cost(bound, prepared.target, assumptions)

@@ -57,6 +57,7 @@ MEMORY = _record({
     # the compiler's figures: absent (null) when it refused
     "argument padding": _MAYBE_BYTES, "temporaries": _MAYBE_BYTES, "outputs not aliased": _MAYBE_BYTES,
     "generated code": _MAYBE_BYTES, "peak": _MAYBE_BYTES, "hbm": _BYTES,
+    "pinned host temporaries": _MAYBE_BYTES,   # remat offload's, beside HBM (null: none)
 }, optional=("argument padding", "temporaries", "outputs not aliased", "generated code"))
 
 PROBE = _record({"batch_size": {"type": "integer", "minimum": 1}, "fits": {"type": "boolean"},

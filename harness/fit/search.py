@@ -57,7 +57,7 @@ class SearchResult:
 
 def probe_of(outcome: CompileOutcome) -> Probe:
     if outcome.fits:
-        return Probe(outcome.batch_size, True, outcome.memory["peak_memory"], outcome.seconds, outcome.cached)
+        return Probe(outcome.batch_size, True, outcome.device_peak, outcome.seconds, outcome.cached)
     return Probe(outcome.batch_size, False, outcome.oom.required_bytes, outcome.seconds, outcome.cached)
 
 
