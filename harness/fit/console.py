@@ -40,10 +40,11 @@ def _memory(report: FitReport) -> list[str]:
     for name, value in report.memory.kinds().items():
         lines.append(f"  {name:<30}{format_bytes(value):>12}")
     label = "peak (compiler)" if report.fits else "required (compiler)"
-    lines.append(f"  {label:<30}{format_bytes(report.used_bytes):>12}  of {format_bytes(report.memory.hbm)} HBM")
+    used = "not reported" if report.used_bytes is None else format_bytes(report.used_bytes)
+    lines.append(f"  {label:<30}{used:>12}  of {format_bytes(report.memory.hbm)} HBM")
     if report.memory.host_temporaries:
         lines.append(f"  {'pinned host (offloaded)':<30}{format_bytes(report.memory.host_temporaries):>12}  "
-                     f"beside HBM, in the host's memory")
+                     f"beside HBM; libtpu's peak counts it, so it gives no device peak")
     return lines
 
 
@@ -169,7 +170,7 @@ def render_comparison(comparison: Comparison, outputs: list[str]) -> str:
              f"  {'peak / HBM per chip':<24}{'step >=':>10}{'estimate':>10}{'$/1k steps':>12}{'largest':>9}"]
     for rank, row in enumerate(comparison.rows, start=1):
         r, t = row.report, row.report.target
-        peak = f"{format_bytes(r.used_bytes)} / {format_bytes(r.memory.hbm)}"
+        peak = f"{'-' if r.used_bytes is None else format_bytes(r.used_bytes)} / {format_bytes(r.memory.hbm)}"
         largest = "-" if r.search is None else (str(r.search.largest) if r.search.largest else "none") + (
             "" if r.search.proven else "?")
         cost = "-" if row.usd_per_1000_steps is None else format_usd(row.usd_per_1000_steps)

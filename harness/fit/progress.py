@@ -37,6 +37,8 @@ def describe_settings(model: ModelConfig, mesh: dict[str, int]) -> str:
 def outcome_text(outcome: CompileOutcome, hbm_bytes: int) -> str:
     """`fits: peak X of Y HBM` or `out of memory: needs X of Y HBM`, from the compiler."""
     if outcome.fits:
+        if outcome.device_peak is None:
+            return f"fits in {format_bytes(hbm_bytes)} HBM (no device peak: it offloads to host memory)"
         return f"fits: peak {format_bytes(outcome.device_peak)} of {format_bytes(hbm_bytes)} HBM"
     needed = outcome.oom.required_bytes
     return "out of memory" + ("" if needed is None else f": needs {format_bytes(needed)} of "

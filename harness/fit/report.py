@@ -93,6 +93,7 @@ class FitReport:
     compiles: CompileCount | None = None
     wall_seconds: float = 0.0
     wider_fsdp: WiderFsdp | None = None  # a refusal at an FSDP smaller than the slice: what the slice's would hold
+    compiler_memory: dict[str, int] | None = None  # memory_analysis() as libtpu gave it (a fit only)
 
     @property
     def used_bytes(self) -> int | None:
@@ -145,6 +146,7 @@ class FitReport:
             "compiles": None if self.compiles is None else dataclasses.asdict(self.compiles),
             "wall_seconds": self.wall_seconds,
             "wider_fsdp": None if self.wider_fsdp is None else dataclasses.asdict(self.wider_fsdp),
+            "compiler_memory_analysis": self.compiler_memory,
         }
 
 

@@ -138,6 +138,7 @@ def report_of(prepared: Prepared, unit: Unit, assumptions: Assumptions, *, compi
         search=unit.search.result() if unit.search is not None else None,
         cost=cost, plan=plan, compiles=compiles, wall_seconds=wall_seconds,
         wider_fsdp=None if outcome.fits else wider_fsdp(prepared),
+        compiler_memory=outcome.memory,
     )
 
 

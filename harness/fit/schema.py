@@ -111,6 +111,8 @@ REPORT = _record({
     "wall_seconds": _SECONDS,
     "wider_fsdp": _maybe(_record({"fsdp_devices": {"type": "integer", "minimum": 2}, "state_bytes": _BYTES,
                                   "now_bytes": _BYTES})),
+    # memory_analysis() as libtpu gave it, by field (argument_size, peak_memory, host_temp_size, ...)
+    "compiler_memory_analysis": _maybe(_map_of(_BYTES)),
 })
 
 TARGET_ROW = _record({
