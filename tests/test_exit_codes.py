@@ -173,18 +173,35 @@ def test_a_blocked_host_whose_peers_all_beat_waits(deadlines: list[StopDeadline]
     assert exits.codes == []
 
 
-def test_a_peer_that_left_the_loop_is_gone_only_while_this_host_is_in_it(deadlines: list[StopDeadline]) -> None:
+def test_a_peer_that_finished_is_never_gone_but_a_silent_one_is(
+    capfd: pytest.CaptureFixture[str], deadlines: list[StopDeadline]
+) -> None:
+    """Host 2 said `done` and stopped beating while host 0, stalled in the loop (the rest
+    of the agreed step's save), waits: not a lost peer. Host 1 going silent then is."""
     beats, exits = Beats(3), ExitRecorder()
     beats.values[f"{KEY_PREFIX}2"] = DONE
-    after_loop = _deadline(deadlines, beats, exits)
-    after_loop.loop_ended()
-    after_loop.stop_requested()
+    _deadline(deadlines, beats, exits).stop_requested()
     _keep(lambda: beats.beat(0, 1), exits.given, 1.5)
     assert exits.codes == []
-    after_loop.cancel()
-    _deadline(deadlines, beats, exits).stop_requested()
+    _keep(lambda: beats.beat(0), exits.given, WAIT_S)
+    assert exits.codes == [EXIT_RESTARTABLE]
+    [line] = [line for line in capfd.readouterr().err.splitlines() if line.startswith("harness-train: error:")]
+    assert parse_lost_hosts_line(line) == (0, (1,))
+
+
+def test_a_silent_peer_after_the_loop_ended_is_named_as_such(
+    capfd: pytest.CaptureFixture[str], deadlines: list[StopDeadline]
+) -> None:
+    """A SIGTERM during the final save or summary: a peer that went silent is still lost."""
+    beats, exits = Beats(3), ExitRecorder()
+    deadline = _deadline(deadlines, beats, exits)
+    deadline.loop_ended()
+    deadline.stop_requested()
     _keep(lambda: beats.beat(0, 1), exits.given, WAIT_S)
     assert exits.codes == [EXIT_RESTARTABLE]
+    [line] = [line for line in capfd.readouterr().err.splitlines() if line.startswith("harness-train: error:")]
+    assert parse_lost_hosts_line(line) == (0, (2,))
+    assert line.endswith("a stop (SIGTERM) came after the training loop ended; exiting")
 
 
 def test_a_coordinator_that_does_not_answer_is_named_as_host_0(

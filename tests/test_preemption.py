@@ -12,6 +12,7 @@ signal fails a test instead of stalling the suite.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -29,11 +30,14 @@ from tests.support.process_states import PROCESS_STATES, TPU_VM, libtpu_loaded, 
 from tests.support.runs import (
     failure_report, harness_env, launch_local, local_pod_hosts, run_harness, start_harness, start_local_pod, stop_local_pod, uninterrupted_rows, wait_for_output,
 )
+from tests.support.slow_host import braking
 
 RUN_TIMEOUT_S = 240
 # A preempted host gets this long to save and exit (TPU VMs get ~30 s; 2 busy cores are slower).
 STOP_WITHIN_S = 90
 LONG_RUN = ["--num_train_steps", "4000", "--save_interval", "10000"]
+# A host frozen 0.4 s of every 0.5 s: its beats still move (every ~1 s), its save is slow.
+SLOW_SAVE = {"stopped_s": 0.4, "running_s": 0.1}
 PREEMPTED = r"Preempted \(SIGTERM\): all hosts stopped at step (\d+) and saved a checkpoint there"
 
 
@@ -103,9 +107,11 @@ def test_resume_after_preemption_continues_bit_for_bit(preempted_run):
 # ---------------------------------------------------------------------------------------
 # A local pod: JAX's preemption sync manager makes every host stop at the same step.
 
-def _preempt_pod(root: Path, cache: list[str], *, signal_host: int | None, state: str = PROCESS_STATES[0]):
+def _preempt_pod(root: Path, cache: list[str], *, signal_host: int | None, state: str = PROCESS_STATES[0],
+                 slow_host: int | None = None):
     """Starts a 2x4 pod in process state `state` and, after host 0's first logged step,
-    sends SIGTERM to the launcher (it forwards to every host) or to the host `signal_host` only."""
+    sends SIGTERM to the launcher (it forwards to every host) or to the host `signal_host`
+    only. From the signal on, host `slow_host` (if any) runs in SIGSTOP/SIGCONT bursts."""
     log = root / "launcher.log"
     launcher = start_local_pod(2, 4, _pod_command(root, cache, *LONG_RUN), log_path=log, timeout=RUN_TIMEOUT_S,
                                kill_grace=STOP_WITHIN_S, env=harness_env(**state_env(state)))
@@ -115,14 +121,17 @@ def _preempt_pod(root: Path, cache: list[str], *, signal_host: int | None, state
         hosts = local_pod_hosts(launcher.pid)
         assert sorted(hosts) == [0, 1], hosts
         assert [libtpu_loaded(host.pid) for host in hosts.values()] == [state == TPU_VM] * 2
-        if signal_host is None:
-            launcher.send_signal(signal.SIGTERM)
-        else:
-            os.kill(hosts[signal_host].pid, signal.SIGTERM)
-        try:
-            returncode = launcher.wait(timeout=STOP_WITHIN_S + 30)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"pod still running long after SIGTERM:\n{log.read_text()[-3000:]}")
+        with contextlib.ExitStack() as slowed:
+            if slow_host is not None:
+                slowed.enter_context(braking(launcher, slow_host, **SLOW_SAVE))
+            if signal_host is None:
+                launcher.send_signal(signal.SIGTERM)
+            else:
+                os.kill(hosts[signal_host].pid, signal.SIGTERM)
+            try:
+                returncode = launcher.wait(timeout=STOP_WITHIN_S + 30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"pod still running long after SIGTERM:\n{log.read_text()[-3000:]}")
         left = [host_id for host_id, host in hosts.items() if host.same_process()]
     finally:
         stop_local_pod(launcher, hosts)
@@ -166,6 +175,16 @@ def test_sigterm_to_the_launcher_stops_every_host_at_one_step_and_resume_is_exac
     assert "launch.local: stop requested" in output
 
     _check_pod_resume(tmp_path, stopped_at, cache)
+
+
+def test_a_coordinator_slow_to_save_the_agreed_step_is_not_cut_short(tmp_path, cache):
+    """Host 1 saves its shards, finishes and says `done` while host 0, slowed from outside,
+    is still in the agreed step's save: a peer that finished is not a lost peer (CI once
+    saw host 0 exit 42 here, "left the training loop", and take host 1 down with it)."""
+    returncode, output, left = _preempt_pod(tmp_path, cache, signal_host=None, slow_host=0)
+
+    _check_one_agreed_stop(tmp_path, returncode, output, left)
+    assert "stopped responding" not in output
 
 
 @pytest.mark.soak

@@ -10,16 +10,19 @@ thread checks every `poll_s`:
 - has the loop finished a step in the last `stall_s`? Then it is moving and will reach
   the agreed step: wait;
 - otherwise, is a peer gone? Gone means: its beat counter (the watchdog's key-value
-  entries, harness/runtime/watchdog.py) has not moved for `peer_silence_s`; or it says
-  `done` (it left the loop this host is still in); or the coordinator does not answer
-  within `kv_timeout_s` (then host 0 is named). If so: print the watchdog's lost-hosts
-  line and exit 42 at once (`os._exit`: JAX's shutdown would wait for the gone peer).
-  If every peer still beats, keep waiting: a slow step or save is not cut short, and the
-  launcher's grace bounds the wait.
+  entries, harness/runtime/watchdog.py) has not moved for `peer_silence_s`, or the
+  coordinator does not answer within `kv_timeout_s` (then host 0 is named). If so:
+  print the watchdog's lost-hosts line and exit 42 at once (`os._exit`: JAX's shutdown
+  would wait for the gone peer). If every peer still beats, keep waiting: a slow step
+  or save is not cut short, and the launcher's grace bounds the wait.
 
-After the loop has ended a `done` peer is normal (it finished too); a silent one is not.
-The key-value calls run on a helper thread, so a coordinator that never answers cannot
-stall the verdict.
+A peer that says `done` is never gone, in the loop or after it: it finished only after
+every collective it called had completed, so this host has joined each of them too, and
+whatever this host still does before leaving the loop (the rest of the agreed step's
+save, closing the prefetcher) needs nothing more from it. Counting it as gone cut short
+a host that was merely slow to save (CI: host 0 exited 42 "left the training loop", and
+the coordinator's exit aborted host 1). The key-value calls run on a helper thread, so
+a coordinator that never answers cannot stall the verdict.
 """
 
 from __future__ import annotations
@@ -124,10 +127,7 @@ class StopDeadline:
             value = beats.get(f"{KEY_PREFIX}{host}", "")
             if host not in changed or changed[host][0] != value:
                 changed[host] = (value, now if host in changed else started)
-            if value == DONE:
-                if self._in_loop:
-                    gone[host] = "left the training loop"
-            elif now - changed[host][1] > self._peer_silence_s:
+            if value != DONE and now - changed[host][1] > self._peer_silence_s:
                 gone[host] = f"no beat for {self._peer_silence_s:g} s"
         return gone
 
