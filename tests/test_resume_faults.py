@@ -6,7 +6,8 @@ newest checkpoint's reads past the clients' retries (its array data through tens
 its metadata and the existence checks through gcsfs), and an address-space limit set on
 the running process from outside (prlimit) makes the restore run out of memory. Every
 host must exit 42 (restartable) with the same single line, and storage must hold
-exactly the objects it held before.
+exactly the objects it held before. A host killed or frozen (SIGKILL, SIGSTOP) while
+the other waits for it in the restore is named, and storage is unchanged.
 
     .venv/bin/python -m pytest -q tests/test_resume_faults.py
     .venv/bin/python -m pytest -q -m soak tests/test_resume_faults.py   # 503s past gcsfs's six tries (~45 s each)
@@ -27,9 +28,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.support.argv import pod_command, train_args
+from harness.errors import EXIT_RESTARTABLE
+from launch.failures import parse_lost_hosts_line
 from tests.support.fault_proxy import Fault, FaultProxy
 from tests.support.runs import (
-    failure_report, harness_env, host_lines, launch_local, run_harness, start_harness, tree_snapshot, wait_for_output,
+    failure_report, harness_env, host_lines, launch_local, local_pod_hosts, run_harness, start_harness, start_local_pod,
+    stop_local_pod, tree_snapshot, wait_for_output, wait_until,
 )
 
 if TYPE_CHECKING:
@@ -163,6 +167,55 @@ def test_a_pod_whose_host_1_cannot_read_stops_on_every_host_with_the_same_line(b
                         errors[0][0]), errors[0][0]
     assert result.returncode == 42, failure_report(result)
     assert "exit code 1)" not in result.stderr, failure_report(result)
+    assert gcs_emulator.object_names(PREFIX + "/") == bucket_run["objects"]
+
+
+HEARTBEAT_S = 10  # the watchdog names a host silent for 0.6 x this
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
+def test_a_host_lost_during_a_pod_resume_is_named_and_nothing_changes(how, bucket_run, gcs_emulator, cache, tmp_path):
+    """Only host 1's tensorstore goes through the proxy, which holds its array reads (slow
+    storage); host 0 reads at once, so it is in the restore, waiting for host 1, when host
+    1 is killed or frozen. JAX gives the restore's closing device barrier no timeout.
+    Killed: the launcher sees it and stops host 0, which names host 1 (its stop deadline).
+    Frozen: nobody signals host 0; its watchdog must name host 1 and exit 42. Either way
+    storage holds exactly what it held."""
+    directory = bucket_run["directory"]
+    env = {key: value for key, value in harness_env(**gcs_emulator.env).items() if key != "HARNESS_GCS_EMULATOR"}
+    log = tmp_path / "launcher.log"
+    with FaultProxy(gcs_emulator.url, timeout_s=90) as proxy:
+        held = proxy.add_rule(Fault.DELAY, method="GET", path=_read_rules(gcs_emulator.bucket)["arrays"],
+                              count=None, delay_s=60)
+        through_proxy = (f'[ "$HARNESS_PROCESS_ID" = 1 ] && export TENSORSTORE_GCS_HTTP_URL={proxy.url}; '
+                         'exec "$@"')
+        command = ["sh", "-c", through_proxy, "sh",
+                   *pod_command(None, cache, "--resume", "--num_train_steps", "18", "--heartbeat_timeout",
+                                str(HEARTBEAT_S), no_hard_examples=True, checkpoint_dir=directory,
+                                run_dir=tmp_path / "pod_run")]
+        launcher = start_local_pod(2, 4, command, log_path=log, timeout=POD_TIMEOUT_S, kill_grace=40, env=env)
+        hosts = {}
+        try:
+            wait_until(lambda: held.matched > 0, "host 1's first array read", timeout=POD_TIMEOUT_S,
+                       process=launcher)
+            hosts = local_pod_hosts(launcher.pid)
+            os.kill(hosts[1].pid, how)
+            returncode = launcher.wait(timeout=POD_TIMEOUT_S)
+        finally:
+            stop_local_pod(launcher, hosts)
+    output = log.read_text(errors="replace")
+
+    assert "Resumed from checkpoint" not in output, output[-4000:]
+    reports = [parse_lost_hosts_line(line) for line in host_lines(output, 0) if line.startswith("harness-train: error:")]
+    assert reports == [(0, (1,))], output[-4000:]
+    first = re.findall(r"^launch\.local: .*$", output, re.MULTILINE)[:1]
+    if how == signal.SIGKILL:
+        assert first == ["launch.local: host 1 failed (killed by SIGKILL)"], output[-4000:]
+        assert returncode == 128 + signal.SIGKILL, output[-4000:]
+    else:
+        assert first == [f"launch.local: host 1 stopped responding (named by host 0); host 0 failed "
+                         f"(exit code {EXIT_RESTARTABLE})"], output[-4000:]
+        assert returncode == EXIT_RESTARTABLE, output[-4000:]
     assert gcs_emulator.object_names(PREFIX + "/") == bucket_run["objects"]
 
 

@@ -113,7 +113,8 @@ def gather_global(array: jax.Array) -> np.ndarray:
 def join_barrier(name: str) -> None:
     """Reach the barrier `name` that the other hosts are waiting in: a host whose orbax
     restore raised joins the barrier that closes the others' restore (its name from
-    orbax_internals.restore_barrier_name), so all can go on to agree on a verdict. Lost
-    hosts are the watchdog's to name: JAX's barrier itself has no timeout."""
+    orbax_internals.restore_barrier_name), so all can go on to agree on a verdict. JAX's
+    device barrier has no timeout, so a host lost meanwhile is the watchdog's to name
+    (tests/test_resume_faults.py kills and freezes one mid-restore)."""
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
