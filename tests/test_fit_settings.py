@@ -21,6 +21,7 @@ import pytest
 
 from harness.config import load_preset
 from harness.fit.compile import CompileOutcome, OutOfMemory
+from harness.fit.console import render_settings
 from harness.fit.economics import Assumptions
 from harness.fit.runner import prepare, step_bound
 from harness.fit.settings import FITS, NOT_COMPILED, OUT_OF_MEMORY, divisors, remat_levels, search_settings
@@ -33,6 +34,7 @@ HBM = int(15.75 * GIB)
 # Bytes one sample's activations take per device, by remat policy (offload keeps the
 # least on the device; full keeps only the residual stream).
 ACTIVATIONS = {"none": 900 << 20, "dots": 600 << 20, "offload": 350 << 20, "full": 150 << 20}
+BRUTE_FORCE_BATCHES = range(4, 4 * 128 + 1, 4)  # every global batch up to 128 per device, on 4 devices
 STATE = 12 * 1_010_000_000  # ~12 B per parameter of the 1b model: params and Adam's moments
 
 
@@ -75,14 +77,14 @@ def config():
 
 
 def brute_force(config) -> dict[tuple[int, str], tuple[int, float, float] | None]:
-    """Every setting at every batch up to 64 per device: its largest batch that fits, with
+    """Every setting at every batch up to 128 per device: its largest batch that fits, with
     the bound per sample and the HBM part per sample there (None: it does not fit the
     requested batch)."""
     target = resolve("v5litepod-4")
     found = {}
     for remat in [p for level in remat_levels(target) for p in level]:
         for fsdp in divisors(target.devices_per_slice):
-            fits = [b for b in range(4, 4 * 64 + 1, 4) if peak(fsdp, remat, b, 4) <= HBM]
+            fits = [b for b in BRUTE_FORCE_BATCHES if peak(fsdp, remat, b, 4) <= HBM]
             if not fits or max(fits) < config.data.batch_size:
                 found[(fsdp, remat)] = None
                 continue
@@ -91,25 +93,30 @@ def brute_force(config) -> dict[tuple[int, str], tuple[int, float, float] | None
     return found
 
 
-@pytest.mark.parametrize("requested", [16, 64])
+@pytest.mark.parametrize("requested", [16, 64, 96])
 def test_the_settings_search_names_the_brute_force_winner_with_fewer_compiles(config, requested):
     """At 64, several settings (FSDP 1 without full remat) fit only a smaller batch: they
-    count as out of memory, and the winner is the fastest of those that take 64."""
+    count as out of memory, and the winner is the fastest of those that take 64. At 96
+    no setting without remat offload or full fits: offload fits the larger batch, but
+    full, which keeps everything on the device, wins, so full's level is compiled."""
     config = config.replace(batch_size=requested)
     compiler = ModelCompiler(devices=4)
 
     found = search_settings(config, compiler, max_compiles=16, assumptions=Assumptions(), preset="v5litepod-16")
 
     every = brute_force(config)
-    best = min((v[1], v[2], -v[0], -fsdp, remat) for (fsdp, remat), v in every.items() if v is not None)
+    # Offload last (its host traffic is not in the bound), then the bound per sample.
+    best = min((remat == "offload", v[1], v[2], -v[0], -fsdp, remat) for (fsdp, remat), v in every.items()
+               if v is not None)
     winner = found.results[0]
-    assert (winner.status, winner.remat, winner.fsdp, winner.largest) == (FITS, best[4], -best[3], -best[2])
-    assert winner.proven and winner.per_sample_s == pytest.approx(best[0])
+    assert (winner.status, winner.remat, winner.fsdp, winner.largest) == (FITS, best[5], -best[4], -best[3])
+    assert winner.proven and winner.per_sample_s == pytest.approx(best[1])
     assert found.report.batch_size == winner.largest and found.report.fits
     for result in found.results:
         expected = every[(result.fsdp, result.remat)]
         if result.status == NOT_COMPILED:   # only levels with more recompute than a compute-bound winner
             assert result.remat != winner.remat and winner.bound.limited_by.startswith("compute")
+            assert not winner.offloads
             assert expected is None or expected[1] >= winner.per_sample_s
         elif expected is None:
             assert result.status == OUT_OF_MEMORY
@@ -118,8 +125,16 @@ def test_the_settings_search_names_the_brute_force_winner_with_fewer_compiles(co
         if result.status != NOT_COMPILED:
             assert all(batch >= requested for fsdp, remat, batch in compiler.asked
                        if (fsdp, remat) == (result.fsdp, result.remat))
-    assert (sum(v is None for v in every.values()) > 0) == (requested == 64)
-    assert len(compiler.asked) < len(every) * 64 / 4
+    assert (sum(v is None for v in every.values()) > 0) == (requested >= 64)
+    if requested == 96:
+        fitting = {(r.remat, r.fsdp) for r in found.results if r.status == FITS}
+        assert {remat for remat, _ in fitting} == {"offload", "full"} and winner.remat == "full"
+        assert max(r.largest for r in found.results if r.offloads and r.status == FITS) > winner.largest
+        text = render_settings(found, [])
+        assert f"Winner: fsdp {winner.fsdp}, remat full, global batch {winner.largest} " in text
+        assert ("  (offload: ranked after every setting without it; its activations' trips to host memory and "
+                "back are not in the bound)") in text.splitlines()
+    assert len(compiler.asked) < len(every) * len(BRUTE_FORCE_BATCHES)
 
 
 def test_the_winners_command_parses_back_into_its_settings(config):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from harness.fit.economics import PRICES_AS_OF
 from harness.fit.report import FitReport
-from harness.fit.settings import NOT_COMPILED, OUT_OF_MEMORY
+from harness.fit.settings import FITS, NOT_COMPILED, OUT_OF_MEMORY
 from harness.fit.units import format_duration, format_si, format_usd
 from harness.runtime.memory import format_bytes
 
@@ -226,6 +226,9 @@ def render_settings(found: SettingsSearch, outputs: list[str]) -> str:
         lines.append(f"  (out of memory: refused at global batch {found.requested_batch}, the smallest asked for)")
     if any(r.status == NOT_COMPILED for r in found.results):
         lines.append("  (not compiled: a level with more recompute, which cannot beat a compute-bound winner)")
+    if any(r.offloads and r.status == FITS for r in found.results):
+        lines.append("  (offload: ranked after every setting without it; its activations' trips to host memory "
+                     "and back are not in the bound)")
     if any(r.largest is not None and not r.proven for r in found.results):
         lines.append("  (?: the search stopped at --max_compiles before a refusal one step above proved it)")
     if found.report is not None:

@@ -11,12 +11,19 @@ by harness/fit/search.py: compute per sample is the same at any batch and the HB
 per sample falls as the batch grows, so a setting is at its fastest there. Ties go to
 less HBM time per sample, then to the larger batch.
 
+Remat offload ranks after every setting that fits without it. It recomputes what dots
+does and also sends its saved activations to pinned host memory and back every step
+(100m on v4-8 at its largest batch: 43.58 GiB per device, docs/fit.md), traffic the
+bound cannot price: Cloud TPU publishes no host-link bandwidth. By the bound alone it
+"won" by fitting a larger batch at the same compute per sample; so it wins only where
+nothing without host traffic fits.
+
 Settings are tried in order of recompute (none; dots and offload; full), a level at a
 time, the level's settings side by side in the pool. Once the best so far is
-compute-bound, its bound is its level's compute per sample, which no level with more
-recompute can beat: those are listed as not compiled. The bound knows nothing of
-collectives, of host transfers (offload) or of batches too small to keep the MXUs busy:
-it ranks settings by what they cannot beat, not by what they will do.
+compute-bound and keeps everything on the device, its bound is its level's compute per
+sample, which no level with more recompute can beat: those are listed as not compiled.
+The bound knows nothing of collectives or of batches too small to keep the MXUs busy: it
+ranks settings by what they cannot beat, not by what they will do.
 """
 
 from __future__ import annotations
@@ -66,11 +73,17 @@ class SettingResult:
     def per_sample_s(self) -> float | None:
         return None if self.bound is None else self.bound.seconds / self.largest
 
+    @property
+    def offloads(self) -> bool:
+        """Moves activations over the host link every step, which the bound does not price."""
+        return self.remat == "offload"
+
     def sort_key(self) -> tuple:
         order = {FITS: 0, OUT_OF_MEMORY: 1, NOT_COMPILED: 2}[self.status]
         if self.bound is None:
-            return (order, 0.0, 0.0, 0, -self.fsdp, self.remat)
-        return (order, self.per_sample_s, self.bound.memory_s / self.largest, -self.largest, -self.fsdp, self.remat)
+            return (order, self.offloads, 0.0, 0.0, 0, -self.fsdp, self.remat)
+        return (order, self.offloads, self.per_sample_s, self.bound.memory_s / self.largest, -self.largest,
+                -self.fsdp, self.remat)
 
     def to_dict(self) -> dict[str, Any]:
         return {"fsdp_devices": self.fsdp, "remat": self.remat, "status": self.status, "largest_batch": self.largest,
@@ -138,7 +151,7 @@ def search_settings(config: TrainConfig, pool: CompilePool, *, max_compiles: int
     winner: tuple[SettingResult, Unit, Any, CompileOutcome] | None = None
     for level in remat_levels(target):
         candidates = [(fsdp, remat) for remat in level for fsdp in divisors(target.devices_per_slice)]
-        if prune and winner is not None and winner[0].bound.limited_by.startswith("compute"):
+        if prune and winner is not None and not winner[0].offloads and winner[0].bound.limited_by.startswith("compute"):
             results += [SettingResult(fsdp, remat, NOT_COMPILED) for fsdp, remat in candidates]
             continue
         prepared = [prepare(config.replace(fsdp_devices=fsdp, remat=remat)) for fsdp, remat in candidates]
