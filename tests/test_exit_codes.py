@@ -295,6 +295,44 @@ def test_jax_preemption_protocol_still_hears_sigterm_through_the_listener() -> N
     ]
 
 
+AFTER_SHUTDOWN_CHILD = """
+import sys, threading, time
+import jax
+from harness.runtime import distributed, preemption
+from harness.runtime.jax_internals import coordination_client
+from harness.runtime.stop_deadline import StopDeadline
+from harness.runtime.watchdog import KEY_PREFIX
+
+distributed._initialize_hearing_sigterm(coordinator_address=sys.argv[1], num_processes=1, process_id=0)
+coordination_client().key_value_set(KEY_PREFIX + "0", "done", allow_overwrite=True)
+print("beats while in the service:", preemption._read_beats(), flush=True)
+exits = []
+deadline = StopDeadline(0, 2, preemption._read_beats, exit_fn=exits.append, stall_s=0.1, poll_s=0.05)
+deadline.loop_ended()
+jax.distributed.shutdown()  # what the atexit handler does on the way out
+deadline.stop_requested()   # a SIGTERM arrives after it
+time.sleep(1.0)             # ten polls, each past the stall
+watching = [t for t in threading.enumerate() if t.name == "stop-deadline"]
+print("exits:", exits, "still watching:", bool(watching), flush=True)
+"""
+
+
+def test_a_stop_after_jax_distributed_shut_down_names_nobody() -> None:
+    """A SIGTERM on the way out, after `jax.distributed.shutdown` (an atexit handler) has
+    run: the real client is gone, which is no silent coordinator. CI once saw host 1 print
+    'host(s) 0 stopped responding: the coordinator did not answer ('NoneType' object has
+    no attribute 'key_value_dir_get')' after a clean agreed stop."""
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(AFTER_SHUTDOWN_CHILD), f"127.0.0.1:{free_port()}"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=90,
+                            env=harness_env(JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        "beats while in the service: {'podharness/alive/0': 'done'}",
+        "exits: [] still watching: False",
+    ], result.stderr[-3000:]
+    assert "stopped responding" not in result.stderr
+
+
 # --- Real pods (soak): a lost host, and a stop that reaches a host blocked on a dead peer --
 
 def _pod_host(root: Path, cache: list[str], port: int, process_id: int, *extra: str) -> subprocess.Popen:

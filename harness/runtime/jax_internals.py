@@ -23,7 +23,8 @@ from typing import Any
 
 
 def coordination_client() -> Any:
-    """JAX's client of the coordination service; None before `jax.distributed.initialize`."""
+    """JAX's client of the coordination service; None before `jax.distributed.initialize`
+    and again once `jax.distributed.shutdown` (an atexit handler) has run."""
     from jax._src import distributed
 
     return distributed.global_state.client

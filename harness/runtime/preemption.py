@@ -24,12 +24,15 @@ from jax.experimental import multihost_utils
 
 from harness.runtime.jax_internals import coordination_client
 from harness.runtime.sigterm import SigtermListener, jax_preemption_notifier
-from harness.runtime.stop_deadline import StopDeadline
+from harness.runtime.stop_deadline import LeftTheService, StopDeadline
 from harness.runtime.watchdog import KEY_PREFIX
 
 
 def _read_beats() -> dict[str, str]:
-    return dict(coordination_client().key_value_dir_get(KEY_PREFIX))
+    client = coordination_client()
+    if client is None:
+        raise LeftTheService("jax.distributed has been shut down in this process")
+    return dict(client.key_value_dir_get(KEY_PREFIX))
 
 
 class PreemptionWatch:

@@ -22,7 +22,11 @@ whatever this host still does before leaving the loop (the rest of the agreed st
 save, closing the prefetcher) needs nothing more from it. Counting it as gone cut short
 a host that was merely slow to save (CI: host 0 exited 42 "left the training loop", and
 the coordinator's exit aborted host 1). The key-value calls run on a helper thread, so
-a coordinator that never answers cannot stall the verdict.
+a coordinator that never answers cannot stall the verdict. Once this process has left
+the coordination service (`jax.distributed.shutdown`, an atexit handler, passed its
+barrier) `read_beats` raises `LeftTheService` and the watch ends quietly: there is no
+peer left to wait for, and reading that as a silent coordinator once named a healthy
+host 0 on the way out.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ PEER_SILENCE_S = 3 * BEAT_S  # three missed beats
 KV_TIMEOUT_S = 2.0
 
 ReadBeats = Callable[[], Mapping[str, str]]
+
+
+class LeftTheService(Exception):
+    """Raised by a `ReadBeats` once this process has shut its coordination client down."""
 
 
 def _bounded(read: ReadBeats, timeout: float) -> Mapping[str, str]:
@@ -105,6 +113,8 @@ class StopDeadline:
         while not self._cancelled.is_set():
             try:
                 beats = _bounded(self._read_beats, self._kv_timeout_s)
+            except LeftTheService:
+                return
             except Exception as err:
                 if time.monotonic() - self._progress_at > self._stall_s:
                     self._give_up([COORDINATOR], f"the coordinator did not answer ({err})")
