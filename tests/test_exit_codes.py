@@ -144,17 +144,29 @@ def _keep(action, until: threading.Event, seconds: float) -> None:
         time.sleep(0.05)
 
 
-def test_a_blocked_host_whose_peer_went_silent_exits_42_naming_it(
-    capfd: pytest.CaptureFixture[str], deadlines: list[StopDeadline]
+def _error_line(capfd: pytest.CaptureFixture[str]) -> str:
+    """The one `harness-train: error:` line on stderr."""
+    [line] = [line for line in capfd.readouterr().err.splitlines() if line.startswith("harness-train: error:")]
+    return line
+
+
+@pytest.mark.parametrize("in_loop, ending", [
+    (True, "no step finished for 0.3 s after a stop (SIGTERM); exiting"),
+    (False, "a stop (SIGTERM) came after the training loop ended; exiting"),  # during the final save or summary
+], ids=["in-the-loop", "after-the-loop"])
+def test_a_host_whose_peer_went_silent_exits_42_naming_it(
+    in_loop: bool, ending: str, capfd: pytest.CaptureFixture[str], deadlines: list[StopDeadline]
 ) -> None:
     beats, exits = Beats(3), ExitRecorder()
     deadline = _deadline(deadlines, beats, exits)
+    if not in_loop:
+        deadline.loop_ended()
     deadline.stop_requested()
     _keep(lambda: beats.beat(0, 1), exits.given, WAIT_S)  # host 2 is silent; the loop never moves
     assert exits.codes == [EXIT_RESTARTABLE]
-    [line] = [line for line in capfd.readouterr().err.splitlines() if line.startswith("harness-train: error:")]
+    line = _error_line(capfd)
     assert parse_lost_hosts_line(line) == (0, (2,))
-    assert "no step finished for 0.3 s after a stop (SIGTERM)" in line
+    assert line.endswith(ending)
 
 
 def test_a_host_that_keeps_stepping_is_not_cut_short(deadlines: list[StopDeadline]) -> None:
@@ -185,23 +197,7 @@ def test_a_peer_that_finished_is_never_gone_but_a_silent_one_is(
     assert exits.codes == []
     _keep(lambda: beats.beat(0), exits.given, WAIT_S)
     assert exits.codes == [EXIT_RESTARTABLE]
-    [line] = [line for line in capfd.readouterr().err.splitlines() if line.startswith("harness-train: error:")]
-    assert parse_lost_hosts_line(line) == (0, (1,))
-
-
-def test_a_silent_peer_after_the_loop_ended_is_named_as_such(
-    capfd: pytest.CaptureFixture[str], deadlines: list[StopDeadline]
-) -> None:
-    """A SIGTERM during the final save or summary: a peer that went silent is still lost."""
-    beats, exits = Beats(3), ExitRecorder()
-    deadline = _deadline(deadlines, beats, exits)
-    deadline.loop_ended()
-    deadline.stop_requested()
-    _keep(lambda: beats.beat(0, 1), exits.given, WAIT_S)
-    assert exits.codes == [EXIT_RESTARTABLE]
-    [line] = [line for line in capfd.readouterr().err.splitlines() if line.startswith("harness-train: error:")]
-    assert parse_lost_hosts_line(line) == (0, (2,))
-    assert line.endswith("a stop (SIGTERM) came after the training loop ended; exiting")
+    assert parse_lost_hosts_line(_error_line(capfd)) == (0, (1,))
 
 
 def test_a_coordinator_that_does_not_answer_is_named_as_host_0(
@@ -212,7 +208,7 @@ def test_a_coordinator_that_does_not_answer_is_named_as_host_0(
     _deadline(deadlines, beats, exits, host=1).stop_requested()
     assert exits.given.wait(WAIT_S)
     assert exits.codes == [EXIT_RESTARTABLE]
-    [line] = [line for line in capfd.readouterr().err.splitlines() if line.startswith("harness-train: error:")]
+    line = _error_line(capfd)
     assert parse_lost_hosts_line(line) == (1, (0,)) and "the coordinator did not answer" in line
 
 
